@@ -1,0 +1,33 @@
+"""dnmf: distributed, out-of-core non-negative matrix factorization on Dask.
+
+``X ~= W @ H`` with X (n_samples, n_features), W (n_samples, k), H (k, n_features), all
+non-negative: scikit-learn's orientation. Entry points: :class:`NMF` (estimator),
+:func:`factorize` (functional), :func:`load` (a result store), and the ``dnmf`` CLI.
+"""
+
+from dnmf._version import __version__
+from dnmf.errors import DnmfError, DnmfWarning, InputError, OutputError
+
+__all__ = [
+    "NMF",
+    "DnmfError",
+    "DnmfWarning",
+    "FitResult",
+    "InputError",
+    "OutputError",
+    "__version__",
+    "factorize",
+    "load",
+]
+
+
+def __getattr__(name: str):  # lazy: `import dnmf` stays cheap for the CLI's --help
+    if name == "NMF":
+        from dnmf.estimator import NMF
+
+        return NMF
+    if name in ("factorize", "load", "FitResult"):
+        from dnmf import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dnmf' has no attribute {name!r}")

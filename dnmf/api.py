@@ -1,0 +1,388 @@
+"""The functional API: :func:`factorize` and :func:`load`.
+
+``factorize`` is the one code path of every fit (the estimator and the CLI call it): open ->
+validate -> chunk plan -> init -> iterate -> order components -> write. It validates parameters
+before touching data and checks the output location before any work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import numbers
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from dnmf import graph, kernels
+from dnmf._version import __version__
+from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
+from dnmf.errors import InputError
+from dnmf.init import initialize, resolve_init
+from dnmf.io import check_rank, open_matrix, validate
+from dnmf.io.result_store import check_output, open_result, write_result
+from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
+from dnmf.solvers import SOLVER_ALIASES, SOLVERS, IterationInfo, component_order, iterate
+
+log = logging.getLogger(__name__)
+
+#: Without ``out``, a W up to this size is brought back into memory; larger goes to a temp store.
+W_IN_MEMORY_MAX_BYTES = 256 * 2**20
+
+
+@dataclass
+class FitResult:
+    """The outcome of :func:`factorize`.
+
+    Attributes
+    ----------
+    W : ndarray or dask array of shape (n_samples, k)
+        numpy when X was a numpy array; otherwise a dask array (read from the result store when
+        ``out`` was given).
+    H : ndarray of shape (k, n_features)
+    n_iter : int
+    converged : bool
+    loss_history : list of float
+        ``||X - W H||_F^2`` after each iteration.
+    reconstruction_err : float
+        ``||X - W H||_F`` (scikit-learn's ``reconstruction_err_``).
+    relative_error : float
+        ``||X - W H||_F / ||X||_F``.
+    plan : ChunkPlan
+    path : str or None
+        The result store, when written.
+    """
+
+    W: Any
+    H: np.ndarray
+    n_iter: int
+    converged: bool
+    loss_history: list[float]
+    reconstruction_err: float
+    relative_error: float
+    solver: str
+    beta_loss: str
+    init: str
+    seed: int
+    plan: ChunkPlan | None
+    wall_time_s: float
+    seconds_per_iteration: list[float] = field(default_factory=list)
+    stop_reason: str = ""
+    path: str | None = None
+    notes: list[str] = field(default_factory=list)
+    scheduler: str = ""
+
+    @property
+    def n_components(self) -> int:
+        return int(self.H.shape[0])
+
+
+def resolve_solver(solver: str, beta_loss: Any) -> str:
+    """Map aliases and ``auto``; refuse combinations that make no sense."""
+    if beta_loss not in ("frobenius", 2, 2.0):
+        raise InputError(
+            f"beta_loss={beta_loss!r} is not supported yet: only 'frobenius' is — "
+            "drop --loss or use frobenius"
+        )
+    name = SOLVER_ALIASES.get(solver, solver)
+    if name not in SOLVERS:
+        raise InputError(
+            f"unknown solver {solver!r}: choose auto, hals (alias cd), mu or anls"
+        )
+    return name
+
+
+def resolve_seed(random_state: Any) -> int:
+    """An int seed from None (fresh entropy), an int, or a numpy RandomState/Generator."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % (2**32))
+    if isinstance(random_state, numbers.Integral):
+        if random_state < 0:
+            raise InputError(f"random_state must be >= 0; got {random_state}")
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    raise InputError(f"random_state must be None, an int or a numpy RandomState; got {random_state!r}")
+
+
+def regularization(alpha_W: float, alpha_H: float | str, l1_ratio: float,
+                   shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """``(l1_W, l2_W, l1_H, l2_H)`` with scikit-learn's scaling.
+
+    As in ``sklearn.decomposition.NMF``: the W penalties are multiplied by ``n_features`` and
+    the H penalties by ``n_samples`` so that ``alpha`` does not depend on the data's size.
+    """
+    if alpha_H == "same":
+        alpha_H = alpha_W
+    for name, value in (("alpha_W", alpha_W), ("alpha_H", alpha_H)):
+        if not isinstance(value, numbers.Real) or value < 0:
+            raise InputError(f"{name} must be a number >= 0; got {value!r}")
+    if not 0.0 <= l1_ratio <= 1.0:
+        raise InputError(f"l1_ratio must be in [0, 1]; got {l1_ratio}")
+    n_samples, n_features = shape
+    return (
+        n_features * alpha_W * l1_ratio,
+        n_features * alpha_W * (1 - l1_ratio),
+        n_samples * float(alpha_H) * l1_ratio,
+        n_samples * float(alpha_H) * (1 - l1_ratio),
+    )
+
+
+def _check_params(rank: Any, max_iter: Any, tol: Any, max_time: Any) -> None:
+    if not isinstance(rank, numbers.Integral) or isinstance(rank, bool):
+        raise InputError(f"rank (n_components) must be an integer; got {rank!r}")
+    if not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise InputError(f"max_iter must be an integer >= 1; got {max_iter!r}")
+    if not isinstance(tol, numbers.Real) or tol < 0:
+        raise InputError(f"tol must be a number >= 0; got {tol!r}")
+    if max_time is not None and (not isinstance(max_time, numbers.Real) or max_time <= 0):
+        raise InputError(f"max_time must be a positive number of seconds; got {max_time!r}")
+
+
+def factorize(
+    X: Any,
+    rank: int,
+    *,
+    var: str | None = None,
+    solver: str = "auto",
+    beta_loss: str | float = "frobenius",
+    init: str | None = "auto",
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    random_state: Any = None,
+    dtype: Any = None,
+    W_init: Any = None,
+    H_init: Any = None,
+    alpha_W: float = 0.0,
+    alpha_H: float | str = "same",
+    l1_ratio: float = 0.0,
+    max_time: float | None = None,
+    scheduler: Any = "auto",
+    client: Any = None,
+    workers: int | None = None,
+    memory_limit: str | int | None = None,
+    persist_x: bool | str = "auto",
+    max_panel_bytes: int | None = None,
+    min_panel_bytes: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    callback: Callable[[IterationInfo], None] | None = None,
+    on_plan: Callable[[ChunkPlan, ExecutionContext], None] | None = None,
+) -> FitResult:
+    """Factorize a non-negative matrix ``X ~= W @ H`` out of core on Dask.
+
+    Parameters
+    ----------
+    X : array-like, dask array, zarr array, or path/URL of size (n_samples, n_features)
+        A numpy/dask/zarr array, or a Zarr/HDF5/NetCDF/.npy path (``var`` names the array
+        inside a container).
+    rank : int
+        Number of components k, ``1 <= k <= min(n_samples, n_features)``.
+    var : str, optional
+        Variable or dataset inside the container.
+    solver : {"auto", "hals", "cd", "mu", "anls"}
+        ``auto`` is hals for the Frobenius loss.
+    beta_loss : "frobenius"
+    init : {"auto", "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}
+        ``auto`` is nndsvda, or custom when ``W_init``/``H_init`` are given.
+    max_iter : int
+    tol : float
+        Stop when the loss decreases by less than ``tol`` relative to the previous iteration.
+    random_state : int, RandomState or None
+    dtype : {"float32", "float64"}, optional
+        Compute dtype; default keeps X's floating dtype (integers become float32).
+    W_init, H_init : array-like, optional
+        Starting factors for ``init="custom"``.
+    alpha_W, alpha_H, l1_ratio : float
+        Regularisation with scikit-learn's meaning and scaling.
+    max_time : float, optional
+        Wall-time budget in seconds for the iterations.
+    scheduler : {"auto", "threads", "sync", "local"}, address or Client
+    client : distributed.Client, optional
+    workers, memory_limit : LocalCluster size
+    persist_x : bool or "auto"
+        Keep X in worker memory (no store reads per iteration) when it fits.
+    max_panel_bytes, min_panel_bytes : int, optional
+        Bounds on the size of a row panel: larger stored chunks are split, smaller ones merged
+        (``min_panel_bytes=0`` keeps the stored row chunks as they are).
+    out : path, optional
+        Write the result store here (Zarr v3).
+    overwrite : bool
+    callback : callable, optional
+        Called with an :class:`IterationInfo` after each iteration.
+    on_plan : callable, optional
+        Called with the chunk plan and execution context before iterating.
+
+    Returns
+    -------
+    FitResult
+
+    Examples
+    --------
+    >>> import numpy as np, dnmf
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((200, 5)) @ rng.random((5, 40))
+    >>> result = dnmf.factorize(X, 5, random_state=0, scheduler="threads")
+    >>> result.relative_error < 0.05
+    True
+    """
+    t_start = time.perf_counter()
+    _check_params(rank, max_iter, tol, max_time)
+    solver_name = resolve_solver(solver, beta_loss)
+    init_name = resolve_init(init, has_custom=W_init is not None or H_init is not None)
+    seed = resolve_seed(random_state)
+    if out is not None:
+        check_output(out, overwrite=overwrite)
+    source = open_matrix(X, var, dtype=dtype)
+    check_rank(source.shape, rank)
+    l1_w, l2_w, l1_h, l2_h = regularization(alpha_W, alpha_H, l1_ratio, source.shape)
+    in_memory = source.format == "numpy"
+    notes = list(source.notes)
+
+    with contextlib.ExitStack() as stack:
+        ctx = stack.enter_context(
+            execution_context(scheduler, x_nbytes=source.array.nbytes, workers=workers,
+                              memory_limit=memory_limit, client=client)
+        )
+        stack.enter_context(ctx.activate())
+        plan = plan_chunks(
+            source.array, rank, memory_per_worker=ctx.memory_per_worker,
+            n_workers=ctx.n_workers, threads_per_worker=ctx.threads_per_worker,
+            persist_x=persist_x, x_in_memory=in_memory, max_panel_bytes=max_panel_bytes,
+            min_panel_bytes=min_panel_bytes,
+        )
+        stack.enter_context(
+            threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas")
+        )
+        Xp = apply_plan(source.array, plan)
+        if plan.persist_x:
+            (Xp,) = ctx.persist(Xp)
+        if on_plan is not None:
+            on_plan(plan, ctx)
+        report = validate(Xp, scheduler=ctx.scheduler)
+        report.raise_if_invalid()
+        x_mean = report.total / (source.shape[0] * source.shape[1])
+        W0, H0 = initialize(Xp, rank, init=init_name, seed=seed, x_mean=x_mean,
+                            W_init=W_init, H_init=H_init)
+        state = iterate(
+            Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx, max_iter=max_iter,
+            tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
+            bytes_per_iteration=0 if plan.persist_x else Xp.nbytes, callback=callback,
+        )
+        order = component_order(state.WtW, state.H)
+        H = np.ascontiguousarray(state.H[order])
+        W = state.W[:, order] if not np.array_equal(order, np.arange(rank)) else state.W
+        loss = state.loss_history[-1]
+        rel = float(np.sqrt(loss / report.sq_norm)) if report.sq_norm > 0 else 0.0
+        result = FitResult(
+            W=None, H=H, n_iter=state.n_iter, converged=state.converged,
+            loss_history=state.loss_history, reconstruction_err=float(np.sqrt(loss)),
+            relative_error=rel, solver=solver_name, beta_loss="frobenius", init=init_name,
+            seed=seed, plan=plan, wall_time_s=0.0,
+            seconds_per_iteration=state.seconds_per_iteration, stop_reason=state.stop_reason,
+            notes=notes, scheduler=ctx.describe(),
+        )
+        if out is not None:
+            result.wall_time_s = time.perf_counter() - t_start
+            result.path = write_result(
+                out, W=W, H=H, attrs=_store_attrs(result, source.describe()),
+                overwrite=overwrite, scheduler=ctx.scheduler,
+            )
+            result.W = open_result(result.path)[0]
+        else:
+            result.W = _bring_back(W, ctx, in_memory, notes)
+    result.wall_time_s = time.perf_counter() - t_start
+    return result
+
+
+def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str]) -> Any:
+    """W in a form that outlives the execution context."""
+    if in_memory or (ctx.kind != "client" and W.nbytes <= W_IN_MEMORY_MAX_BYTES):
+        values = ctx.compute(W)[0]
+        return values if in_memory else da.from_array(values, chunks=W.chunks)
+    if ctx.kind == "client":
+        return W  # persisted on the user's cluster, which stays up
+    tmp = tempfile.mkdtemp(prefix="dnmf-W-")
+    path = os.path.join(tmp, "W.zarr")
+    W.rechunk({0: max(W.chunks[0])}).to_zarr(path, compute=False).compute(scheduler=ctx.scheduler)
+    notes.append(f"W ({W.nbytes / 2**30:.1f} GiB) was written to {path}; pass out= to choose")
+    return da.from_zarr(path)
+
+
+def _store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
+    return {
+        "dnmf_version": __version__,
+        "solver": result.solver,
+        "beta_loss": result.beta_loss,
+        "n_components": result.n_components,
+        "init": result.init,
+        "seed": result.seed,
+        "n_iter": result.n_iter,
+        "converged": result.converged,
+        "stop_reason": result.stop_reason,
+        "relative_error": result.relative_error,
+        "reconstruction_err": result.reconstruction_err,
+        "loss_history": result.loss_history,
+        "input": input_desc,
+        "chunk_plan": result.plan.as_dict() if result.plan else None,
+        "wall_time_s": result.wall_time_s,
+        "seconds_per_iteration": result.seconds_per_iteration,
+        "scaling": "unnormalised (scikit-learn's convention); components ordered by "
+                   "decreasing ||W_j|| * ||H_j||",
+    }
+
+
+def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: Any = "auto",
+                   client: Any = None, l1: float = 0.0, l2: float = 0.0) -> Any:
+    """W for the rows of ``X`` with H fixed: exact NNLS per row, one pass over X.
+
+    numpy in -> numpy out; otherwise a lazy dask array (chunked like X's rows).
+    """
+    source = open_matrix(X, var, dtype=H.dtype)
+    if source.shape[1] != H.shape[1]:
+        raise InputError(
+            f"X has {source.shape[1]} features but the model has {H.shape[1]} — transform data "
+            "with the same columns as the fitted data"
+        )
+    Xp = source.array
+    if len(Xp.chunks[1]) > 1:
+        Xp = Xp.rechunk({1: -1})
+    H = np.asarray(H)
+    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    W = graph.map_panels(Xp, kernels.transform_rows, k=H.shape[0], dtype=H.dtype,
+                         name="dnmf-transform", H=H, HHt=HHt, l1=l1, l2=l2)
+    if source.format != "numpy":
+        return W
+    with execution_context(scheduler, x_nbytes=Xp.nbytes, client=client) as ctx:
+        return ctx.compute(W)[0]
+
+
+def load(path: str | os.PathLike) -> Any:
+    """A fitted :class:`dnmf.NMF` from a result store written by ``factorize(out=...)``.
+
+    ``model.components_`` is H; ``model.W_`` is W, lazy from the store.
+    """
+    from dnmf.estimator import NMF
+
+    W, H, attrs = open_result(path)
+    model = NMF(n_components=int(attrs["n_components"]), solver=attrs["solver"],
+                init=attrs["init"], random_state=attrs["seed"])
+    model.components_ = H
+    model.n_components_ = H.shape[0]
+    model.n_features_in_ = H.shape[1]
+    model.n_iter_ = int(attrs["n_iter"])
+    model.reconstruction_err_ = float(attrs["reconstruction_err"])
+    model.relative_error_ = float(attrs["relative_error"])
+    model.loss_history_ = list(attrs["loss_history"])
+    model.W_ = W
+    model.attrs_ = attrs
+    return model

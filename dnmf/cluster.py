@@ -1,0 +1,284 @@
+"""The scheduler layer: where the Dask graphs run.
+
+``auto`` runs in-process threads when X is small and starts a LocalCluster of worker processes
+otherwise; an address (or ``DASK_SCHEDULER_ADDRESS``) connects to a running cluster; a
+``distributed.Client`` (passed in, or current inside ``with Client(...)``) is used as is. This
+module knows nothing of NMF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import psutil
+
+from dnmf.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Below this many bytes of X, ``scheduler="auto"`` stays in-process (threads).
+AUTO_THREADS_MAX_BYTES = 1 << 30
+
+SCHEDULER_NAMES = ("auto", "threads", "sync", "local")
+
+
+@dataclass
+class ExecutionContext:
+    """Where computations run, and how to persist/compute collections there.
+
+    Attributes
+    ----------
+    kind : "threads" | "sync" | "local" | "address" | "client"
+    client : distributed.Client or None
+    n_workers, threads_per_worker : int
+    memory_per_worker : int
+        Bytes a worker may use (the machine's memory for in-process schedulers).
+    dashboard_link : str or None
+    """
+
+    kind: str
+    client: Any = None
+    n_workers: int = 1
+    threads_per_worker: int = 1
+    memory_per_worker: int = 0
+    dashboard_link: str | None = None
+    _owned: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def scheduler(self) -> Any:
+        """The value for ``dask.compute(..., scheduler=...)``."""
+        return self.client if self.client is not None else self.kind
+
+    @property
+    def total_memory(self) -> int:
+        return self.memory_per_worker * self.n_workers
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.client is not None
+
+    def describe(self) -> str:
+        where = {
+            "threads": "in-process threads",
+            "sync": "in-process, single thread",
+            "local": "LocalCluster",
+            "address": "cluster",
+            "client": "existing Client",
+        }[self.kind]
+        text = (
+            f"{where}: {self.n_workers} worker(s) x {self.threads_per_worker} thread(s), "
+            f"{self.memory_per_worker / 2**30:.1f} GiB per worker"
+        )
+        if self.dashboard_link:
+            text += f", dashboard {self.dashboard_link}"
+        return text
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make this the default scheduler of plain ``.compute()``/``.persist()`` calls."""
+        if self.client is not None:
+            with self.client.as_current():
+                yield
+        else:
+            with dask.config.set(scheduler=self.kind):
+                yield
+
+    def persist(self, *collections: Any) -> list[Any]:
+        """Persist collections in one scheduler call (futures on a cluster, memory in-process)."""
+        if self.client is not None:
+            return list(self.client.persist(list(collections)))
+        return list(dask.persist(*collections, scheduler=self.kind))
+
+    def compute(self, *collections: Any) -> list[Any]:
+        """Compute collections in one scheduler call and return their values."""
+        if self.client is not None:
+            return list(self.client.compute(list(collections), sync=True))
+        return list(dask.compute(*collections, scheduler=self.kind))
+
+    def result_of(self, persisted: Any) -> Any:
+        """The value of an already persisted Delayed, without a new graph where possible."""
+        if self.client is not None:
+            from distributed import futures_of
+
+            futures = futures_of(persisted)
+            if len(futures) == 1:
+                return futures[0].result()
+            return self.compute(persisted)[0]
+        # persisted in-process: the value sits in the graph under the collection's key
+        from dask.base import is_dask_collection
+
+        value = persisted.__dask_graph__().get(persisted.key)
+        is_task = isinstance(value, tuple) and bool(value) and callable(value[0])
+        if value is None or is_task or is_dask_collection(value) or callable(value):
+            return self.compute(persisted)[0]
+        return value
+
+
+def parse_memory(size: str | int | None) -> int | None:
+    """Bytes from ``"2GB"``, ``"700MiB"``, an int or None."""
+    if size is None or isinstance(size, int):
+        return size
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(size))
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"cannot read memory size {size!r}: use a number of bytes or a size like '2GB'"
+        ) from exc
+
+
+def _current_client() -> Any:
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _context_from_client(client: Any, kind: str) -> ExecutionContext:
+    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else (
+        client.scheduler_info()
+    )
+    workers = list(info.get("workers", {}).values())
+    n = max(len(workers), 1)
+    threads = max((w.get("nthreads", 1) for w in workers), default=1)
+    mem = min((w.get("memory_limit") or psutil.virtual_memory().total for w in workers),
+              default=psutil.virtual_memory().total)
+    return ExecutionContext(
+        kind=kind,
+        client=client,
+        n_workers=n,
+        threads_per_worker=threads,
+        memory_per_worker=int(mem),
+        dashboard_link=getattr(client, "dashboard_link", None),
+    )
+
+
+def _accepts_n_workers(client: Any) -> bool:
+    import inspect
+
+    try:
+        return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def execution_context(
+    scheduler: Any = "auto",
+    *,
+    x_nbytes: int | None = None,
+    workers: int | None = None,
+    memory_limit: str | int | None = None,
+    client: Any = None,
+) -> Iterator[ExecutionContext]:
+    """Resolve ``scheduler`` into a running :class:`ExecutionContext`.
+
+    Parameters
+    ----------
+    scheduler : str or distributed.Client
+        ``"auto"``, ``"threads"``, ``"sync"``, ``"local"``, a ``tcp://host:port`` address, or
+        a Client.
+    x_nbytes : int, optional
+        Size of X, for ``auto``.
+    workers : int, optional
+        Workers of a LocalCluster (default: one per core) or threads in-process.
+    memory_limit : str or int, optional
+        Per-worker memory limit of a LocalCluster, e.g. ``"2GB"``.
+    client : distributed.Client, optional
+        Used as is (takes precedence over ``scheduler``).
+
+    Yields
+    ------
+    ExecutionContext
+        Clusters started here are closed on exit; clients passed in are left open.
+    """
+    if client is None and not isinstance(scheduler, str):
+        client, scheduler = scheduler, "client"
+    if client is not None:
+        yield _context_from_client(client, "client")
+        return
+    cores = os.cpu_count() or 1
+    mem_limit = parse_memory(memory_limit)
+    if scheduler == "auto":
+        current = _current_client()
+        if current is not None:
+            yield _context_from_client(current, "client")
+            return
+        address = os.environ.get("DASK_SCHEDULER_ADDRESS")
+        if address:
+            scheduler = address
+        elif x_nbytes is not None and x_nbytes < AUTO_THREADS_MAX_BYTES and mem_limit is None:
+            scheduler = "threads"
+        else:
+            scheduler = "local"
+    if scheduler in ("threads", "sync"):
+        n = 1 if scheduler == "sync" else (workers or cores)
+        ctx = ExecutionContext(
+            kind=scheduler,
+            n_workers=1,
+            threads_per_worker=n,
+            memory_per_worker=int(mem_limit or psutil.virtual_memory().available),
+        )
+        with dask.config.set(num_workers=n):
+            yield ctx
+        return
+    if scheduler == "local":
+        from distributed import Client, LocalCluster
+
+        n = workers or cores
+        per_worker = mem_limit or int(psutil.virtual_memory().total / n)
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,  # BLAS stays single-threaded in each worker process
+            processes=True,
+            memory_limit=per_worker,
+            dashboard_address=":0",
+        )
+        local_client = Client(cluster, set_as_default=False)
+        try:
+            ctx = _context_from_client(local_client, "local")
+            log.info("started LocalCluster: %s", ctx.describe())
+            yield ctx
+        finally:
+            local_client.close()
+            cluster.close()
+        return
+    if isinstance(scheduler, str) and "://" in scheduler:
+        from distributed import Client
+
+        try:
+            remote = Client(scheduler, set_as_default=False, timeout="10s")
+        except OSError as exc:
+            raise InputError(
+                f"cannot reach the Dask scheduler at {scheduler}: {exc} — start it with "
+                "'dask scheduler' or check the address"
+            ) from exc
+        try:
+            yield _context_from_client(remote, "address")
+        finally:
+            remote.close()
+        return
+    raise InputError(
+        f"unknown scheduler {scheduler!r}: use auto, threads, sync, local or an address like "
+        "tcp://127.0.0.1:8786"
+    )
+
+
+def blas_threads_for(ctx: ExecutionContext, n_tasks: int) -> int:
+    """BLAS threads per task so that dask threads x BLAS threads <= cores (no oversubscription)."""
+    cores = os.cpu_count() or 1
+    if ctx.kind == "sync":
+        return cores
+    if ctx.kind == "threads":
+        concurrent = max(1, min(ctx.threads_per_worker, n_tasks))
+        return max(1, cores // concurrent)
+    return 1

@@ -1,0 +1,167 @@
+"""Dask graphs of the row-panel scheme, built from the block kernels.
+
+Builders here never compute: they return dask collections. One iteration is one graph:
+
+* a task per row panel ``i`` runs :func:`dnmf.kernels.panel_step` on ``(X_i, W_i, H, HHt)``,
+  reading ``X_i`` once and returning the new ``W_i`` with its ``(W_i.T X_i, W_i.T W_i)``;
+* the new W is a dask array whose chunks are the first element of those tasks;
+* the float64 partial sums are tree-reduced (``split_every`` at a time, fixed order, so the
+  result is reproducible for a given chunking) to one ``(WtX, WtW)`` Delayed.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from dnmf import kernels
+
+#: Fan-in of the tree reduction of partial sums.
+SPLIT_EVERY = 8
+
+
+def _panel_keys(A: da.Array) -> list[Any]:
+    if len(A.chunks[1]) != 1:
+        raise ValueError(
+            f"row-panel scheme needs all columns in one chunk; got column chunks {A.chunks[1]}"
+        )
+    return [row[0] for row in A.__dask_keys__()]
+
+
+def tree_reduce_layer(
+    keys: Sequence[Any], name: str, combine: Any, split_every: int = SPLIT_EVERY
+) -> tuple[dict, Any]:
+    """Tasks that combine ``keys`` ``split_every`` at a time; returns (layer, final key)."""
+    layer: dict = {}
+    level = 0
+    current = list(keys)
+    while True:
+        groups = [current[i : i + split_every] for i in range(0, len(current), split_every)]
+        nxt = []
+        for j, group in enumerate(groups):
+            key = (name, level, j)
+            layer[key] = (combine, *group)
+            nxt.append(key)
+        if len(nxt) == 1:
+            return layer, nxt[0]
+        current = nxt
+        level += 1
+
+
+def iteration_graph(
+    X: da.Array,
+    W: da.Array,
+    H: np.ndarray,
+    *,
+    solver: str,
+    l1_w: float = 0.0,
+    l2_w: float = 0.0,
+    inner_sweeps: int = 1,
+    split_every: int = SPLIT_EVERY,
+) -> tuple[da.Array, Delayed]:
+    """The graph of one iteration of the row-panel scheme.
+
+    Parameters
+    ----------
+    X : dask array (n_samples, n_features), row panels (one column chunk)
+    W : dask array (n_samples, k), chunked like X's rows
+    H : ndarray (k, n_features)
+        Cast to X's dtype for the panel products.
+    solver : "hals" | "mu" | "anls"
+
+    Returns
+    -------
+    W_new : dask array (n_samples, k)
+    partials : Delayed of ``(WtX (k, n) float64, WtW (k, k) float64)`` computed with W_new.
+    """
+    x_keys = _panel_keys(X)
+    w_keys = _panel_keys(W)
+    if X.chunks[0] != W.chunks[0]:
+        raise ValueError(f"W's row chunks {W.chunks[0]} differ from X's {X.chunks[0]}")
+    H = np.ascontiguousarray(H, dtype=X.dtype)
+    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    token = tokenize(X.name, W.name, H, solver, l1_w, l2_w, inner_sweeps)
+    h_name, hht_name = f"dnmf-H-{token}", f"dnmf-HHt-{token}"
+    panel_name, w_name, sum_name = (
+        f"dnmf-panel-{token}",
+        f"dnmf-W-{token}",
+        f"dnmf-partials-{token}",
+    )
+    step = functools.partial(
+        kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w, inner_sweeps=inner_sweeps
+    )
+    consts = {(h_name,): H, (hht_name,): HHt}
+    panel_layer = {
+        (panel_name, i): (step, xk, wk, (h_name,), (hht_name,))
+        for i, (xk, wk) in enumerate(zip(x_keys, w_keys, strict=True))
+    }
+    w_layer = {
+        (w_name, i, 0): (operator.getitem, (panel_name, i), 0) for i in range(len(x_keys))
+    }
+    sum_layer, final_key = tree_reduce_layer(
+        list(panel_layer), sum_name, kernels.sum_partials, split_every
+    )
+    const_name = f"dnmf-consts-{token}"
+    layers = {
+        **X.__dask_graph__().layers,
+        **W.__dask_graph__().layers,
+        const_name: consts,
+        panel_name: panel_layer,
+        w_name: w_layer,
+        sum_name: sum_layer,
+    }
+    deps = {
+        **X.__dask_graph__().dependencies,
+        **W.__dask_graph__().dependencies,
+        const_name: set(),
+        panel_name: {X.name, W.name, const_name},
+        w_name: {panel_name},
+        sum_name: {panel_name},
+    }
+    graph = HighLevelGraph(layers, deps)
+    W_new = da.Array(graph, w_name, chunks=W.chunks, dtype=X.dtype)
+    partials = Delayed(final_key, graph, layer=sum_name)
+    return W_new, partials
+
+
+def map_panels(
+    X: da.Array, func: Any, *, k: int, dtype: Any, name: str, **kwargs: Any
+) -> da.Array:
+    """A (n_samples, k) array from ``func(X_i, **kwargs)`` on each row panel."""
+    return X.map_blocks(
+        func, dtype=dtype, chunks=(X.chunks[0], (k,)), name=f"{name}-{tokenize(X, kwargs)}",
+        **kwargs,
+    )
+
+
+def random_w(
+    row_chunks: Sequence[int], k: int, *, seed: int, scale: float, dtype: Any
+) -> da.Array:
+    """A random non-negative W (chunking-invariant, see :func:`dnmf.kernels.random_rows`)."""
+    starts = np.cumsum((0, *row_chunks[:-1]))
+    token = tokenize(tuple(row_chunks), k, seed, scale, np.dtype(dtype).str)
+    name = f"dnmf-random-W-{token}"
+    layer = {
+        (name, i, 0): (
+            functools.partial(kernels.random_rows, seed=seed, scale=scale, dtype=np.dtype(dtype)),
+            int(s),
+            int(s + r),
+            k,
+        )
+        for i, (s, r) in enumerate(zip(starts, row_chunks, strict=True))
+    }
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, chunks=(tuple(row_chunks), (k,)), dtype=dtype)
+
+
+def row_starts(row_chunks: Sequence[int]) -> list[int]:
+    """First row index of each chunk."""
+    return [int(s) for s in np.cumsum((0, *row_chunks[:-1]))]

@@ -1,0 +1,214 @@
+"""HDF5 inputs through h5py, readable from worker processes.
+
+h5py ``Dataset`` objects hold an open file id and cannot be pickled, so the dask graph
+carries an :class:`HDF5Array` instead: a small array-like that knows the file's location and
+the dataset's name and opens the file on first use in each process, then keeps the handle.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import dask.array as da
+import h5py
+import numpy as np
+from dask.base import tokenize
+
+from dnmf.io._common import (
+    Location,
+    cannot_read,
+    check_shape,
+    float_dtype,
+    missing_variable,
+    panel_chunks,
+    pick_variable,
+)
+from dnmf.io.source import MatrixSource
+
+__all__ = ["HDF5Array", "HDF5_SIGNATURE", "open_hdf5"]
+
+#: The 8 bytes that start an HDF5 superblock (at offset 0, 512, 1024, ... with a user block).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+# One open handle per (process, file, stamp). The pid is part of the key because a handle
+# inherited through fork() must not be used by the child. The stamp (size, mtime) makes a
+# re-written file get a fresh handle instead of a stale one. Handles stay open until
+# close_cached_files() (or until _MAX_HANDLES other files push them out), so reading a chunk
+# again does not re-open the file.
+_HANDLES: OrderedDict[tuple[Any, ...], tuple[h5py.File, Any]] = OrderedDict()
+_HANDLES_LOCK = threading.Lock()
+_MAX_HANDLES = 64
+
+
+def _open_file(loc: Location) -> tuple[h5py.File, Any]:
+    """Open the file read-only; returns the h5py file and the object keeping it alive."""
+    if loc.is_local:
+        return h5py.File(loc.path, "r"), None
+    fileobj = loc.fs.open(loc.path, "rb")
+    return h5py.File(fileobj, "r"), fileobj
+
+
+def _cached_file(loc: Location, stamp: tuple[Any, ...]) -> h5py.File:
+    key = (os.getpid(), loc.protocol, loc.path, stamp)
+    with _HANDLES_LOCK:
+        entry = _HANDLES.get(key)
+        if entry is not None and entry[0].id.valid:
+            _HANDLES.move_to_end(key)
+            return entry[0]
+        # One handle per file and process: drop handles of older versions of the file.
+        for old in [k for k in _HANDLES if k[:3] == key[:3]]:
+            _close(_HANDLES.pop(old))
+        while len(_HANDLES) >= _MAX_HANDLES:
+            _close(_HANDLES.popitem(last=False)[1])
+        entry = _open_file(loc)
+        _HANDLES[key] = entry
+        return entry[0]
+
+
+def _close(entry: tuple[h5py.File, Any]) -> None:
+    h5file, fileobj = entry
+    try:
+        h5file.close()
+        if fileobj is not None:
+            fileobj.close()
+    except Exception:  # noqa: BLE001 - closing a stale handle must never fail a read
+        pass
+
+
+def close_cached_files() -> None:
+    """Close the HDF5 handles this process keeps open for reading chunks.
+
+    HDF5 refuses to overwrite a file that is open in the same process: call this after
+    computing on an HDF5 input in-process (threads scheduler) and before rewriting the file.
+    """
+    with _HANDLES_LOCK:
+        while _HANDLES:
+            _close(_HANDLES.popitem()[1])
+
+
+class HDF5Array:
+    """Picklable, lazily opened view of one HDF5 dataset, for :func:`dask.array.from_array`.
+
+    Parameters
+    ----------
+    location : Location
+        Where the file lives (local path or fsspec URL).
+    dataset : str
+        Absolute path of the dataset inside the file, e.g. ``"/grp/X"``.
+    shape : tuple of int
+    dtype : numpy.dtype
+        As stored.
+    stamp : tuple
+        The file's (size, mtime) when it was opened; part of the handle cache key and of the
+        dask token.
+    """
+
+    def __init__(
+        self,
+        location: Location,
+        dataset: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        stamp: tuple[Any, ...] = (),
+    ) -> None:
+        self.location = location
+        self.dataset = dataset
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.stamp = stamp
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        dset = _cached_file(self.location, self.stamp)[self.dataset]
+        return dset[key]
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return ("dnmf.HDF5Array", self.location.original, self.dataset, self.stamp)
+
+    def __repr__(self) -> str:
+        return (
+            f"HDF5Array({self.location.original!r}, {self.dataset!r}, shape={self.shape}, "
+            f"dtype={self.dtype})"
+        )
+
+
+def _datasets(h5file: h5py.File) -> list[tuple[str, tuple[int, ...], Any]]:
+    found: list[tuple[str, tuple[int, ...], Any]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found.append(("/" + name, tuple(obj.shape or ()), obj.dtype))
+
+    h5file.visititems(visit)
+    return found
+
+
+def open_hdf5(
+    loc: Location,
+    var: str | None,
+    *,
+    dtype: str | np.dtype[Any] | None = None,
+    chunks: Any = None,
+) -> MatrixSource:
+    """Open one dataset of an HDF5 file as a lazy matrix (see :func:`dnmf.io.open_matrix`)."""
+    stamp = loc.stamp()
+    try:
+        # A short-lived handle for metadata: opening X leaves no file open behind it.
+        h5file, fileobj = _open_file(loc)
+    except OSError as err:
+        raise cannot_read(loc, "HDF5", err) from err
+    try:
+        entries = _datasets(h5file)
+        if var is None:
+            name = pick_variable(entries, where=loc.original, noun="dataset")
+        else:
+            name = "/" + var.strip("/")
+            if not isinstance(h5file.get(name), h5py.Dataset):
+                raise missing_variable(var, loc.original, "dataset", entries)
+        dset = h5file[name]
+        shape = check_shape(tuple(dset.shape or ()))
+        stored = dset.dtype
+        stored_chunks = dset.chunks  # None when contiguous or compact
+    except (OSError, RuntimeError, KeyError) as err:
+        # A damaged file can open but fail while walking its groups.
+        raise cannot_read(loc, "HDF5", err) from err
+    finally:
+        _close((h5file, fileobj))
+    target, notes = float_dtype(stored, dtype)
+    if chunks is None:
+        itemsize = max(stored.itemsize, target.itemsize)
+        chunks = panel_chunks(shape, itemsize, stored_chunks)
+    proxy = HDF5Array(loc, name, shape, stored, stamp)
+    array = da.from_array(
+        proxy,
+        chunks=chunks,
+        name="hdf5-" + tokenize(proxy, chunks),
+        meta=np.empty((0, 0), dtype=stored),
+        asarray=True,
+        lock=False,  # h5py serialises its own calls; a dask lock would add nothing
+    )
+    if array.dtype != target:
+        array = array.astype(target)
+    return MatrixSource(
+        array=array,
+        path=loc.original,
+        var=name,
+        format="hdf5",
+        stored_dtype=str(stored),
+        notes=notes,
+        stored_chunks=stored_chunks,
+    )
+
+
+def sniff_hdf5(head: bytes) -> bool:
+    """Whether the first bytes of a file hold an HDF5 superblock (user blocks included)."""
+    for offset in (0, 512, 1024, 2048):
+        if head[offset : offset + 8] == HDF5_SIGNATURE:
+            return True
+    return False

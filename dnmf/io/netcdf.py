@@ -1,0 +1,147 @@
+"""NetCDF inputs through xarray (h5netcdf for NetCDF-4, scipy for classic NetCDF-3).
+
+xarray applies the CF conventions (``scale_factor``, ``add_offset``, ``_FillValue``), so
+packed integers come back as the floats they stand for and fill values as NaN. The same
+path serves zarr variables written by xarray with CF packing (see :mod:`dnmf.io.zarr_`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from dnmf.io._common import (
+    Location,
+    cannot_read,
+    check_shape,
+    float_dtype,
+    missing_variable,
+    panel_chunks,
+    pick_variable,
+)
+from dnmf.io.source import MatrixSource
+
+__all__ = ["CF_ATTRS", "NETCDF3_MAGICS", "from_xarray_dataset", "open_netcdf"]
+
+#: First bytes of classic NetCDF files (CDF-1 and CDF-2; CDF-5 is not readable by scipy).
+NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02")
+
+#: Attributes whose presence means the stored values are not the values they stand for.
+CF_ATTRS = ("scale_factor", "add_offset", "_FillValue", "missing_value")
+
+_ENGINE_NAMES = {"h5netcdf": "NetCDF-4", "scipy": "NetCDF-3", "zarr": "zarr (xarray)"}
+
+
+def _open_dataset(target: Any, engine: str, group: str | None, **kwargs: Any) -> xr.Dataset:
+    with warnings.catch_warnings():
+        # Non-standard CF attributes warn on decode; they do not change what we read.
+        warnings.simplefilter("ignore", category=xr.SerializationWarning)
+        return xr.open_dataset(
+            target,
+            engine=engine,
+            group=group,
+            chunks=None,  # lazy backend arrays; we pick the dask chunks ourselves below
+            cache=False,  # never keep a loaded copy on the Dataset
+            decode_times=False,
+            decode_timedelta=False,
+            **kwargs,
+        )
+
+
+def open_netcdf(
+    loc: Location,
+    var: str | None,
+    *,
+    dtype: str | np.dtype[Any] | None = None,
+    chunks: Any = None,
+    engine: str = "h5netcdf",
+) -> MatrixSource:
+    """Open one variable of a NetCDF file as a lazy matrix (see :func:`dnmf.io.open_matrix`).
+
+    ``var`` may name a variable inside a group as ``"group/sub/name"``.
+    """
+    group, name = (None, var)
+    if var is not None and "/" in var.strip("/"):
+        group, name = var.strip("/").rsplit("/", 1)
+    target: Any = loc.path if loc.is_local else loc.fs.open(loc.path, "rb")
+    fmt = _ENGINE_NAMES[engine]
+    try:
+        ds = _open_dataset(target, engine, group)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every backend failure becomes one message
+        if group is not None:
+            try:
+                root = _open_dataset(target, engine, None)
+            except Exception:  # noqa: BLE001
+                raise cannot_read(loc, fmt, err) from err
+            raise missing_variable(var or "", loc.original, "variable", _entries(root)) from err
+        raise cannot_read(loc, fmt, err) from err
+    return from_xarray_dataset(ds, name, loc, fmt="netcdf", dtype=dtype, chunks=chunks, group=group)
+
+
+def _entries(ds: xr.Dataset) -> list[tuple[str, tuple[int, ...], Any]]:
+    return [(str(k), tuple(v.shape), v.dtype) for k, v in ds.data_vars.items()]
+
+
+def _stored_chunks(variable: xr.DataArray) -> tuple[int, ...] | None:
+    enc = variable.encoding
+    for key in ("chunksizes", "chunks"):
+        if enc.get(key):
+            return tuple(int(c) for c in enc[key])
+    preferred: Mapping[Any, int] | None = enc.get("preferred_chunks")
+    if preferred and all(d in preferred for d in variable.dims):
+        return tuple(int(preferred[d]) for d in variable.dims)
+    return None
+
+
+def from_xarray_dataset(
+    ds: xr.Dataset,
+    var: str | None,
+    loc: Location,
+    *,
+    fmt: str,
+    dtype: str | np.dtype[Any] | None = None,
+    chunks: Any = None,
+    group: str | None = None,
+) -> MatrixSource:
+    """Turn one data variable of a lazily opened Dataset into a :class:`MatrixSource`."""
+    entries = _entries(ds)
+    where = loc.original if group is None else f"{loc.original} (group {group})"
+    if var is None:
+        var = pick_variable(entries, where=where, noun="variable")
+    elif var not in ds.data_vars:
+        raise missing_variable(var, where, "variable", entries)
+    variable = ds[var]
+    shape = check_shape(tuple(variable.shape))
+    decoded = np.dtype(variable.dtype)
+    stored = np.dtype(variable.encoding.get("dtype", decoded))
+    target, notes = float_dtype(decoded, dtype)
+    if decoded != stored:
+        applied = [a for a in CF_ATTRS if a in variable.encoding or a in variable.attrs]
+        notes = (f"CF decoding ({', '.join(applied)}) read {stored} as {decoded}",) + notes
+    stored_chunks = _stored_chunks(variable)
+    if chunks is None:
+        itemsize = max(stored.itemsize, decoded.itemsize, target.itemsize)
+        chunks = panel_chunks(shape, itemsize, stored_chunks)
+    if isinstance(chunks, tuple | list) and len(chunks) == 2:
+        chunks = dict(zip(variable.dims, chunks, strict=True))
+    token = tokenize(loc.original, group, var, loc.stamp(), chunks)
+    array = variable.variable.chunk(chunks, name=f"{fmt}-{token}").data
+    if array.dtype != target:
+        array = array.astype(target)
+    full_var = var if group is None else f"{group}/{var}"
+    return MatrixSource(
+        array=array,
+        path=loc.original,
+        var=full_var,
+        format=fmt,
+        stored_dtype=str(stored),
+        notes=notes,
+        stored_chunks=stored_chunks,
+    )

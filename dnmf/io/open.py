@@ -1,0 +1,209 @@
+"""``open_matrix``: any supported input to one lazy :class:`MatrixSource`.
+
+Dispatch only: each storage engine lives in its own module (:mod:`~dnmf.io.zarr_`,
+:mod:`~dnmf.io.hdf5`, :mod:`~dnmf.io.netcdf`, :mod:`~dnmf.io.npy`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from dnmf.errors import InputError
+from dnmf.io._common import (
+    SUPPORTED_FORMATS,
+    Location,
+    cannot_read,
+    check_shape,
+    float_dtype,
+    not_found,
+    resolve_location,
+)
+from dnmf.io.hdf5 import open_hdf5, sniff_hdf5
+from dnmf.io.netcdf import NETCDF3_MAGICS, open_netcdf
+from dnmf.io.npy import NPY_MAGIC, from_numpy, open_npy
+from dnmf.io.source import MatrixSource
+from dnmf.io.zarr_ import ZARR_MARKERS, from_zarr_array, open_zarr
+
+__all__ = ["open_matrix"]
+
+#: What each file extension claims to be; the file's own signature wins where it has one.
+EXTENSIONS = {
+    ".npy": "npy",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".he5": "hdf5",
+    ".nc": "netcdf",
+    ".nc4": "netcdf",
+    ".cdf": "netcdf",
+    ".zarr": "zarr",
+}
+
+# Enough bytes for an HDF5 signature behind a user block of up to 2 KiB.
+_SNIFF_BYTES = 2048 + 8
+
+
+def open_matrix(
+    source: Any,
+    var: str | None = None,
+    *,
+    dtype: str | np.dtype[Any] | None = None,
+    chunks: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> MatrixSource:
+    """Open X lazily from a file, URL or in-memory array.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, numpy.ndarray, dask.array.Array or zarr.Array
+        A local path or fsspec URL (``file://``, ``memory://``, ``s3://``, ...) of a zarr
+        store, HDF5 file (``.h5``/``.hdf5``/``.he5``), NetCDF file (``.nc``/``.nc4``/``.cdf``)
+        or ``.npy`` file; the format comes from the file's signature, then its extension.
+        Or an array already in memory or in a graph.
+    var : str, optional
+        Variable (NetCDF, ``"group/name"`` in groups), dataset (HDF5, ``"/grp/X"``) or array
+        (zarr group, ``"sub/X"``) holding X. When omitted, a container's only 2-D numeric
+        variable is used.
+    dtype : {"float32", "float64"}, optional
+        Force the computation dtype. By default floats keep their precision, float16 becomes
+        float32, and integers and bools become float32.
+    chunks : optional
+        Block shape, anything :func:`dask.array.from_array` accepts. By default row panels
+        with all columns (about 64 MiB each), in whole multiples of the stored chunking.
+    storage_options : mapping, optional
+        Passed to fsspec for URLs (credentials, endpoint, ...).
+
+    Returns
+    -------
+    MatrixSource
+        ``array`` is a lazy dask array of shape (n_samples, n_features); nothing was computed.
+
+    Raises
+    ------
+    FileNotFoundError
+        The path or URL does not exist.
+    InputError
+        The input is not a 2-D, non-empty, real numeric matrix; ``var`` names nothing in the
+        container (the message lists what exists); or the file cannot be read.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dnmf.io import open_matrix
+    >>> src = open_matrix(np.arange(12, dtype=np.int16).reshape(4, 3))
+    >>> src.array.dtype, src.notes
+    (dtype('float32'), ('integer input int16 converted to float32',))
+    """
+    if isinstance(source, str | os.PathLike):
+        return _open_path(resolve_location(source, storage_options), var, dtype, chunks)
+    if var is not None:
+        raise InputError(
+            f"var={var!r} applies to files only; X is an in-memory {type(source).__name__} — "
+            "drop var or select the variable yourself"
+        )
+    if isinstance(source, da.Array):
+        return _from_dask(source, dtype=dtype, chunks=chunks)
+    if isinstance(source, zarr.Array):
+        return from_zarr_array(source, dtype=dtype, chunks=chunks)
+    if isinstance(source, xr.DataArray):
+        return open_matrix(source.data, dtype=dtype, chunks=chunks)
+    if isinstance(source, np.ndarray):
+        return from_numpy(source, dtype=dtype, chunks=chunks)
+    if hasattr(source, "__array__") or isinstance(source, list | tuple):
+        return from_numpy(np.asarray(source), dtype=dtype, chunks=chunks)
+    raise InputError(
+        f"cannot open a {type(source).__name__} as X: pass a path or URL ({SUPPORTED_FORMATS}), "
+        "a numpy array, a dask array or a zarr array"
+    )
+
+
+def _from_dask(x: da.Array, *, dtype: Any, chunks: Any) -> MatrixSource:
+    if any(isinstance(s, float) and math.isnan(s) for s in x.shape):
+        raise InputError(
+            f"X has unknown chunk sizes (shape {x.shape}); call X.compute_chunk_sizes() first"
+        )
+    check_shape(x.shape)
+    target, notes = float_dtype(x.dtype, dtype)
+    stored = str(x.dtype)
+    if chunks is not None:
+        x = x.rechunk(chunks)
+    if x.dtype != target:
+        x = x.astype(target)
+    return MatrixSource(x, None, None, "dask", stored, notes)
+
+
+def _open_path(loc: Location, var: str | None, dtype: Any, chunks: Any) -> MatrixSource:
+    fmt = detect_format(loc)
+    if fmt == "zarr":
+        return open_zarr(loc, var, dtype=dtype, chunks=chunks)
+    if fmt == "hdf5":
+        return open_hdf5(loc, var, dtype=dtype, chunks=chunks)
+    if fmt == "netcdf":
+        return open_netcdf(loc, var, dtype=dtype, chunks=chunks)
+    if fmt == "netcdf3":
+        return open_netcdf(loc, var, dtype=dtype, chunks=chunks, engine="scipy")
+    if var is not None:
+        raise InputError(
+            f"{loc.original} is a .npy file holding one array, so var={var!r} does not apply "
+            "— drop var (--var)"
+        )
+    return open_npy(loc, dtype=dtype, chunks=chunks)
+
+
+def detect_format(loc: Location) -> str:
+    """``"zarr"``, ``"hdf5"``, ``"netcdf"``, ``"netcdf3"`` or ``"npy"`` for an existing path.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing exists at the location.
+    InputError
+        It exists but is none of the supported formats.
+    """
+    fs = loc.fs
+    try:
+        exists = fs.exists(loc.path)
+        is_dir = exists and fs.isdir(loc.path)
+    except Exception as err:  # noqa: BLE001 - network/credential failures of any backend
+        raise InputError(f"cannot access {loc.original}: {type(err).__name__}: {err}") from err
+    if not exists:
+        raise not_found(loc)
+    ext = loc.extension
+    if is_dir:
+        markers = [m for m in ZARR_MARKERS if fs.exists(posixpath.join(loc.path, m))]
+        if markers or ext == ".zarr":
+            return "zarr"
+        raise cannot_read(
+            loc,
+            None,
+            "it is a directory without zarr metadata (zarr.json, .zarray or .zgroup) — "
+            "point at a zarr store or a file",
+        )
+    try:
+        with fs.open(loc.path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as err:
+        raise cannot_read(loc, None, err) from err
+    if sniff_hdf5(head):
+        # NetCDF-4 is HDF5 inside; the extension says which reader the user expects.
+        return "netcdf" if EXTENSIONS.get(ext) == "netcdf" else "hdf5"
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head[:4] in NETCDF3_MAGICS:
+        return "netcdf3"
+    if ext in EXTENSIONS and ext != ".zarr":
+        return EXTENSIONS[ext]  # the engine will say what is wrong with the file
+    raise cannot_read(
+        loc,
+        None,
+        f"unknown extension {ext or '(none)'!r} and no known file signature "
+        f"(starts with {head[:8]!r}) — convert it to zarr, HDF5 or .npy",
+    )

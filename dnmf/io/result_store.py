@@ -1,0 +1,160 @@
+"""The result store: W, H and the run's metadata in a Zarr v3 group (schema_version 1).
+
+Layout (see CONTRACT.md): ``W (sample, component)`` chunked like X's rows, ``H (component,
+feature)``, group attributes with the run's metadata and ``status`` written last. Local outputs
+are written into a hidden sibling directory and renamed into place, so a crash never leaves
+something at OUT that looks like a result.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from dnmf.errors import InputError, OutputError
+
+SCHEMA_VERSION = 1
+
+
+def _local_path(out: str | os.PathLike) -> Path | None:
+    text = os.fspath(out)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if "://" in text:
+        return None
+    return Path(text)
+
+
+def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse an output that exists (unless ``overwrite``) or cannot be created — before any work.
+
+    Raises
+    ------
+    OutputError
+    """
+    path = _local_path(out)
+    if path is None:
+        return
+    if path.exists() and not overwrite:
+        raise OutputError(
+            f"output {path} already exists — pass --overwrite (overwrite=True) to replace it "
+            "or choose another path"
+        )
+    parent = path.absolute().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(
+            f"cannot create output {path}: {probe} is a file, not a directory — choose another path"
+        )
+    if not os.access(probe, os.W_OK):
+        raise OutputError(f"cannot write output {path}: {probe} is not writable — choose another path")
+
+
+def write_result(
+    out: str | os.PathLike,
+    *,
+    W: da.Array,
+    H: np.ndarray,
+    attrs: dict[str, Any],
+    overwrite: bool = False,
+    scheduler: Any = None,
+) -> str:
+    """Write W chunk by chunk (on the workers), H and ``attrs``; mark the store complete last.
+
+    Returns the path of the store.
+    """
+    check_output(out, overwrite=overwrite)
+    path = _local_path(out)
+    if path is None:  # remote URL: no atomic rename; "status" still turns "complete" last
+        _write_group(os.fspath(out), W, H, attrs, scheduler)
+        return os.fspath(out)
+    path = path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_group(str(tmp), W, H, attrs, scheduler)
+        if path.exists():
+            trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(path)
+
+
+def _write_group(store: str, W: da.Array, H: np.ndarray, attrs: dict, scheduler: Any) -> None:
+    root = zarr.open_group(store, mode="w", zarr_format=3)
+    rows = int(max(W.chunks[0]))
+    k = W.shape[1]
+    w_arr = root.create_array(
+        "W", shape=W.shape, chunks=(rows, k), dtype=W.dtype, dimension_names=("sample", "component")
+    )
+    h_arr = root.create_array(
+        "H", shape=H.shape, chunks=H.shape, dtype=H.dtype, dimension_names=("component", "feature")
+    )
+    h_arr[...] = H
+    # zarr chunks are regular: realign irregular row chunks so no two tasks write one chunk.
+    W_aligned = W if all(c == rows for c in W.chunks[0][:-1]) else W.rechunk({0: rows})
+    da.store(W_aligned, w_arr, lock=False, scheduler=scheduler)
+    root.attrs.update({**_jsonable(attrs), "schema_version": SCHEMA_VERSION, "status": "running"})
+    root.attrs["status"] = "complete"  # last: every chunk of W and H is written by now
+    _consolidate(store)
+
+
+def _consolidate(store: str) -> None:
+    """Consolidated metadata, so ``xr.open_zarr`` opens the store in one read."""
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not (yet) in the v3 spec; xarray uses it
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(store)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def open_result(path: str | os.PathLike) -> tuple[da.Array, np.ndarray, dict[str, Any]]:
+    """``(W lazy, H, attrs)`` of a complete result store.
+
+    Raises
+    ------
+    FileNotFoundError, InputError
+    """
+    local = _local_path(path)
+    if local is not None and not local.exists():
+        raise FileNotFoundError(f"no result store at {path} — check the path")
+    try:
+        root = zarr.open_group(os.fspath(path), mode="r")
+        attrs = dict(root.attrs)
+        W = da.from_zarr(root["W"])
+        H = np.asarray(root["H"][...])
+    except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as exc:
+        raise InputError(f"{path} is not a dnmf result store ({exc}) — check the path") from exc
+    status = attrs.get("status")
+    if status != "complete":
+        raise InputError(
+            f"result store {path} is {status!r}, not complete — rerun the fit (or --resume it)"
+        )
+    return W, H, attrs

@@ -1,0 +1,78 @@
+"""The opened input matrix: a lazy dask array plus where it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+__all__ = ["MatrixSource"]
+
+
+@dataclass(frozen=True)
+class MatrixSource:
+    """A lazily opened input matrix X and its provenance.
+
+    Attributes
+    ----------
+    array : dask.array.Array, shape (n_samples, n_features)
+        Lazy, 2-D, float32 or float64. Opening it read metadata only.
+    path : str or None
+        The path or URL as the user gave it; ``None`` for in-memory inputs.
+    var : str or None
+        Variable or dataset name inside the container, if any.
+    format : str
+        ``"zarr"``, ``"hdf5"``, ``"netcdf"``, ``"npy"``, ``"numpy"``, ``"dask"`` or
+        ``"zarr-array"``.
+    stored_dtype : str
+        The dtype as stored (e.g. ``"int16"``), before any conversion to float.
+    notes : tuple of str
+        Human-readable remarks, e.g. ``"integer input int16 converted to float32"``.
+    stored_chunks : tuple of int or None
+        The storage layout's own chunk shape (HDF5/zarr/NetCDF chunking); ``None`` when the
+        data is contiguous or in memory. The chunk plan rechunks in whole multiples of it.
+    """
+
+    array: da.Array
+    path: str | None
+    var: str | None
+    format: str
+    stored_dtype: str
+    notes: tuple[str, ...] = ()
+    stored_chunks: tuple[int, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.array.shape  # type: ignore[return-value]
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        return self.array.chunks
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.array.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.array.nbytes)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary for the result store's attributes.
+
+        Returns
+        -------
+        dict
+            ``{"path", "var", "format", "shape", "chunks", "dtype"}``; ``shape`` and
+            ``chunks`` (the block shape, i.e. the largest block) are lists of int.
+        """
+        return {
+            "path": self.path,
+            "var": self.var,
+            "format": self.format,
+            "shape": [int(s) for s in self.array.shape],
+            "chunks": [int(c) for c in self.array.chunksize],
+            "dtype": str(self.array.dtype),
+        }

@@ -1,0 +1,346 @@
+"""Check X in one pass: sign, finiteness, all-zero rows and columns, and ‖X‖².
+
+Each block is summarised by a small numpy function (:func:`_block_stats`); summaries are
+combined across the blocks of a row panel (zero rows need every column) and tree-reduced down
+each column of blocks (zero columns need every row). Everything runs in a single
+``dask.compute``, so X is read exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import dask
+import dask.array as da
+import numpy as np
+
+from dnmf.errors import InputError
+
+__all__ = ["ValidationReport", "check_rank", "validate"]
+
+# Elements per float64 slab when summing squares: bounds the temporary copy of a block.
+_SLAB = 1 << 20
+# Fan-in of the column-block tree reduction.
+_FAN_IN = 8
+
+Chunk = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What one pass over X found.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(n_samples, n_features)``.
+    dtype : str
+    n_chunks : int
+        Number of blocks of X.
+    n_negative : int
+        Finite entries below zero (``-inf`` is counted in ``n_inf``).
+    min_value, max_value : float
+        Extremes of the finite entries; NaN when there are none.
+    first_negative_chunk : tuple of int or None
+        Block index of the first block (row-major) holding a negative entry.
+    n_nan, n_inf : int
+        NaN and ±Inf entries.
+    first_nonfinite_chunk : tuple of int or None
+        First block holding a NaN or an Inf.
+    n_zero_rows, n_zero_cols : int
+        Rows and columns whose entries are all exactly zero (allowed; reported only).
+    sq_norm : float
+        Sum of squares of the finite entries, accumulated in float64.
+    total : float
+        Sum of the finite entries, in float64 (its mean scales random initializations).
+    first_inf_chunk : tuple of int or None
+        First block holding an Inf (for messages when NaN is allowed).
+    """
+
+    shape: tuple[int, int]
+    dtype: str
+    n_chunks: int
+    n_negative: int
+    min_value: float
+    max_value: float
+    first_negative_chunk: Chunk | None
+    n_nan: int
+    n_inf: int
+    first_nonfinite_chunk: Chunk | None
+    n_zero_rows: int
+    n_zero_cols: int
+    sq_norm: float
+    total: float = 0.0
+    first_inf_chunk: Chunk | None = None
+
+    def problems(self, *, allow_nan: bool = False) -> list[str]:
+        """One-line messages for everything that makes X unusable for NMF.
+
+        Parameters
+        ----------
+        allow_nan : bool
+            NaN marks missing values (``missing="mask"``), so it is not a problem.
+
+        Returns
+        -------
+        list of str
+            Empty when X is usable. All-zero rows and columns are not problems.
+        """
+        found = []
+        if self.n_negative:
+            found.append(
+                f"X has {self.n_negative:,} negative entries (min {self.min_value:.3g}), the "
+                f"first in chunk {self.first_negative_chunk}; NMF needs X >= 0 — clip or shift "
+                "the data first"
+            )
+        n_nan = 0 if allow_nan else self.n_nan
+        if n_nan or self.n_inf:
+            counts = [f"{n_nan:,} NaN"] if n_nan else []
+            counts += [f"{self.n_inf:,} Inf"] if self.n_inf else []
+            first = self.first_nonfinite_chunk if n_nan else self.first_inf_chunk
+            if n_nan:
+                fix = 'fill or drop them (or use missing="mask" for NaN)'
+            elif allow_nan:
+                fix = "replace them (with NaN to mask them)"
+            else:
+                fix = "fill or drop them"
+            found.append(
+                f"X has {' and '.join(counts)} entries, the first in chunk {first}; NMF needs "
+                f"finite values — {fix}"
+            )
+        return found
+
+    def raise_if_invalid(self, *, allow_nan: bool = False) -> None:
+        """Raise :class:`~dnmf.errors.InputError` with the first problem, if any.
+
+        Parameters
+        ----------
+        allow_nan : bool
+            As in :meth:`problems`.
+        """
+        found = self.problems(allow_nan=allow_nan)
+        if found:
+            raise InputError(found[0])
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (tuples become lists; NaN stays a float)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+class _BlockStats(NamedTuple):
+    index: Chunk
+    n_negative: int
+    min_value: float
+    max_value: float
+    n_nan: int
+    n_inf: int
+    sq_norm: float
+    total: float
+    row_nonzero: np.ndarray  # bool per row of the block: any entry != 0 (NaN counts)
+    col_nonzero: np.ndarray  # bool per column of the block
+
+
+class _RowSummary(NamedTuple):
+    n_negative: int
+    min_value: float
+    max_value: float
+    first_negative: Chunk | None
+    n_nan: int
+    n_inf: int
+    first_nonfinite: Chunk | None
+    first_inf: Chunk | None
+    sq_norm: float
+    total: float
+    n_zero_rows: int
+
+
+def _sum_squares(values: np.ndarray) -> float:
+    """Σ x² in float64 without copying the whole block at once."""
+    flat = values.reshape(-1)
+    parts = []
+    for start in range(0, flat.size, _SLAB):
+        slab = flat[start : start + _SLAB].astype(np.float64)
+        # numpy's pairwise summation keeps the float64 rounding error at O(log n) eps.
+        parts.append(float(np.square(slab, out=slab).sum()))
+    return math.fsum(parts)
+
+
+def _block_stats(block: np.ndarray, index: Chunk) -> _BlockStats:
+    """Summarise one block of X (pure numpy; runs on the workers)."""
+    block = np.asarray(block)
+    n_nan = n_inf = 0
+    values = block
+    if block.dtype.kind in "fc":
+        finite = np.isfinite(block)
+        n_finite = int(np.count_nonzero(finite))
+        if n_finite != block.size:
+            n_nan = int(np.count_nonzero(np.isnan(block)))
+            n_inf = block.size - n_finite - n_nan
+            values = block[finite]  # 1-D copy of the finite entries
+    elif block.dtype.kind == "b":
+        values = block.astype(np.uint8)
+    if values.size:
+        n_negative = int(np.count_nonzero(values < 0))
+        min_value, max_value = float(values.min()), float(values.max())
+    else:
+        n_negative, min_value, max_value = 0, math.nan, math.nan
+    return _BlockStats(
+        index=index,
+        n_negative=n_negative,
+        min_value=min_value,
+        max_value=max_value,
+        n_nan=n_nan,
+        n_inf=n_inf,
+        sq_norm=_sum_squares(values),
+        total=float(values.sum(dtype=np.float64)),
+        row_nonzero=block.any(axis=1),
+        col_nonzero=block.any(axis=0),
+    )
+
+
+def _first(indices: list[Chunk]) -> Chunk | None:
+    return min(indices) if indices else None
+
+
+def _combine_row(*stats: _BlockStats) -> _RowSummary:
+    """Merge the blocks of one row panel; a row is zero only if it is zero in every block."""
+    row_nonzero = np.logical_or.reduce([s.row_nonzero for s in stats])
+    finite_min = [s.min_value for s in stats if not math.isnan(s.min_value)]
+    finite_max = [s.max_value for s in stats if not math.isnan(s.max_value)]
+    return _RowSummary(
+        n_negative=sum(s.n_negative for s in stats),
+        min_value=min(finite_min, default=math.nan),
+        max_value=max(finite_max, default=math.nan),
+        first_negative=_first([s.index for s in stats if s.n_negative]),
+        n_nan=sum(s.n_nan for s in stats),
+        n_inf=sum(s.n_inf for s in stats),
+        first_nonfinite=_first([s.index for s in stats if s.n_nan or s.n_inf]),
+        first_inf=_first([s.index for s in stats if s.n_inf]),
+        sq_norm=math.fsum(s.sq_norm for s in stats),
+        total=math.fsum(s.total for s in stats),
+        n_zero_rows=int(row_nonzero.size - np.count_nonzero(row_nonzero)),
+    )
+
+
+def _combine_cols(*parts: _BlockStats | np.ndarray) -> np.ndarray:
+    """OR the per-column "any non-zero" flags of blocks stacked in one column of blocks."""
+    flags = [p.col_nonzero if isinstance(p, _BlockStats) else p for p in parts]
+    return np.logical_or.reduce(flags)
+
+
+def _count_zero_cols(col_nonzero: np.ndarray) -> int:
+    return int(col_nonzero.size - np.count_nonzero(col_nonzero))
+
+
+def validate(X: Any, *, scheduler: Any = None) -> ValidationReport:
+    """Check X for NMF in one pass and measure ‖X‖².
+
+    Parameters
+    ----------
+    X : dask.array.Array, shape (n_samples, n_features)
+        Lazy input (a :class:`~dnmf.io.MatrixSource` or numpy array is accepted too).
+    scheduler : optional
+        Anything ``dask.compute(scheduler=...)`` accepts: ``None`` (the configured default),
+        a name such as ``"threads"`` or ``"sync"``, or a ``distributed.Client``.
+
+    Returns
+    -------
+    ValidationReport
+        Counts and extremes; call :meth:`ValidationReport.raise_if_invalid` to enforce them.
+
+    Notes
+    -----
+    Exactly one ``dask.compute`` call; each block of X is read once. The driver receives a
+    few numbers per row panel and one count per column of blocks, never a row- or
+    column-length vector.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> report = validate(da.ones((6, 4), chunks=(3, 2)), scheduler="sync")
+    >>> report.n_negative, report.sq_norm, report.problems()
+    (0, 24.0, [])
+    """
+    array = getattr(X, "array", X)  # a MatrixSource
+    if not isinstance(array, da.Array):
+        array = da.asarray(array)
+    if array.ndim != 2:
+        raise InputError(
+            f"X must be 2-D (n_samples, n_features); got shape {array.shape} — reshape it or "
+            "pick a 2-D variable with --var"
+        )
+    blocks = array.to_delayed()
+    n_row_blocks, n_col_blocks = blocks.shape
+    stats_fn = dask.delayed(_block_stats, pure=True)
+    stats = [
+        [stats_fn(blocks[i, j], (i, j)) for j in range(n_col_blocks)] for i in range(n_row_blocks)
+    ]
+    rows = [dask.delayed(_combine_row, pure=True)(*stats[i]) for i in range(n_row_blocks)]
+    cols = []
+    for j in range(n_col_blocks):
+        level: list[Any] = [stats[i][j] for i in range(n_row_blocks)]
+        while len(level) > 1:
+            level = [
+                dask.delayed(_combine_cols, pure=True)(*level[k : k + _FAN_IN])
+                for k in range(0, len(level), _FAN_IN)
+            ]
+        top = level[0] if n_row_blocks > 1 else dask.delayed(_combine_cols, pure=True)(level[0])
+        cols.append(dask.delayed(_count_zero_cols, pure=True)(top))
+    row_summaries, zero_cols = dask.compute(rows, cols, scheduler=scheduler)
+
+    def first(attr: str) -> Chunk | None:
+        return _first([c for r in row_summaries if (c := getattr(r, attr)) is not None])
+
+    finite_min = [r.min_value for r in row_summaries if not math.isnan(r.min_value)]
+    finite_max = [r.max_value for r in row_summaries if not math.isnan(r.max_value)]
+    return ValidationReport(
+        shape=(int(array.shape[0]), int(array.shape[1])),
+        dtype=str(array.dtype),
+        n_chunks=n_row_blocks * n_col_blocks,
+        n_negative=sum(r.n_negative for r in row_summaries),
+        min_value=min(finite_min, default=math.nan),
+        max_value=max(finite_max, default=math.nan),
+        first_negative_chunk=first("first_negative"),
+        n_nan=sum(r.n_nan for r in row_summaries),
+        n_inf=sum(r.n_inf for r in row_summaries),
+        first_nonfinite_chunk=first("first_nonfinite"),
+        n_zero_rows=sum(r.n_zero_rows for r in row_summaries),
+        n_zero_cols=sum(zero_cols),
+        sq_norm=math.fsum(r.sq_norm for r in row_summaries),
+        total=math.fsum(r.total for r in row_summaries),
+        first_inf_chunk=first("first_inf"),
+    )
+
+
+def check_rank(shape: tuple[int, ...], k: Any) -> int:
+    """Check that rank ``k`` is possible for X of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(n_samples, n_features)``.
+    k : int
+        Requested number of components.
+
+    Returns
+    -------
+    int
+        ``k`` as a Python int.
+
+    Raises
+    ------
+    InputError
+        Unless ``1 <= k <= min(shape)``.
+    """
+    limit = min(int(s) for s in shape)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise InputError(f"rank k={k!r} must be an integer: choose 1 <= k <= {limit}")
+    if not 1 <= k <= limit:
+        shape_text = tuple(int(s) for s in shape)
+        raise InputError(
+            f"rank k={k} is impossible for X of shape {shape_text}: choose 1 <= k <= {limit}"
+        )
+    return int(k)

@@ -1,0 +1,440 @@
+"""Block kernels: pure array functions on one block of data.
+
+Nothing here imports dask. Each function takes in-memory arrays (numpy, or any array with the
+same namespace, e.g. CuPy, where noted) and returns arrays. The graph builders in
+:mod:`dnmf.graph` call these once per row panel; the driver calls the H-side updates on the
+small k x n matrices.
+
+Notation (scikit-learn's orientation): X (n_samples, n_features) ~= W (n_samples, k) @ H (k,
+n_features). ``XHt = X @ H.T``, ``HHt = H @ H.T``, ``WtX = W.T @ X``, ``WtW = W.T @ W``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+#: Default guard for denominators (scikit-learn's choice for its MU solver).
+EPSILON = float(np.finfo(np.float32).eps)
+
+Array = Any  # a numpy (or CuPy) ndarray
+
+
+def array_namespace(a: Array) -> Any:
+    """The array-API namespace of ``a`` (numpy for numpy arrays, cupy for CuPy arrays)."""
+    get_ns = getattr(a, "__array_namespace__", None)
+    return get_ns() if get_ns is not None else np
+
+
+# ---------------------------------------------------------------------------------------------
+# HALS / coordinate descent
+# ---------------------------------------------------------------------------------------------
+
+
+def hals_sweep(F: Array, A: Array, G: Array, *, l1: float = 0.0, l2: float = 0.0) -> Array:
+    """One HALS sweep over the k columns of a factor, given the precomputed products.
+
+    Solves ``min_F>=0 ||M - F @ U.T||^2 + l1*sum(F) + l2/2*||F||^2`` one column at a time
+    (Gauss-Seidel), where ``A = M @ U`` and ``G = U.T @ U``. This is scikit-learn's
+    ``_update_cdnmf_fast`` without shuffling, vectorised over rows.
+
+    Parameters
+    ----------
+    F : array of shape (m, k)
+        The factor to update (W, or H.T); a copy is updated and returned.
+    A : array of shape (m, k)
+        ``M @ U``: ``X @ H.T`` for the W update, ``X.T @ W`` for the H update.
+    G : array of shape (k, k)
+        ``U.T @ U``: ``H @ H.T`` for W, ``W.T @ W`` for H.
+    l1, l2 : float
+        L1 and L2 penalties on F (scikit-learn's ``l1_reg``/``l2_reg`` after scaling).
+
+    Returns
+    -------
+    array of shape (m, k), non-negative, same dtype as ``F``.
+    """
+    xp = array_namespace(F)
+    F = xp.array(F, copy=True)
+    G = xp.asarray(G, dtype=F.dtype)
+    A = xp.asarray(A, dtype=F.dtype)
+    if l1:
+        A = A - F.dtype.type(l1)
+    k = F.shape[1]
+    for t in range(k):
+        hess = float(G[t, t]) + l2
+        if hess <= 0.0:  # a zero row of the other factor: this column has no information
+            continue
+        grad = F @ G[:, t] - A[:, t]
+        if l2:
+            grad = grad + F.dtype.type(l2) * F[:, t]
+        F[:, t] = xp.maximum(F[:, t] - grad / F.dtype.type(hess), 0)
+    return F
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiplicative updates (Lee & Seung), Frobenius loss
+# ---------------------------------------------------------------------------------------------
+
+
+def mu_step(
+    F: Array, A: Array, G: Array, *, l1: float = 0.0, l2: float = 0.0, eps: float = EPSILON
+) -> Array:
+    """One Lee-Seung multiplicative update of a factor for the Frobenius loss.
+
+    ``F <- F * A / (F @ G + l1 + l2*F)`` with the same ``A``, ``G`` as :func:`hals_sweep`.
+    A zero denominator (only where the row of F is already zero) is replaced by ``eps``
+    instead of adding ``eps`` everywhere, which would break the monotone decrease of the loss.
+    """
+    xp = array_namespace(F)
+    G = xp.asarray(G, dtype=F.dtype)
+    A = xp.asarray(A, dtype=F.dtype)
+    denom = F @ G
+    if l1:
+        denom = denom + F.dtype.type(l1)
+    if l2:
+        denom = denom + F.dtype.type(l2) * F
+    denom = xp.where(denom > 0, denom, F.dtype.type(eps))
+    return F * (xp.maximum(A, 0) / denom)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact NNLS: block principal pivoting (Kim & Park, 2011)
+# ---------------------------------------------------------------------------------------------
+
+
+def _solve_passive(AtA: np.ndarray, AtB: np.ndarray, passive: np.ndarray) -> np.ndarray:
+    """Solve the unconstrained normal equations restricted to each column's passive set.
+
+    Columns sharing a passive set are solved together (one factorisation per distinct set).
+    """
+    k, m = AtB.shape
+    X = np.zeros((k, m), dtype=np.float64)
+    if m == 0:
+        return X
+    codes = np.packbits(passive, axis=0)  # one byte string per column
+    _, group_of_col = np.unique(codes, axis=1, return_inverse=True)
+    group_of_col = np.ravel(group_of_col)
+    order = np.argsort(group_of_col, kind="stable")
+    bounds = np.flatnonzero(np.diff(group_of_col[order])) + 1
+    for cols in np.split(order, bounds):
+        rows = np.flatnonzero(passive[:, cols[0]])
+        if rows.size == 0:
+            continue
+        sub = AtA[np.ix_(rows, rows)]
+        rhs = AtB[np.ix_(rows, cols)]
+        try:
+            sol = scipy.linalg.solve(sub, rhs, assume_a="pos", check_finite=False)
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            sol = np.linalg.lstsq(sub, rhs, rcond=None)[0]
+        X[np.ix_(rows, cols)] = sol
+    return X
+
+
+def nnls_bpp(
+    AtA: np.ndarray, AtB: np.ndarray, init: np.ndarray | None = None, *, max_iter: int | None = None
+) -> np.ndarray:
+    """Solve ``min_X>=0 ||A X - B||_F^2`` for many right-hand sides from the Gram matrices.
+
+    Block principal pivoting of Kim & Park, "Fast nonnegative matrix factorization: an
+    active-set-like method and comparisons", SIAM J. Sci. Comput. 33(6), 2011. All columns share
+    ``AtA``; columns with equal passive sets share one solve.
+
+    Parameters
+    ----------
+    AtA : array of shape (k, k)
+        Gram matrix, symmetric positive semi-definite.
+    AtB : array of shape (k, m)
+        Right-hand sides.
+    init : array of shape (k, m), optional
+        A warm start; its positive entries seed the passive sets.
+    max_iter : int, optional
+        Bound on pivoting rounds (default ``5 * k``); unconverged columns are clipped at 0.
+
+    Returns
+    -------
+    array of shape (k, m), float64, non-negative.
+    """
+    AtA = np.asarray(AtA, dtype=np.float64)
+    AtB = np.asarray(AtB, dtype=np.float64)
+    k, m = AtB.shape
+    if max_iter is None:
+        max_iter = 5 * k
+    # Scale-aware zero threshold (Kim & Park use an absolute 1e-12).
+    scale = max(float(np.abs(AtA).max(initial=0.0)), float(np.abs(AtB).max(initial=0.0)), 1e-300)
+    zero_tol = 1e-12 * scale
+
+    def solve(passive: np.ndarray, cols: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        Xc = _solve_passive(AtA, AtB[:, cols], passive[:, cols])
+        Xc[np.abs(Xc) < zero_tol] = 0.0
+        Yc = AtA @ Xc - AtB[:, cols]
+        Yc[np.abs(Yc) < zero_tol] = 0.0
+        return Xc, Yc
+
+    if init is None:
+        passive = np.zeros((k, m), dtype=bool)
+        X = np.zeros((k, m))
+        Y = -AtB.copy()
+    else:
+        passive = np.asarray(init) > 0
+        X, Y = solve(passive, slice(None))
+
+    pbar = 3
+    P = np.full(m, pbar)
+    Ninf = np.full(m, k + 1)
+    non_opt = (Y < 0) & ~passive
+    infeasible = (X < 0) & passive
+    not_good = non_opt.sum(axis=0) + infeasible.sum(axis=0)
+    not_opt_cols = not_good > 0
+
+    it = 0
+    while not_opt_cols.any() and it < max_iter:
+        it += 1
+        cols1 = not_opt_cols & (not_good < Ninf)
+        cols2 = not_opt_cols & (not_good >= Ninf) & (P >= 1)
+        cols3 = np.flatnonzero(not_opt_cols & ~cols1 & ~cols2)
+        if cols1.any():
+            P[cols1] = pbar
+            Ninf[cols1] = not_good[cols1]
+        if cols2.any():
+            P[cols2] -= 1
+        exchange = cols1 | cols2
+        if exchange.any():
+            passive[:, exchange] |= non_opt[:, exchange]
+            passive[:, exchange] &= ~infeasible[:, exchange]
+        for c in cols3:  # backup rule: flip only the last offending variable
+            t = np.flatnonzero(non_opt[:, c] | infeasible[:, c])[-1]
+            passive[t, c] = not passive[t, c]
+        idx = np.flatnonzero(not_opt_cols)
+        X[:, idx], Y[:, idx] = solve(passive, idx)
+        non_opt = (Y < 0) & ~passive
+        infeasible = (X < 0) & passive
+        not_opt_mask = np.zeros(m, dtype=bool)
+        not_opt_mask[idx] = True
+        non_opt &= not_opt_mask
+        infeasible &= not_opt_mask
+        not_good = non_opt.sum(axis=0) + infeasible.sum(axis=0)
+        not_opt_cols = not_good > 0
+    return np.maximum(X, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused row-panel step: update W_i and accumulate the H-side products in one task
+# ---------------------------------------------------------------------------------------------
+
+
+def update_w(
+    W: Array,
+    XHt: Array,
+    HHt: Array,
+    *,
+    solver: str,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    inner_sweeps: int = 1,
+) -> Array:
+    """Update a block of rows of W given ``XHt = X_i @ H.T`` and ``HHt``.
+
+    Rows of W are independent given H, so applying this per row panel is exactly the global W
+    update of the chosen solver.
+    """
+    if solver == "hals":
+        for _ in range(inner_sweeps):
+            W = hals_sweep(W, XHt, HHt, l1=l1, l2=l2)
+        return W
+    if solver == "mu":
+        return mu_step(W, XHt, HHt, l1=l1, l2=l2)
+    if solver == "anls":
+        gram = np.asarray(HHt, dtype=np.float64)
+        if l2:
+            gram = gram + l2 * np.eye(gram.shape[0])
+        rhs = np.asarray(XHt, dtype=np.float64).T
+        if l1:
+            rhs = rhs - l1
+        return nnls_bpp(gram, rhs, init=np.asarray(W).T).T.astype(W.dtype, copy=False)
+    raise ValueError(f"unknown solver {solver!r}")
+
+
+def gram_partials(X: Array, W: Array) -> tuple[Array, Array]:
+    """``(W.T @ X, W.T @ W)`` of one row panel, in float64 for accumulation across panels.
+
+    The products run in the data's precision (fast BLAS); only the k x n and k x k results are
+    promoted, so the sums over panels and the Gram-identity loss do not lose digits in float32.
+    """
+    xp = array_namespace(W)
+    if hasattr(X, "tocsr"):  # scipy.sparse block: keep the product sparse-dense
+        WtX = (X.T @ W).T
+    else:
+        WtX = W.T @ X
+    WtW = W.T @ W
+    return xp.asarray(WtX, dtype=xp.float64), xp.asarray(WtW, dtype=xp.float64)
+
+
+def panel_step(
+    X: Array,
+    W: Array,
+    H: Array,
+    HHt: Array,
+    *,
+    solver: str,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    inner_sweeps: int = 1,
+) -> tuple[Array, tuple[Array, Array]]:
+    """The one-pass task of a row panel: update ``W_i``, then ``W_i.T X_i`` and ``W_i.T W_i``.
+
+    Parameters
+    ----------
+    X : array of shape (r, n)
+        The row panel ``X_i`` (read once per iteration).
+    W : array of shape (r, k)
+        The current rows ``W_i``.
+    H : array of shape (k, n), in X's dtype
+    HHt : array of shape (k, k)
+
+    Returns
+    -------
+    W_new : array of shape (r, k), X's dtype
+    (WtX, WtW) : float64 arrays of shape (k, n) and (k, k) computed with ``W_new``
+    """
+    XHt = X @ H.T
+    W_new = update_w(W, XHt, HHt, solver=solver, l1=l1, l2=l2, inner_sweeps=inner_sweeps)
+    return W_new, gram_partials(X, W_new)
+
+
+def sum_partials(*parts: Any) -> tuple[Array, Array]:
+    """Sum ``(WtX, WtW)`` pairs, or the partial element of ``panel_step`` outputs, in order."""
+    pairs = [p[1] if len(p) == 2 and isinstance(p[1], tuple) else p for p in parts]
+    WtX = pairs[0][0].copy()
+    WtW = pairs[0][1].copy()
+    for a, b in pairs[1:]:
+        WtX += a
+        WtW += b
+    return WtX, WtW
+
+
+# ---------------------------------------------------------------------------------------------
+# H-side updates (on the driver, k x n) and the loss
+# ---------------------------------------------------------------------------------------------
+
+
+def update_h(
+    H: np.ndarray,
+    WtX: np.ndarray,
+    WtW: np.ndarray,
+    *,
+    solver: str,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    inner_sweeps: int = 1,
+) -> np.ndarray:
+    """Update H (k, n) from the reduced ``WtX`` (k, n) and ``WtW`` (k, k); float64 in and out."""
+    H = np.asarray(H, dtype=np.float64)
+    if solver == "hals":
+        Ht = H.T
+        for _ in range(inner_sweeps):
+            Ht = hals_sweep(Ht, WtX.T, WtW, l1=l1, l2=l2)
+        return np.ascontiguousarray(Ht.T)
+    if solver == "mu":
+        return mu_step(H.T, WtX.T, WtW, l1=l1, l2=l2).T.copy()
+    if solver == "anls":
+        gram = WtW + l2 * np.eye(WtW.shape[0]) if l2 else WtW
+        rhs = WtX - l1 if l1 else WtX
+        return nnls_bpp(gram, rhs, init=H)
+    raise ValueError(f"unknown solver {solver!r}")
+
+
+def frobenius_loss(sq_norm: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray) -> float:
+    """``||X - W H||_F^2`` from ``||X||^2``, ``W.T X`` and ``W.T W`` without forming ``W H``.
+
+    ``||X||^2 - 2 <H, W.T X> + <W.T W, H H.T>``, evaluated in float64 and clipped at 0.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    cross = float(np.vdot(H, WtX))
+    quad = float(np.vdot(WtW, H @ H.T))
+    return max(sq_norm - 2.0 * cross + quad, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation pieces that are per block
+# ---------------------------------------------------------------------------------------------
+
+#: Rows per independently seeded block of random W: makes random inits chunking-invariant.
+RANDOM_BLOCK_ROWS = 4096
+
+
+def random_rows(
+    start: int, stop: int, k: int, *, seed: int, scale: float, dtype: Any
+) -> np.ndarray:
+    """Rows ``start:stop`` of a random non-negative (n_samples, k) factor.
+
+    ``|scale * N(0, 1)|`` like scikit-learn's random init. Rows come from fixed blocks of
+    :data:`RANDOM_BLOCK_ROWS` rows, each with its own seed derived from ``seed``, so the result
+    does not depend on how the rows are chunked.
+    """
+    out = np.empty((stop - start, k), dtype=dtype)
+    first, last = start // RANDOM_BLOCK_ROWS, (stop - 1) // RANDOM_BLOCK_ROWS
+    for b in range(first, last + 1):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, b)))
+        block = rng.standard_normal((RANDOM_BLOCK_ROWS, k))
+        lo = max(start, b * RANDOM_BLOCK_ROWS)
+        hi = min(stop, (b + 1) * RANDOM_BLOCK_ROWS)
+        out[lo - start : hi - start] = block[lo - b * RANDOM_BLOCK_ROWS : hi - b * RANDOM_BLOCK_ROWS]
+    np.abs(out, out=out)
+    out *= scale
+    return out
+
+
+def nndsvd_rows(
+    U: np.ndarray,
+    signs: np.ndarray,
+    norms: np.ndarray,
+    root_scale: np.ndarray,
+    *,
+    fill: str,
+    mean: float,
+    start: int,
+    seed: int,
+    dtype: Any,
+) -> np.ndarray:
+    """Rows of the NNDSVD W factor (Boutsidis & Gallopoulos, 2008) from rows of ``U``.
+
+    Parameters
+    ----------
+    U : (r, k) rows of the left singular vectors.
+    signs : (k,) +1 to take the positive part of column j, -1 for the negative part
+        (column 0 takes ``|U[:, 0]|``; encode it as 0).
+    norms : (k,) norm of the chosen part over all rows (for normalisation).
+    root_scale : (k,) ``sqrt(S_j * sigma_j)`` (``sqrt(S_0)`` for j = 0).
+    fill : "zero" | "mean" | "random" — nndsvd, nndsvda, nndsvdar.
+    """
+    U = np.asarray(U, dtype=np.float64)
+    W = np.empty_like(U)
+    for j in range(U.shape[1]):
+        if signs[j] == 0:
+            part = np.abs(U[:, j])
+        elif signs[j] > 0:
+            part = np.maximum(U[:, j], 0.0)
+        else:
+            part = np.abs(np.minimum(U[:, j], 0.0))
+        nrm = norms[j] if signs[j] != 0 else 1.0
+        W[:, j] = root_scale[j] * part / (nrm if nrm > 0 else 1.0)
+    W[W < 1e-6] = 0.0
+    if fill == "mean":
+        W[W == 0] = mean
+    elif fill == "random":
+        noise = random_rows(start, start + W.shape[0], W.shape[1], seed=seed, scale=mean / 100,
+                            dtype=np.float64)
+        zero = W == 0
+        W[zero] = noise[zero]
+    return W.astype(dtype, copy=False)
+
+
+def transform_rows(X: Array, H: np.ndarray, HHt: np.ndarray, *, l1: float = 0.0,
+                   l2: float = 0.0) -> np.ndarray:
+    """Exact non-negative least squares for rows of W with H fixed: ``min ||X - W H||``."""
+    XHt = np.asarray(X @ H.T, dtype=np.float64)
+    gram = HHt + l2 * np.eye(HHt.shape[0]) if l2 else HHt
+    rhs = XHt.T - l1 if l1 else XHt.T
+    return nnls_bpp(gram, rhs).T.astype(H.dtype, copy=False)

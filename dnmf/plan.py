@@ -1,0 +1,223 @@
+"""The chunk plan: how X is cut into row panels, and whether it stays in worker memory.
+
+The row-panel scheme needs every chunk of X to hold all columns of a block of rows. The plan
+keeps the stored chunks when they serve, merges column tiles or splits over-tall chunks
+otherwise (a rechunk that still reads each stored chunk once per iteration), and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from dnmf.errors import InputError
+
+#: Fraction of a worker's memory the plan lets one task use (the rest: other tasks, Dask).
+TASK_MEMORY_FRACTION = 0.25
+#: Largest row panel the plan builds by default; larger panels gain nothing in throughput.
+MAX_PANEL_BYTES = 128 * 2**20
+#: Stored row panels smaller than this are merged (fewer tasks per iteration).
+MIN_PANEL_BYTES = 2 * 2**20
+#: ``persist_x="auto"`` keeps X in worker memory when it takes at most this share of it.
+PERSIST_FRACTION = 0.4
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """The row-panel layout of one fit.
+
+    Attributes
+    ----------
+    scheme : "row-panel"
+    row_chunks : tuple of int
+        Rows of each panel.
+    rechunk : str or None
+        What the plan changed in the stored layout, and why; None when it kept it.
+    persist_x : bool
+        X is read once and kept in worker memory (zero store reads per iteration).
+    reads_per_iteration : int
+        Chunks of X read from storage per iteration.
+    task_bytes : int
+        Estimated peak memory of one panel task.
+    memory_per_worker : int
+    w_location : str
+    """
+
+    scheme: str
+    shape: tuple[int, int]
+    rank: int
+    itemsize: int
+    row_chunks: tuple[int, ...]
+    stored_chunks: tuple[tuple[int, ...], tuple[int, ...]]
+    rechunk: str | None
+    persist_x: bool
+    reads_per_iteration: int
+    task_bytes: int
+    memory_per_worker: int
+    w_location: str
+
+    @property
+    def n_panels(self) -> int:
+        return len(self.row_chunks)
+
+    @property
+    def panel_bytes(self) -> int:
+        return max(self.row_chunks) * self.shape[1] * self.itemsize
+
+    def describe(self) -> list[str]:
+        """Human-readable lines, for ``--dry-run`` and the log."""
+        mib = 2**20
+        lines = [
+            f"scheme: {self.scheme}, {self.n_panels} panel(s) of up to {max(self.row_chunks):,} "
+            f"rows x {self.shape[1]:,} columns ({self.panel_bytes / mib:,.1f} MiB)",
+            "stored chunks kept" if self.rechunk is None else f"rechunk: {self.rechunk}",
+            (
+                "X persisted in worker memory: 0 reads of storage per iteration"
+                if self.persist_x
+                else f"reads per iteration: {self.reads_per_iteration} chunk(s), each once"
+            ),
+            f"estimated memory per task: {self.task_bytes / mib:,.1f} MiB "
+            f"(worker budget {self.memory_per_worker / mib:,.0f} MiB)",
+            f"W ({self.shape[0]:,} x {self.rank}): {self.w_location}",
+        ]
+        return lines
+
+    def as_dict(self) -> dict:
+        return {
+            "scheme": self.scheme,
+            "n_panels": self.n_panels,
+            "max_panel_rows": max(self.row_chunks),
+            "rechunk": self.rechunk,
+            "persist_x": self.persist_x,
+            "reads_per_iteration": self.reads_per_iteration,
+            "task_bytes": self.task_bytes,
+        }
+
+
+def task_memory(rows: int, n: int, k: int, itemsize: int) -> int:
+    """Peak bytes of one panel task: X_i (and a decoded copy), W_i products, k x n partials."""
+    return 2 * rows * n * itemsize + 4 * rows * k * itemsize + 3 * k * n * 8
+
+
+def _split_rows(total: int, target: int) -> tuple[int, ...]:
+    target = max(1, min(target, total))
+    n, rem = divmod(total, target)
+    return (target,) * n + ((rem,) if rem else ())
+
+
+def _merge_rows(chunks: tuple[int, ...], target: int) -> tuple[int, ...]:
+    """Merge consecutive stored row chunks up to ``target`` rows (no stored chunk is split)."""
+    out: list[int] = []
+    acc = 0
+    for c in chunks:
+        if acc and acc + c > target:
+            out.append(acc)
+            acc = 0
+        acc += c
+    if acc:
+        out.append(acc)
+    return tuple(out)
+
+
+def plan_chunks(
+    X: da.Array,
+    rank: int,
+    *,
+    memory_per_worker: int,
+    n_workers: int = 1,
+    threads_per_worker: int = 1,
+    persist_x: bool | str = "auto",
+    x_in_memory: bool = False,
+    max_panel_bytes: int | None = None,
+    min_panel_bytes: int | None = None,
+) -> ChunkPlan:
+    """Choose the row panels of X for rank ``rank`` within a memory budget.
+
+    Parameters
+    ----------
+    X : dask array of shape (n_samples, n_features)
+    rank : int
+    memory_per_worker : int
+        Bytes per worker; a task may use :data:`TASK_MEMORY_FRACTION` of it per thread.
+    n_workers, threads_per_worker : int
+    persist_x : bool or "auto"
+        Keep X in worker memory between iterations. ``"auto"``: when X is backed by storage and
+        takes at most :data:`PERSIST_FRACTION` of the workers' total memory.
+    x_in_memory : bool
+        X already lives in memory (a numpy array wrapped by dask): nothing to persist.
+    max_panel_bytes : int, optional
+        Cap on a panel's size (default :data:`MAX_PANEL_BYTES`).
+    min_panel_bytes : int, optional
+        Stored row panels below this size are merged (default :data:`MIN_PANEL_BYTES`; 0 keeps
+        the stored row chunks however small).
+
+    Raises
+    ------
+    InputError
+        When not even a single-row panel fits the budget.
+    """
+    n_samples, n_features = X.shape
+    itemsize = np.dtype(X.dtype).itemsize
+    budget = int(memory_per_worker * TASK_MEMORY_FRACTION / max(threads_per_worker, 1))
+    cap = max_panel_bytes or MAX_PANEL_BYTES
+    floor = MIN_PANEL_BYTES if min_panel_bytes is None else min_panel_bytes
+    row_bytes = n_features * itemsize
+    fixed = task_memory(0, n_features, rank, itemsize)
+    per_row = task_memory(1, n_features, rank, itemsize) - fixed
+    max_rows_budget = (budget - fixed) // per_row if budget > fixed else 0
+    if max_rows_budget < 1:
+        raise InputError(
+            f"one row panel of X ({n_features:,} columns, k={rank}) needs "
+            f"{task_memory(1, n_features, rank, itemsize) / 2**20:,.0f} MiB, more than the "
+            f"{budget / 2**20:,.0f} MiB a task may use — raise --memory-limit or lower k"
+        )
+    target_rows = int(max(1, min(max_rows_budget, cap // max(row_bytes, 1))))
+
+    stored_rows, stored_cols = X.chunks
+    notes = []
+    if len(stored_cols) > 1:
+        notes.append(f"merge {len(stored_cols)} column chunks into full-width row panels")
+    if max(stored_rows) > target_rows:
+        rows = _split_rows(n_samples, target_rows)
+        notes.append(
+            f"split stored row chunks of up to {max(stored_rows):,} rows into panels of "
+            f"{target_rows:,} rows (memory budget)"
+        )
+    elif max(stored_rows) * row_bytes < floor and len(stored_rows) > 1:
+        rows = _merge_rows(stored_rows, max(1, min(target_rows, floor // row_bytes)))
+        if rows != stored_rows:
+            notes.append(f"merge {len(stored_rows)} small row chunks into {len(rows)} panels")
+    else:
+        rows = stored_rows
+    rechunk = "; ".join(notes) if notes else None
+
+    total_memory = memory_per_worker * max(n_workers, 1)
+    if persist_x == "auto":
+        persist = not x_in_memory and X.nbytes <= PERSIST_FRACTION * total_memory
+    else:
+        persist = bool(persist_x)
+    reads = 0 if persist else sum(len(stored_cols) for _ in stored_rows)
+    task_bytes = task_memory(max(rows), n_features, rank, itemsize)
+    return ChunkPlan(
+        scheme="row-panel",
+        shape=(n_samples, n_features),
+        rank=rank,
+        itemsize=itemsize,
+        row_chunks=tuple(rows),
+        stored_chunks=(tuple(stored_rows), tuple(stored_cols)),
+        rechunk=rechunk,
+        persist_x=persist,
+        reads_per_iteration=reads,
+        task_bytes=task_bytes,
+        memory_per_worker=memory_per_worker,
+        w_location="persisted in worker memory, chunked like X's rows",
+    )
+
+
+def apply_plan(X: da.Array, plan: ChunkPlan) -> da.Array:
+    """X rechunked to the plan's row panels (a no-op when the stored chunks serve)."""
+    if X.chunks == (plan.row_chunks, (plan.shape[1],)):
+        return X
+    return X.rechunk((plan.row_chunks, (plan.shape[1],)))

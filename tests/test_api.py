@@ -1,0 +1,181 @@
+"""The functional API: factorize, the result store, load, transform, and its errors."""
+
+from __future__ import annotations
+
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import dnmf
+from dnmf.errors import InputError, OutputError
+from tests.conftest import make_planted
+
+
+@pytest.fixture
+def X():
+    return make_planted(200, 40, 4, dtype="float32")[0]
+
+
+def test_numpy_in_numpy_out(X):
+    result = dnmf.factorize(X, 4, random_state=0, max_iter=50)
+    assert isinstance(result.W, np.ndarray) and result.W.shape == (200, 4)
+    assert result.H.shape == (4, 40) and result.relative_error < 0.05
+    assert result.reconstruction_err == pytest.approx(
+        np.linalg.norm(X.astype(np.float64) - result.W.astype(np.float64) @ result.H), rel=1e-3
+    )
+
+
+def test_dask_in_dask_out(X):
+    result = dnmf.factorize(da.from_array(X, chunks=(50, 40)), 4, random_state=0, max_iter=20,
+                             min_panel_bytes=0)
+    assert isinstance(result.W, da.Array) and result.W.chunks[0] == (50, 50, 50, 50)
+
+
+def test_components_ordered_by_contribution(X):
+    result = dnmf.factorize(X, 4, random_state=0, max_iter=50)
+    contribution = np.linalg.norm(result.W, axis=0) * np.linalg.norm(result.H, axis=1)
+    assert (np.diff(contribution) <= 1e-6 * contribution[0]).all()
+
+
+def test_result_store_layout_and_load(tmp_path, X):
+    out = tmp_path / "res.zarr"
+    result = dnmf.factorize(X, 4, random_state=5, max_iter=30, out=out)
+    assert result.path == str(out)
+    root = zarr.open_group(str(out), mode="r")
+    attrs = dict(root.attrs)
+    assert attrs["status"] == "complete" and attrs["schema_version"] == 1
+    for key in ("dnmf_version", "solver", "beta_loss", "n_components", "init", "seed", "n_iter",
+                "converged", "relative_error", "loss_history", "input", "wall_time_s"):
+        assert key in attrs
+    assert attrs["seed"] == 5 and attrs["n_components"] == 4
+    assert attrs["input"]["shape"] == [200, 40]
+    ds = xr.open_zarr(out)
+    assert ds["W"].dims == ("sample", "component") and ds["H"].dims == ("component", "feature")
+    np.testing.assert_allclose(ds["H"].values, result.H)
+    np.testing.assert_allclose(ds["W"].values, np.asarray(result.W))
+    model = dnmf.load(out)
+    np.testing.assert_allclose(model.components_, result.H)
+    assert model.n_iter_ == result.n_iter
+    assert model.reconstruction_err_ == pytest.approx(result.reconstruction_err)
+    np.testing.assert_allclose(model.W_.compute(), np.asarray(result.W))
+    # the model transforms new rows with H fixed
+    W_new = model.transform(X[:10])
+    assert W_new.shape == (10, 4)
+
+
+def test_existing_output_refused_before_any_work(tmp_path, X):
+    out = tmp_path / "res.zarr"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(OutputError, match="already exists — pass --overwrite"):
+        dnmf.factorize(X, 4, out=out)
+    assert (out / "keep.txt").read_text() == "precious"
+    dnmf.factorize(X, 4, out=out, overwrite=True, max_iter=5)
+    assert not (out / "keep.txt").exists()
+    assert zarr.open_group(str(out), mode="r").attrs["status"] == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["res.zarr"]  # no temp dirs left behind
+
+
+def test_output_under_a_regular_file_is_refused(tmp_path, X):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a directory"):
+        dnmf.factorize(X, 4, out=blocker / "res.zarr")
+
+
+def test_failed_run_leaves_no_output(tmp_path, X):
+    bad = X.copy()
+    bad[3, 3] = -1
+    out = tmp_path / "res.zarr"
+    with pytest.raises(InputError, match="negative"):
+        dnmf.factorize(bad, 4, out=out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(rank=0), "rank k=0 is impossible"),
+        (dict(rank=41), "rank k=41 is impossible"),
+        (dict(rank=2.5), "must be an integer"),
+        (dict(rank=3, solver="newton"), "unknown solver 'newton'"),
+        (dict(rank=3, init="magic"), "unknown init 'magic'"),
+        (dict(rank=3, max_iter=0), "max_iter must be an integer >= 1"),
+        (dict(rank=3, tol=-1.0), "tol must be a number >= 0"),
+        (dict(rank=3, beta_loss="kullback-leibler"), "not supported yet"),
+        (dict(rank=3, random_state=-4), "random_state must be >= 0"),
+        (dict(rank=3, alpha_W=-1.0), "alpha_W must be a number >= 0"),
+        (dict(rank=3, init="custom"), "needs W_init and H_init"),
+        (dict(rank=3, init="spa"), "endmember initialisation"),
+    ],
+)
+def test_parameter_errors(X, kwargs, message):
+    rank = kwargs.pop("rank")
+    with pytest.raises(InputError, match=message):
+        dnmf.factorize(X, rank, scheduler="threads", **kwargs)
+
+
+def test_custom_init_shape_errors(X):
+    with pytest.raises(InputError, match=r"H_init has shape \(3, 40\), expected"):
+        dnmf.factorize(X, 4, W_init=np.ones((200, 4)), H_init=np.ones((3, 40)))
+
+
+@pytest.mark.parametrize("init", ["random", "nndsvd", "nndsvda", "nndsvdar"])
+def test_every_init_converges(X, init):
+    result = dnmf.factorize(X, 4, init=init, random_state=0, max_iter=200, tol=1e-6)
+    assert result.init == init
+    assert result.relative_error < 0.05
+
+
+def test_nndsvd_is_a_better_start_than_random(X):
+    a = dnmf.factorize(X, 4, init="nndsvd", random_state=0, max_iter=1)
+    b = dnmf.factorize(X, 4, init="random", random_state=0, max_iter=1)
+    assert a.loss_history[0] < b.loss_history[0]
+
+
+def test_max_time_stops_early(X):
+    result = dnmf.factorize(X, 4, max_iter=100_000, tol=0.0, max_time=0.5)
+    assert result.stop_reason == "max_time" and not result.converged
+    assert result.n_iter < 100_000
+
+
+def test_path_inputs_zarr_and_npy(tmp_path, X):
+    np.save(tmp_path / "x.npy", X)
+    z = zarr.create_array(str(tmp_path / "x.zarr"), shape=X.shape, chunks=(50, 40),
+                          dtype="float32")
+    z[...] = X
+    a = dnmf.factorize(str(tmp_path / "x.npy"), 4, random_state=0, max_iter=10, tol=0)
+    b = dnmf.factorize(str(tmp_path / "x.zarr"), 4, random_state=0, max_iter=10, tol=0)
+    assert a.relative_error == pytest.approx(b.relative_error, rel=1e-4)
+
+
+def test_integer_input_becomes_float32_with_a_note():
+    X = np.random.default_rng(0).poisson(5.0, size=(100, 20)).astype(np.int32)
+    result = dnmf.factorize(X, 3, random_state=0, max_iter=10)
+    assert result.H.dtype == np.float32
+    assert any("float32" in note for note in result.notes)
+
+
+def test_callback_sees_each_iteration(X):
+    seen = []
+    dnmf.factorize(X, 4, max_iter=7, tol=0.0, callback=seen.append)
+    assert [i.iteration for i in seen] == list(range(1, 8))
+    assert all(i.relative_error > 0 and i.seconds >= 0 for i in seen)
+
+
+@pytest.mark.cluster
+def test_persisted_x_on_cluster_agrees_with_streaming(tmp_path, local_client, X):
+    path = str(tmp_path / "x.zarr")
+    z = zarr.create_array(path, shape=X.shape, chunks=(50, 40), dtype="float32")
+    z[...] = X
+    kw = dict(random_state=0, max_iter=15, tol=0.0, client=local_client)
+    plans = []
+    a = dnmf.factorize(path, 4, persist_x=True, on_plan=lambda p, c: plans.append(p), **kw)
+    b = dnmf.factorize(path, 4, persist_x=False, on_plan=lambda p, c: plans.append(p), **kw)
+    assert plans[0].persist_x and not plans[1].persist_x
+    np.testing.assert_allclose(a.H, b.H, rtol=1e-6)
+    assert os.path.exists(path)

@@ -1,0 +1,88 @@
+"""The scheduler layer: threads for small data, LocalCluster, addresses, existing clients."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dnmf.cluster import (
+    AUTO_THREADS_MAX_BYTES,
+    blas_threads_for,
+    execution_context,
+    parse_memory,
+)
+from dnmf.errors import InputError
+
+
+def test_auto_picks_threads_for_small_data():
+    with execution_context("auto", x_nbytes=10_000) as ctx:
+        assert ctx.kind == "threads" and ctx.client is None
+        assert ctx.threads_per_worker == (os.cpu_count() or 1)
+
+
+@pytest.mark.cluster
+def test_auto_starts_a_local_cluster_for_large_data_and_closes_it():
+    with execution_context("auto", x_nbytes=AUTO_THREADS_MAX_BYTES + 1, workers=1,
+                           memory_limit="1GB") as ctx:
+        assert ctx.kind == "local" and ctx.n_workers == 1
+        assert ctx.memory_per_worker == parse_memory("1GB")
+        assert ctx.dashboard_link
+        assert ctx.compute(__import__("dask").delayed(sum)([1, 2]))[0] == 3
+        client = ctx.client
+    assert client.status == "closed"
+
+
+@pytest.mark.cluster
+def test_existing_client_is_used_as_is_and_left_open(local_client):
+    with execution_context("auto", client=local_client) as ctx:
+        assert ctx.kind == "client" and ctx.n_workers == 2
+    assert local_client.status == "running"
+    with execution_context(local_client) as ctx:
+        assert ctx.client is local_client
+
+
+@pytest.mark.cluster
+def test_current_client_is_picked_up_by_auto(local_client):
+    with local_client.as_current(), execution_context("auto", x_nbytes=10) as ctx:
+        assert ctx.client is local_client
+
+
+@pytest.mark.cluster
+def test_address_and_environment_variable(local_client, monkeypatch):
+    address = local_client.scheduler.address
+    with execution_context(address) as ctx:
+        assert ctx.kind == "address" and ctx.n_workers == 2
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+    with execution_context("auto", x_nbytes=10) as ctx:
+        assert ctx.kind == "address"
+
+
+def test_unreachable_address_is_a_clear_error():
+    with pytest.raises(InputError, match="cannot reach the Dask scheduler"):
+        with execution_context("tcp://127.0.0.1:1"):
+            pass
+
+
+def test_unknown_scheduler_name():
+    with pytest.raises(InputError, match="unknown scheduler 'bogus'"):
+        with execution_context("bogus"):
+            pass
+
+
+@pytest.mark.parametrize("text,expected", [("2GB", 2_000_000_000), ("700MiB", 700 * 2**20),
+                                           (123, 123), (None, None)])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+def test_parse_memory_error():
+    with pytest.raises(InputError, match="cannot read memory size 'lots'"):
+        parse_memory("lots")
+
+
+def test_no_blas_oversubscription():
+    cores = os.cpu_count() or 1
+    with execution_context("threads") as ctx:
+        assert blas_threads_for(ctx, n_tasks=100) * ctx.threads_per_worker <= cores
+        assert blas_threads_for(ctx, n_tasks=1) == cores  # one panel: BLAS gets the cores

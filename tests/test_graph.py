@@ -1,0 +1,139 @@
+"""Graph structure: one read of each chunk of X per iteration, nothing computed while building."""
+
+from __future__ import annotations
+
+import logging
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from dask.callbacks import Callback
+from zarr.storage import LocalStore, LoggingStore
+
+from dnmf import graph, kernels
+from dnmf.cluster import ExecutionContext
+from dnmf.solvers import iterate
+from tests.conftest import make_planted
+
+
+class CountComputes(Callback):
+    """Counts scheduler runs (each dask.compute/persist on the local schedulers is one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def _start(self, dsk):
+        self.n += 1
+
+
+@pytest.fixture
+def logged_zarr(tmp_path):
+    X, _, _ = make_planted(240, 30, 4, dtype="float32")
+    path = tmp_path / "x.zarr"
+    arr = zarr.create_array(LocalStore(path), shape=X.shape, chunks=(40, 30), dtype="float32")
+    arr[...] = X
+    store = LoggingStore(LocalStore(path, read_only=True), log_handler=logging.NullHandler())
+    return X, store, da.from_zarr(zarr.open_array(store, mode="r"))
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu", "anls"])
+def test_one_iteration_reads_each_chunk_of_x_once(logged_zarr, solver):
+    X, store, Xd = logged_zarr
+    W = graph.random_w(Xd.chunks[0], 4, seed=0, scale=1.0, dtype=np.float32)
+    H = np.abs(np.random.default_rng(0).random((4, 30))).astype(np.float32)
+    (W,) = dask.persist(W, scheduler="sync")
+    store.counter.clear()
+    W_new, partials = graph.iteration_graph(Xd, W, H, solver=solver)
+    assert store.counter["get"] == 0  # building reads nothing
+    W_new, partials = dask.persist(W_new, partials, scheduler="threads")
+    n_chunks = Xd.numblocks[0] * Xd.numblocks[1]
+    assert store.counter["get"] == n_chunks == 6
+    WtX, WtW = partials.compute(scheduler="sync")
+    W_np = W_new.compute(scheduler="sync").astype(np.float64)
+    np.testing.assert_allclose(WtX, W_np.T @ X, rtol=1e-5)
+    np.testing.assert_allclose(WtW, W_np.T @ W_np, rtol=1e-5)
+
+
+def test_iteration_graph_has_o_chunks_tasks_and_computes_nothing():
+    X = da.from_array(np.ones((1000, 10)), chunks=(10, 10))
+    W = da.ones((1000, 3), chunks=(10, 3))
+    with CountComputes() as counter:
+        W_new, partials = graph.iteration_graph(X, W, np.ones((3, 10)), solver="hals")
+    assert counter.n == 0
+    n = X.numblocks[0]
+    layer_sizes = {name: len(layer) for name, layer in W_new.__dask_graph__().layers.items()
+                   if name.startswith("dnmf-")}
+    panel = next(v for k, v in layer_sizes.items() if k.startswith("dnmf-panel"))
+    reduce = next(v for k, v in layer_sizes.items() if k.startswith("dnmf-partials"))
+    assert panel == n
+    assert reduce < n / (graph.SPLIT_EVERY - 1) + 2  # a tree: O(n / split_every) combines
+
+
+def test_tree_reduction_equals_plain_sum():
+    rng = np.random.default_rng(1)
+    X = rng.random((370, 9))
+    Xd = da.from_array(X, chunks=(10, 9))  # 37 panels: three levels at split_every=4
+    W = da.from_array(rng.random((370, 2)), chunks=(10, 2))
+    H = rng.random((2, 9))
+    W_new, partials = graph.iteration_graph(Xd, W, H, solver="mu", split_every=4)
+    WtX, WtW = partials.compute(scheduler="sync")
+    Wn = W_new.compute(scheduler="sync")
+    np.testing.assert_allclose(WtX, Wn.T @ X, rtol=1e-12)
+    np.testing.assert_allclose(WtW, Wn.T @ Wn, rtol=1e-12)
+
+
+def test_iteration_graph_rejects_column_chunks():
+    X = da.ones((20, 10), chunks=(10, 5))
+    with pytest.raises(ValueError, match="all columns in one chunk"):
+        graph.iteration_graph(X, da.ones((20, 2), chunks=(10, 2)), np.ones((2, 10)),
+                              solver="hals")
+
+
+class CountingContext(ExecutionContext):
+    """The real in-process context, counting its scheduler calls."""
+
+    def __init__(self):
+        super().__init__(kind="threads", n_workers=1, threads_per_worker=2)
+        self.calls = 0
+
+    def persist(self, *collections):
+        self.calls += 1
+        return super().persist(*collections)
+
+    def compute(self, *collections):
+        self.calls += 1
+        return super().compute(*collections)
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_iterate_makes_one_scheduler_round_trip_per_iteration(logged_zarr, solver):
+    X, store, Xd = logged_zarr
+    W = graph.random_w(Xd.chunks[0], 4, seed=0, scale=1.0, dtype=np.float32)
+    H = np.random.default_rng(0).random((4, 30)).astype(np.float32)
+    ctx = CountingContext()
+    store.counter.clear()
+    with CountComputes() as counter:
+        state = iterate(Xd, W, H, sq_norm=float((X.astype(np.float64) ** 2).sum()),
+                        solver=solver, ctx=ctx, max_iter=5, tol=0.0)
+    assert state.n_iter == 5
+    # one persist for the initial W, then one per iteration (persisted partials read back free)
+    assert ctx.calls == 1 + 5
+    assert counter.n == 1 + 5
+    assert store.counter["get"] == 5 * Xd.numblocks[0]
+    assert len(state.loss_history) == 5
+
+
+def test_kernels_panel_step_is_what_the_graph_runs():
+    rng = np.random.default_rng(3)
+    X = rng.random((30, 8))
+    W = rng.random((30, 2))
+    H = rng.random((2, 8))
+    W_new, partials = graph.iteration_graph(
+        da.from_array(X, chunks=(30, 8)), da.from_array(W, chunks=(30, 2)), H, solver="hals"
+    )
+    expected_W, (WtX, _) = kernels.panel_step(X, W, H, H @ H.T, solver="hals")
+    np.testing.assert_allclose(W_new.compute(scheduler="sync"), expected_W, rtol=1e-12)
+    np.testing.assert_allclose(partials.compute(scheduler="sync")[0], WtX, rtol=1e-12)

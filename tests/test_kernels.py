@@ -1,0 +1,149 @@
+"""Block kernels against references: scikit-learn's coordinate descent, scipy's NNLS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+from sklearn.decomposition._nmf import _update_coordinate_descent
+
+from dnmf import kernels
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(42)
+
+
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.2), (0.1, 0.4)])
+def test_hals_sweep_equals_sklearn_coordinate_descent(rng, l1, l2):
+    X = rng.random((50, 30))
+    W = rng.random((50, 4))
+    H = rng.random((4, 30))
+    expected = W.copy()
+    _update_coordinate_descent(X, expected, H.T, l1, l2, False, None)
+    got = kernels.hals_sweep(W, X @ H.T, H @ H.T, l1=l1, l2=l2)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    assert (got >= 0).all()
+
+
+def test_hals_sweep_skips_component_with_zero_gram(rng):
+    W = rng.random((10, 3))
+    H = rng.random((3, 8))
+    H[1] = 0
+    X = W @ H
+    got = kernels.hals_sweep(W, X @ H.T, H @ H.T)
+    np.testing.assert_array_equal(got[:, 1], W[:, 1])  # no information: left unchanged
+    assert np.isfinite(got).all()
+
+
+def test_mu_step_matches_lee_seung(rng):
+    X = rng.random((40, 20))
+    W = rng.random((40, 3))
+    H = rng.random((3, 20))
+    got = kernels.mu_step(W, X @ H.T, H @ H.T)
+    np.testing.assert_allclose(got, W * (X @ H.T) / (W @ H @ H.T), rtol=1e-12)
+
+
+def test_mu_step_zero_row_stays_zero_without_nan(rng):
+    W = rng.random((5, 3))
+    W[2] = 0
+    H = rng.random((3, 7))
+    got = kernels.mu_step(W, rng.random((5, 7)) @ H.T, H @ H.T)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got[2], 0)
+
+
+@pytest.mark.parametrize("k,m", [(1, 7), (5, 50), (12, 300)])
+@pytest.mark.parametrize("warm", [False, True])
+def test_nnls_bpp_equals_scipy_nnls(rng, k, m, warm):
+    A = rng.random((60, k))
+    B = rng.random((60, m)) - 0.4  # negative parts force active constraints
+    init = rng.random((k, m)) if warm else None
+    got = kernels.nnls_bpp(A.T @ A, A.T @ B, init=init)
+    expected = np.stack([scipy.optimize.nnls(A, B[:, j])[0] for j in range(m)], axis=1)
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+def test_nnls_bpp_rank_deficient_gram_stays_finite(rng):
+    A = rng.random((30, 3))
+    A = np.hstack([A, A[:, :1]])  # duplicated column: singular Gram matrix
+    B = rng.random((30, 10))
+    got = kernels.nnls_bpp(A.T @ A, A.T @ B)
+    assert np.isfinite(got).all() and (got >= 0).all()
+    ref = np.stack([scipy.optimize.nnls(A, B[:, j])[0] for j in range(10)], axis=1)
+    # the residual is what is unique when the Gram matrix is singular
+    np.testing.assert_allclose(
+        np.linalg.norm(A @ got - B, axis=0), np.linalg.norm(A @ ref - B, axis=0), rtol=1e-8
+    )
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu", "anls"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_panel_step_returns_new_w_and_float64_partials(rng, solver, dtype):
+    X = rng.random((30, 12)).astype(dtype)
+    W = rng.random((30, 3)).astype(dtype)
+    H = rng.random((3, 12)).astype(dtype)
+    W_new, (WtX, WtW) = kernels.panel_step(X, W, H, H.astype(np.float64) @ H.T, solver=solver)
+    assert W_new.dtype == dtype and WtX.dtype == np.float64 and WtW.dtype == np.float64
+    assert (W_new >= 0).all()
+    np.testing.assert_allclose(WtX, W_new.astype(np.float64).T @ X, rtol=1e-5)
+    np.testing.assert_allclose(WtW, W_new.astype(np.float64).T @ W_new, rtol=1e-5)
+
+
+def test_sum_partials_adds_panels_and_pairs(rng):
+    parts = [(rng.random((2, 3)), (rng.random((2, 4)), rng.random((2, 2)))) for _ in range(3)]
+    total = kernels.sum_partials(*parts)
+    np.testing.assert_allclose(total[0], sum(p[1][0] for p in parts))
+    again = kernels.sum_partials(total, (np.ones((2, 4)), np.ones((2, 2))))
+    np.testing.assert_allclose(again[1], total[1] + 1)
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu", "anls"])
+def test_update_h_is_the_transposed_w_update(rng, solver):
+    X = rng.random((25, 10))
+    W = rng.random((25, 3))
+    H = rng.random((3, 10))
+    got = kernels.update_h(H, W.T @ X, W.T @ W, solver=solver)
+    expected = kernels.update_w(H.T.copy(), X.T @ W, W.T @ W, solver=solver).T
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_frobenius_loss_from_grams_equals_direct(rng):
+    X = rng.random((40, 15))
+    W = rng.random((40, 4))
+    H = rng.random((4, 15))
+    got = kernels.frobenius_loss(float((X**2).sum()), W.T @ X, W.T @ W, H)
+    assert got == pytest.approx(np.linalg.norm(X - W @ H) ** 2, rel=1e-10)
+
+
+def test_random_rows_do_not_depend_on_chunking():
+    whole = kernels.random_rows(0, 10000, 4, seed=7, scale=0.5, dtype=np.float32)
+    pieces = np.vstack([
+        kernels.random_rows(a, b, 4, seed=7, scale=0.5, dtype=np.float32)
+        for a, b in [(0, 3), (3, 4100), (4100, 8192), (8192, 10000)]
+    ])
+    np.testing.assert_array_equal(whole, pieces)
+    assert whole.dtype == np.float32 and (whole >= 0).all()
+    assert not np.array_equal(whole, kernels.random_rows(0, 10000, 4, seed=8, scale=0.5,
+                                                          dtype=np.float32))
+
+
+def test_transform_rows_is_exact_nnls(rng):
+    H = rng.random((3, 20))
+    X = rng.random((15, 20))
+    got = kernels.transform_rows(X, H, H @ H.T)
+    expected = np.stack([scipy.optimize.nnls(H.T, x)[0] for x in X])
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+
+
+def test_kernels_never_import_dask():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(kernels))
+    names = [
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    ] + [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert not any(n.split(".")[0] == "dask" for n in names)

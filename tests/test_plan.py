@@ -1,0 +1,80 @@
+"""The chunk plan: keeps stored row panels when they serve, rechunks only when needed."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from dnmf.errors import InputError
+from dnmf.plan import apply_plan, plan_chunks, task_memory
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize(
+    "shape,chunks,expect_rechunk,expect_rows",
+    [
+        # stored row panels of 16 MiB within budget: kept as they are
+        ((100_000, 1000), (4096, 1000), None, 4096),
+        # column tiles: merged into full-width panels of the stored row height
+        ((100_000, 1000), (4096, 250), "merge 4 column chunks", 4096),
+        # over-tall stored chunks: split to the budget
+        ((1_000_000, 1000), (500_000, 1000), "split stored row chunks", None),
+        # many tiny stored panels: merged (no stored chunk split)
+        ((10_000, 100), (10, 100), "small row chunks", None),
+    ],
+)
+def test_plan_keeps_or_rechunks_with_reason(shape, chunks, expect_rechunk, expect_rows):
+    X = da.zeros(shape, chunks=chunks, dtype=np.float32)
+    plan = plan_chunks(X, 20, memory_per_worker=4 * GiB, persist_x=False)
+    if expect_rechunk is None:
+        assert plan.rechunk is None
+    else:
+        assert expect_rechunk in plan.rechunk
+    if expect_rows is not None:
+        assert max(plan.row_chunks) == expect_rows
+    assert sum(plan.row_chunks) == shape[0]
+    assert plan.task_bytes <= 4 * GiB * 0.25
+    Xp = apply_plan(X, plan)
+    assert Xp.chunks == (plan.row_chunks, (shape[1],))
+    assert plan.reads_per_iteration == X.numblocks[0] * X.numblocks[1]
+
+
+def test_merging_small_panels_never_splits_a_stored_chunk():
+    X = da.zeros((1000, 100), chunks=((7,) * 142 + (6,), (100,)))
+    plan = plan_chunks(X, 5, memory_per_worker=4 * GiB, persist_x=False)
+    stored_bounds = set(np.cumsum(X.chunks[0]))
+    assert set(np.cumsum(plan.row_chunks)) <= stored_bounds
+
+
+def test_plan_respects_a_small_memory_budget():
+    X = da.zeros((200_000, 500), chunks=(200_000, 500), dtype=np.float32)
+    plan = plan_chunks(X, 20, memory_per_worker=200 * 2**20, persist_x=False)
+    assert plan.task_bytes <= 200 * 2**20 * 0.25
+    assert task_memory(max(plan.row_chunks) + 1, 500, 20, 4) > 200 * 2**20 * 0.25 or (
+        max(plan.row_chunks) * 500 * 4 >= 128 * 2**20
+    )
+
+
+def test_plan_refuses_when_one_row_does_not_fit():
+    X = da.zeros((10, 10_000_000), chunks=(1, 10_000_000), dtype=np.float32)
+    with pytest.raises(InputError, match="raise --memory-limit or lower k"):
+        plan_chunks(X, 100, memory_per_worker=500 * 2**20)
+
+
+def test_persist_x_auto_when_it_fits_and_not_for_in_memory_data():
+    X = da.zeros((10_000, 100), chunks=(1000, 100))
+    fits = plan_chunks(X, 5, memory_per_worker=GiB, n_workers=2)
+    assert fits.persist_x and fits.reads_per_iteration == 0
+    too_big = plan_chunks(X, 5, memory_per_worker=10 * 2**20, n_workers=1)
+    assert not too_big.persist_x
+    in_memory = plan_chunks(X, 5, memory_per_worker=GiB, x_in_memory=True)
+    assert not in_memory.persist_x
+
+
+def test_describe_names_scheme_reads_and_memory():
+    X = da.zeros((10_000, 100), chunks=(1000, 100))
+    text = "\n".join(plan_chunks(X, 5, memory_per_worker=GiB, persist_x=False).describe())
+    for word in ("row-panel", "reads per iteration: 10", "memory per task", "W (10,000 x 5)"):
+        assert word in text
