@@ -306,11 +306,14 @@ def factorize(
 
 def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str]) -> Any:
     """W in a form that outlives the execution context."""
-    if in_memory or (ctx.kind != "client" and W.nbytes <= W_IN_MEMORY_MAX_BYTES):
+    if in_memory or W.nbytes <= W_IN_MEMORY_MAX_BYTES:
         values = ctx.compute(W)[0]
         return values if in_memory else da.from_array(values, chunks=W.chunks)
     if ctx.kind == "client":
-        return W  # persisted on the user's cluster, which stays up
+        # persisted on the user's cluster, which stays up: compute it with that client
+        notes.append("W stays persisted on your cluster: use client.compute(W) or pass out=")
+        (W,) = ctx.persist(W)
+        return W
     tmp = tempfile.mkdtemp(prefix="dnmf-W-")
     path = os.path.join(tmp, "W.zarr")
     W.rechunk({0: max(W.chunks[0])}).to_zarr(path, compute=False).compute(scheduler=ctx.scheduler)

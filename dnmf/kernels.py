@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 #: Default guard for denominators (scikit-learn's choice for its MU solver).
 EPSILON = float(np.finfo(np.float32).eps)
@@ -113,22 +112,56 @@ def _solve_passive(AtA: np.ndarray, AtB: np.ndarray, passive: np.ndarray) -> np.
     X = np.zeros((k, m), dtype=np.float64)
     if m == 0:
         return X
-    codes = np.packbits(passive, axis=0)  # one byte string per column
-    _, group_of_col = np.unique(codes, axis=1, return_inverse=True)
+    if k <= 62:  # one integer code per column: a 1-D unique is much cheaper than axis=1
+        codes = (1 << np.arange(k, dtype=np.int64)) @ passive.astype(np.int64)
+        uniq, group_of_col = np.unique(codes, return_inverse=True)
+    else:
+        uniq, group_of_col = np.unique(np.packbits(passive, axis=0), axis=1, return_inverse=True)
     group_of_col = np.ravel(group_of_col)
-    order = np.argsort(group_of_col, kind="stable")
-    bounds = np.flatnonzero(np.diff(group_of_col[order])) + 1
-    for cols in np.split(order, bounds):
+    if len(uniq) > _MAX_GROUPS:
+        return _solve_passive_batched(AtA, AtB, passive)
+    if len(uniq) == 1:
+        groups = [np.arange(m)]
+    else:
+        order = np.argsort(group_of_col, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(group_of_col[order])) + 1)
+    for cols in groups:
         rows = np.flatnonzero(passive[:, cols[0]])
         if rows.size == 0:
             continue
         sub = AtA[np.ix_(rows, rows)]
         rhs = AtB[np.ix_(rows, cols)]
         try:
-            sol = scipy.linalg.solve(sub, rhs, assume_a="pos", check_finite=False)
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            sol = np.linalg.solve(sub, rhs)
+        except np.linalg.LinAlgError:
             sol = np.linalg.lstsq(sub, rhs, rcond=None)[0]
         X[np.ix_(rows, cols)] = sol
+    return X
+
+
+#: Above this many distinct passive sets, solve column by column in vectorised batches.
+_MAX_GROUPS = 32
+#: Columns per batch of masked k x k systems (bounds the (batch, k, k) temporary).
+_BATCH = 4096
+
+
+def _solve_passive_batched(AtA: np.ndarray, AtB: np.ndarray, passive: np.ndarray) -> np.ndarray:
+    """Each column's passive system as a full k x k system with identity on the active rows."""
+    k, m = AtB.shape
+    X = np.empty((k, m), dtype=np.float64)
+    eye = np.eye(k)
+    for lo in range(0, m, _BATCH):
+        p = passive[:, lo : lo + _BATCH].T.astype(np.float64)  # (b, k)
+        mats = AtA[None] * (p[:, :, None] * p[:, None, :]) + eye[None] * (1.0 - p)[:, None, :]
+        rhs = (AtB[:, lo : lo + _BATCH].T * p)[:, :, None]
+        try:
+            sol = np.linalg.solve(mats, rhs)[:, :, 0]
+        except np.linalg.LinAlgError:  # a singular passive system: per-column least squares
+            sol = np.stack([
+                np.linalg.lstsq(a, b[:, 0], rcond=None)[0]
+                for a, b in zip(mats, rhs, strict=True)
+            ])
+        X[:, lo : lo + _BATCH] = sol.T
     return X
 
 

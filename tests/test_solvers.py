@@ -47,6 +47,8 @@ class SolverContract:
     #: scikit-learn's iterations for the reference: equal to ours where the update rules are the
     #: same (hals = cd, mu = mu); to convergence where ours is exact per step (anls).
     sk_max_iter: int = 100
+    #: our iterations in the comparison with scikit-learn (default: max_iter)
+    match_iter: int | None = None
     monotone: bool = True
 
     def fit(self, X, chunks=None, **kw):
@@ -64,9 +66,11 @@ class SolverContract:
         X, _, _ = make_planted(dtype=dtype)
         W0, H0 = _initialize_nmf(X, 5, init="nndsvda", random_state=0)
         _, _, sk_rel = sklearn_reference(X, W0, H0, self.solver, self.sk_max_iter)
-        result = self.fit(X, CHUNKINGS[layout], init="custom", W_init=W0, H_init=H0)
+        n_iter = self.match_iter or self.max_iter
+        result = self.fit(X, CHUNKINGS[layout], init="custom", W_init=W0, H_init=H0,
+                          max_iter=n_iter)
         assert result.relative_error == pytest.approx(sk_rel, rel=0.01)
-        assert result.n_iter == self.max_iter
+        assert result.n_iter == n_iter
 
     def test_non_negative_factors(self, planted):
         result = self.fit(planted, (40, 60))
@@ -93,17 +97,20 @@ class SolverContract:
         assert a.loss_history == b.loss_history
 
     def test_chunkings_agree(self, planted):
-        # tolerance: relative errors within 1e-4 (relative) across layouts, random init
+        # random init does not depend on the chunking, so the iterates differ by rounding only;
+        # stated tolerance: relative errors within 1e-4 (relative), factors within 1e-3
         results = [
-            self.fit(planted, chunks, init="random", tol=1e-6, max_iter=3 * self.max_iter)
+            self.fit(planted, chunks, init="random", max_iter=self.max_iter // 2)
             for chunks in CHUNKINGS.values()
         ]
         errors = [r.relative_error for r in results]
         assert max(errors) == pytest.approx(min(errors), rel=1e-4)
+        for r in results[1:]:
+            np.testing.assert_allclose(r.H, results[0].H, rtol=1e-3, atol=1e-6 * r.H.max())
 
     def test_recovers_planted_rank_to_noise_level(self):
         X, _, _ = make_planted(noise=0.001)
-        result = self.fit(X, (50, 60), tol=1e-7, max_iter=5 * self.max_iter)
+        result = self.fit(X, (50, 60), tol=1e-7, max_iter=2 * self.max_iter)
         assert result.relative_error < 0.01
 
     def test_all_zero_rows_and_columns_end_at_zero(self, planted):
@@ -128,14 +135,15 @@ class TestMU(SolverContract):
 
 class TestANLS(SolverContract):
     solver = "anls"
-    max_iter = 300
+    max_iter = 150
+    match_iter = 300
     sk_max_iter = 2000
 
 
 @pytest.mark.cluster
 @pytest.mark.parametrize("cls", [TestHALS, TestMU, TestANLS])
 def test_matches_sklearn_on_local_cluster(local_client, cls):
-    solver, max_iter = cls.solver, cls.max_iter
+    solver, max_iter = cls.solver, cls.match_iter or cls.max_iter
     X, _, _ = make_planted(dtype="float32")
     W0, H0 = _initialize_nmf(X, 5, init="nndsvda", random_state=0)
     _, _, sk_rel = sklearn_reference(X, W0, H0, solver, cls.sk_max_iter)
