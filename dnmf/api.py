@@ -254,12 +254,7 @@ def factorize(
                               memory_limit=memory_limit, client=client)
         )
         stack.enter_context(ctx.activate())
-        plan = plan_chunks(
-            source.array, rank, memory_per_worker=ctx.memory_per_worker,
-            n_workers=ctx.n_workers, threads_per_worker=ctx.threads_per_worker,
-            persist_x=persist_x, x_in_memory=in_memory, max_panel_bytes=max_panel_bytes,
-            min_panel_bytes=min_panel_bytes,
-        )
+        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes)
         stack.enter_context(
             threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas")
         )
@@ -268,7 +263,7 @@ def factorize(
             (Xp,) = ctx.persist(Xp)
         if on_plan is not None:
             on_plan(plan, ctx)
-        report = validate(Xp, scheduler=ctx.scheduler)
+        report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks)
         report.raise_if_invalid()
         x_mean = report.total / (source.shape[0] * source.shape[1])
         W0, H0 = initialize(Xp, rank, init=init_name, seed=seed, x_mean=x_mean,
@@ -302,6 +297,86 @@ def factorize(
             result.W = _bring_back(W, ctx, in_memory, notes)
     result.wall_time_s = time.perf_counter() - t_start
     return result
+
+
+@dataclass
+class DryRun:
+    """What :func:`factorize` would do, computed without reading X's values."""
+
+    source: Any
+    plan: ChunkPlan
+    where: str
+    solver: str
+    init: str
+
+    def describe(self) -> list[str]:
+        src = self.source
+        name = src.path or src.format
+        if src.var:
+            name += f" [{src.var}]"
+        return [
+            f"input: {name}, {src.shape[0]:,} x {src.shape[1]:,} {src.dtype} "
+            f"({src.nbytes / 1e9:,.2f} GB in memory)",
+            *[f"note: {n}" for n in src.notes],
+            f"solver: {self.solver}, init: {self.init}",
+            f"scheduler: {self.where}",
+            *self.plan.describe(),
+        ]
+
+
+def dry_run(
+    X: Any,
+    rank: int,
+    *,
+    var: str | None = None,
+    dtype: Any = None,
+    solver: str = "auto",
+    beta_loss: str | float = "frobenius",
+    init: str | None = "auto",
+    scheduler: Any = "auto",
+    workers: int | None = None,
+    memory_limit: str | int | None = None,
+    persist_x: bool | str = "auto",
+    max_panel_bytes: int | None = None,
+    min_panel_bytes: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> DryRun:
+    """Check the parameters and the output, open X lazily and make the chunk plan; write nothing.
+
+    A LocalCluster is planned for but not started; an address is connected to for its workers'
+    sizes.
+    """
+    from dnmf.cluster import parse_memory, planned_context, resolve_scheduler_name
+
+    solver_name = resolve_solver(solver, beta_loss)
+    init_name = resolve_init(init, has_custom=False)
+    if out is not None:
+        check_output(out, overwrite=overwrite)
+    source = open_matrix(X, var, dtype=dtype)
+    check_rank(source.shape, rank)
+    mem = parse_memory(memory_limit)
+    name = scheduler if not isinstance(scheduler, str) else resolve_scheduler_name(
+        scheduler, x_nbytes=source.nbytes, memory_limit=mem)
+    if isinstance(name, str) and name in ("threads", "sync", "local"):
+        ctx = planned_context(name, workers=workers, memory_limit=mem)
+        where = ctx.describe() + (" (not started)" if name == "local" else "")
+        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes)
+    else:
+        with execution_context(name, x_nbytes=source.nbytes) as ctx:
+            where = ctx.describe()
+            plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes)
+    return DryRun(source=source, plan=plan, where=where, solver=solver_name, init=init_name)
+
+
+def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | str,
+              max_panel_bytes: int | None, min_panel_bytes: int | None) -> ChunkPlan:
+    return plan_chunks(
+        source.array, rank, memory_per_worker=ctx.memory_per_worker, n_workers=ctx.n_workers,
+        threads_per_worker=ctx.threads_per_worker, persist_x=persist_x,
+        x_in_memory=source.format == "numpy", max_panel_bytes=max_panel_bytes,
+        min_panel_bytes=min_panel_bytes,
+    )
 
 
 def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str]) -> Any:
@@ -389,3 +464,56 @@ def load(path: str | os.PathLike) -> Any:
     model.W_ = W
     model.attrs_ = attrs
     return model
+
+
+@dataclass
+class MatrixInfo:
+    """What ``dnmf info`` reports: layout, sizes and one validation pass."""
+
+    source: Any
+    report: Any
+    disk_bytes: int | None
+
+    def describe(self) -> list[str]:
+        src, rep = self.source, self.report
+        rows, cols = src.chunks
+        lines = [
+            f"path: {src.path or src.format}" + (f" [{src.var}]" if src.var else ""),
+            f"format: {src.format}",
+            f"shape: {src.shape[0]:,} x {src.shape[1]:,}",
+            f"dtype: {src.stored_dtype} as stored, {src.dtype} in memory",
+            f"chunks: {len(rows) * len(cols)} ({max(rows):,} x {max(cols):,} at most)",
+            f"size in memory: {src.nbytes / 1e9:,.3f} GB",
+            "size on disk: " + (f"{self.disk_bytes / 1e9:,.3f} GB" if self.disk_bytes is not None
+                                else "unknown"),
+            f"min / max: {rep.min_value:.6g} / {rep.max_value:.6g}",
+            f"negative entries: {rep.n_negative:,}",
+            f"NaN: {rep.n_nan:,}, Inf: {rep.n_inf:,}",
+            f"all-zero rows: {rep.n_zero_rows:,}, all-zero columns: {rep.n_zero_cols:,}",
+            f"||X||_F: {np.sqrt(rep.sq_norm):.6g}",
+            *[f"note: {n}" for n in src.notes],
+        ]
+        problems = rep.problems()
+        lines.append("usable for NMF: yes" if not problems else f"usable for NMF: no — {problems[0]}")
+        return lines
+
+
+def matrix_info(X: Any, *, var: str | None = None, scheduler: Any = "auto") -> MatrixInfo:
+    """Open X and run the validation pass: shape, chunks, sizes, range, sign, NaN/Inf, zeros."""
+    source = open_matrix(X, var)
+    with execution_context(scheduler, x_nbytes=source.nbytes) as ctx:
+        report = validate(source.array, scheduler=ctx.scheduler,
+                          stored_chunks=source.stored_chunks)
+    return MatrixInfo(source=source, report=report, disk_bytes=_disk_bytes(source.path))
+
+
+def _disk_bytes(path: str | None) -> int | None:
+    if path is None:
+        return None
+    local = path[len("file://"):] if path.startswith("file://") else path
+    if "://" in local or not os.path.exists(local):
+        return None
+    if os.path.isfile(local):
+        return os.path.getsize(local)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(local)
+               for f in files)

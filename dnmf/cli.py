@@ -1,15 +1,16 @@
 """The ``dnmf`` command line: parse, call the API, render progress and errors.
 
 Errors a user can cause print one line ``error: ...`` on stderr and exit 1, with no traceback;
-typer's own usage errors exit 2; Ctrl-C exits 130.
+typer's own usage errors exit 2; Ctrl-C exits 130. ``DNMF_DEBUG=1`` shows tracebacks.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -45,82 +46,159 @@ class DType(StrEnum):
     float64 = "float64"
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+# Options every computing command shares (CONTRACT.md).
+SchedulerOpt = Annotated[str, typer.Option(
+    help="auto (threads for small X, else a LocalCluster) | threads | sync | local | "
+         "tcp://host:port (DASK_SCHEDULER_ADDRESS is honoured).")]
+WorkersOpt = Annotated[int | None, typer.Option(help="LocalCluster worker processes.")]
+MemoryOpt = Annotated[str | None, typer.Option(help="Memory per LocalCluster worker, e.g. 2GB.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed (default: fresh, recorded).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
+VarOpt = Annotated[str | None, typer.Option(
+    help="Array/variable/dataset inside INPUT (a Zarr group, HDF5 file or NetCDF).")]
+
+
+def _echo(text: str, quiet: bool = False) -> None:
+    if not quiet:
+        typer.echo(text)
+
+
+def _plan_printer(progress: Any) -> Any:
+    def on_plan(plan: Any, ctx: Any) -> None:
+        progress.echo(f"scheduler: {ctx.describe()}")
+        for line in plan.describe():
+            progress.echo(f"plan: {line}")
+
+    return on_plan
 
 
 @app.command()
 def fit(
     input: Annotated[str, typer.Argument(help="Zarr/HDF5/NetCDF/.npy path or fsspec URL of X.")],
     rank: Annotated[int, typer.Option("-k", "--rank", help="Number of components k.")],
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Result store (Zarr).")] = None,
-    var: Annotated[str | None, typer.Option(help="Array/variable/dataset inside INPUT.")] = None,
-    solver: Annotated[Solver, typer.Option(help="Update rule.")] = Solver.auto,
-    loss: Annotated[str, typer.Option(help="Loss (beta-divergence).")] = "frobenius",
-    init: Annotated[Init, typer.Option(help="Initialisation.")] = Init.auto,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Result store to write (Zarr).")
+                   ] = None,
+    var: VarOpt = None,
+    solver: Annotated[Solver, typer.Option(help="hals (= cd), mu or anls; auto = hals.")
+                      ] = Solver.auto,
+    loss: Annotated[str, typer.Option(help="Loss; only frobenius for now.")] = "frobenius",
+    init: Annotated[Init, typer.Option(help="Initialisation; auto = nndsvda.")] = Init.auto,
     max_iter: Annotated[int, typer.Option(help="Maximum iterations.")] = 200,
-    tol: Annotated[float, typer.Option(help="Relative loss decrease to stop at.")] = 1e-4,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: fresh).")] = None,
-    dtype: Annotated[DType | None, typer.Option(help="Compute dtype.")] = None,
-    scheduler: Annotated[str, typer.Option(
-        help="auto | threads | sync | local | tcp://host:port")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="LocalCluster workers.")] = None,
-    memory_limit: Annotated[str | None, typer.Option(
-        help="Memory per LocalCluster worker, e.g. 2GB.")] = None,
-    max_time: Annotated[float | None, typer.Option(help="Wall-time budget, seconds.")] = None,
+    tol: Annotated[float, typer.Option(
+        help="Stop when the loss falls by less than this fraction in one iteration.")] = 1e-4,
+    seed: SeedOpt = None,
+    dtype: Annotated[DType | None, typer.Option(help="Compute dtype (default: X's).")] = None,
+    scheduler: SchedulerOpt = "auto",
+    workers: WorkersOpt = None,
+    memory_limit: MemoryOpt = None,
+    max_time: Annotated[float | None, typer.Option(help="Wall-time budget in seconds.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the chunk plan and memory per worker; write nothing.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT."""
-    from dnmf.api import factorize
+    """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT (Zarr)."""
+    from dnmf import api
+    from dnmf.errors import InputError
+    from dnmf.progress import FitProgress
 
+    common = dict(var=var, solver=solver.value, beta_loss=loss, init=init.value,
+                  dtype=dtype.value if dtype else None, scheduler=scheduler, workers=workers,
+                  memory_limit=memory_limit, out=out, overwrite=overwrite)
+    if dry_run:
+        plan = api.dry_run(input, rank, **common)
+        for line in plan.describe():
+            typer.echo(line)
+        typer.echo("dry run: nothing was read or written")
+        return
     if out is None:
-        _fail("no output given — pass -o OUT.zarr")
-
-    def progress(info) -> None:  # noqa: ANN001
-        if not quiet:
-            typer.echo(
-                f"iter {info.iteration:4d}  loss {info.loss:.6g}  "
-                f"rel.err {info.relative_error:.6f}  {info.seconds:.2f} s"
-            )
-
-    result = factorize(
-        input, rank, var=var, solver=solver.value, beta_loss=loss, init=init.value,
-        max_iter=max_iter, tol=tol, random_state=seed,
-        dtype=dtype.value if dtype else None, scheduler=scheduler, workers=workers,
-        memory_limit=memory_limit, max_time=max_time, out=out, overwrite=overwrite,
-        callback=progress,
-    )
-    if not quiet:
-        state = "converged" if result.converged else f"stopped ({result.stop_reason})"
-        typer.echo(
-            f"{state} after {result.n_iter} iterations: relative error "
-            f"{result.relative_error:.6f}, {result.wall_time_s:.1f} s -> {result.path}"
+        raise InputError("no output given — pass -o OUT.zarr (or --dry-run to only plan)")
+    with FitProgress(quiet=quiet) as progress:
+        result = api.factorize(
+            input, rank, max_iter=max_iter, tol=tol, random_state=seed, max_time=max_time,
+            callback=progress, on_plan=_plan_printer(progress), **common,
         )
+    for note in result.notes:
+        _echo(f"note: {note}", quiet)
+    state = "converged" if result.converged else f"stopped at {result.stop_reason}"
+    _echo(
+        f"{state} after {result.n_iter} iterations: relative error {result.relative_error:.6f}, "
+        f"wall time {result.wall_time_s:.1f} s; W and H written to {result.path}",
+        quiet,
+    )
 
 
-def main() -> None:
+@app.command()
+def info(
+    path: Annotated[str, typer.Argument(help="Zarr/HDF5/NetCDF/.npy path or URL.")],
+    var: VarOpt = None,
+    scheduler: SchedulerOpt = "auto",
+) -> None:
+    """Shape, chunks, dtype, sizes, range, sign, NaN/Inf and zero rows of a matrix (one pass)."""
+    from dnmf import api
+    from dnmf.progress import TaskProgress
+
+    with TaskProgress("reading"):
+        report = api.matrix_info(path, var=var, scheduler=scheduler)
+    for line in report.describe():
+        typer.echo(line)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the demo's stores.")
+                   ] = Path("dnmf-demo"),
+    scheduler: Annotated[str, typer.Option(help="Where to run (default: a LocalCluster).")
+                         ] = "local",
+    workers: WorkersOpt = 2,
+    memory_limit: MemoryOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the planted data and the fit.")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make a planted data set, factorize it on a LocalCluster and score it against the truth."""
+    from dnmf.demo import DEMO_RANK, DEMO_SHAPE, run_demo
+    from dnmf.progress import FitProgress
+
+    _echo(f"demo: planted rank-{DEMO_RANK} matrix {DEMO_SHAPE[0]:,} x {DEMO_SHAPE[1]} "
+          f"(float32 Zarr) in {out}/input.zarr", quiet)
+    with FitProgress(quiet=quiet) as progress:
+        res = run_demo(out, scheduler=scheduler, workers=workers, memory_limit=memory_limit,
+                       seed=seed, callback=progress, on_plan=_plan_printer(progress))
+    _echo(f"W and H written to {res.result_path} (open with xarray.open_zarr)", quiet)
+    _echo(f"relative error {res.relative_error:.4f} (noise level {res.noise_level:.4f}); "
+          f"planted components recovered with mean cosine {res.mean_cosine:.4f}; "
+          f"{res.fit.n_iter} iterations in {res.fit.wall_time_s:.1f} s", quiet)
+
+
+def _exit_with(message: str, code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr, never a traceback."""
     from dnmf.errors import DnmfError
 
+    debug = os.environ.get("DNMF_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        # typer returns (not raises) an exit code in this mode: 130 for Ctrl-C, or typer.Exit's
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:
+            _exit_with("interrupted", 130)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except (typer.Abort, KeyboardInterrupt):
+        _exit_with("interrupted", 130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        sys.exit(130)
-    except (DnmfError, ValueError, FileNotFoundError, PermissionError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's (typer's) usage errors
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            typer.echo("error: interrupted", err=True)
-            sys.exit(130)
-        raise
+        if debug:
+            raise
+        if isinstance(exc, DnmfError | ValueError | FileNotFoundError | PermissionError):
+            _exit_with(" ".join(str(exc).split()) or type(exc).__name__, 1)
+        _exit_with(f"{type(exc).__name__}: {' '.join(str(exc).split())} "
+                   "(rerun with DNMF_DEBUG=1 for a traceback)", 1)

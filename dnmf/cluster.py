@@ -206,41 +206,27 @@ def execution_context(
     if client is not None:
         yield _context_from_client(client, "client")
         return
-    cores = os.cpu_count() or 1
     mem_limit = parse_memory(memory_limit)
     if scheduler == "auto":
         current = _current_client()
         if current is not None:
             yield _context_from_client(current, "client")
             return
-        address = os.environ.get("DASK_SCHEDULER_ADDRESS")
-        if address:
-            scheduler = address
-        elif x_nbytes is not None and x_nbytes < AUTO_THREADS_MAX_BYTES and mem_limit is None:
-            scheduler = "threads"
-        else:
-            scheduler = "local"
+    scheduler = resolve_scheduler_name(scheduler, x_nbytes=x_nbytes, memory_limit=mem_limit)
     if scheduler in ("threads", "sync"):
-        n = 1 if scheduler == "sync" else (workers or cores)
-        ctx = ExecutionContext(
-            kind=scheduler,
-            n_workers=1,
-            threads_per_worker=n,
-            memory_per_worker=int(mem_limit or psutil.virtual_memory().available),
-        )
-        with dask.config.set(num_workers=n):
+        ctx = planned_context(scheduler, workers=workers, memory_limit=mem_limit)
+        with dask.config.set(num_workers=ctx.threads_per_worker):
             yield ctx
         return
     if scheduler == "local":
         from distributed import Client, LocalCluster
 
-        n = workers or cores
-        per_worker = mem_limit or int(psutil.virtual_memory().total / n)
+        planned = planned_context("local", workers=workers, memory_limit=mem_limit)
         cluster = LocalCluster(
-            n_workers=n,
+            n_workers=planned.n_workers,
             threads_per_worker=1,  # BLAS stays single-threaded in each worker process
             processes=True,
-            memory_limit=per_worker,
+            memory_limit=planned.memory_per_worker,
             dashboard_address=":0",
         )
         local_client = Client(cluster, set_as_default=False)
@@ -271,6 +257,43 @@ def execution_context(
         f"unknown scheduler {scheduler!r}: use auto, threads, sync, local or an address like "
         "tcp://127.0.0.1:8786"
     )
+
+
+def resolve_scheduler_name(
+    scheduler: str, *, x_nbytes: int | None, memory_limit: int | None = None
+) -> str:
+    """What ``auto`` means for this X (a current Client aside): an address, threads or local."""
+    if scheduler != "auto":
+        return scheduler
+    address = os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        return address
+    if x_nbytes is not None and x_nbytes < AUTO_THREADS_MAX_BYTES and memory_limit is None:
+        return "threads"
+    return "local"
+
+
+def planned_context(
+    scheduler: str, *, workers: int | None = None, memory_limit: int | None = None
+) -> ExecutionContext:
+    """The context ``threads``, ``sync`` or ``local`` would give, without starting anything.
+
+    Used by ``--dry-run`` to plan against a LocalCluster that is never started.
+    """
+    cores = os.cpu_count() or 1
+    if scheduler in ("threads", "sync"):
+        n = 1 if scheduler == "sync" else (workers or cores)
+        return ExecutionContext(
+            kind=scheduler, n_workers=1, threads_per_worker=n,
+            memory_per_worker=int(memory_limit or psutil.virtual_memory().available),
+        )
+    if scheduler == "local":
+        n = workers or cores
+        return ExecutionContext(
+            kind="local", n_workers=n, threads_per_worker=1,
+            memory_per_worker=int(memory_limit or psutil.virtual_memory().total / n),
+        )
+    raise InputError(f"no plan without connecting for scheduler {scheduler!r}")
 
 
 def blas_threads_for(ctx: ExecutionContext, n_tasks: int) -> int:

@@ -58,6 +58,8 @@ class ValidationReport:
         Sum of the finite entries, in float64 (its mean scales random initializations).
     first_inf_chunk : tuple of int or None
         First block holding an Inf (for messages when NaN is allowed).
+    first_negative_at, first_nonfinite_at, first_inf_at : tuple of int or None
+        ``(row, column)`` in X of the first such entry (row-major order).
     """
 
     shape: tuple[int, int]
@@ -75,6 +77,9 @@ class ValidationReport:
     sq_norm: float
     total: float = 0.0
     first_inf_chunk: Chunk | None = None
+    first_negative_at: Chunk | None = None
+    first_nonfinite_at: Chunk | None = None
+    first_inf_at: Chunk | None = None
 
     def problems(self, *, allow_nan: bool = False) -> list[str]:
         """One-line messages for everything that makes X unusable for NMF.
@@ -93,14 +98,15 @@ class ValidationReport:
         if self.n_negative:
             found.append(
                 f"X has {self.n_negative:,} negative entries (min {self.min_value:.3g}), the "
-                f"first in chunk {self.first_negative_chunk}; NMF needs X >= 0 — clip or shift "
-                "the data first"
+                f"first{_where(self.first_negative_at, self.first_negative_chunk)}; NMF needs "
+                "X >= 0 — clip or shift the data first"
             )
         n_nan = 0 if allow_nan else self.n_nan
         if n_nan or self.n_inf:
             counts = [f"{n_nan:,} NaN"] if n_nan else []
             counts += [f"{self.n_inf:,} Inf"] if self.n_inf else []
-            first = self.first_nonfinite_chunk if n_nan else self.first_inf_chunk
+            first = (_where(self.first_nonfinite_at, self.first_nonfinite_chunk) if n_nan
+                     else _where(self.first_inf_at, self.first_inf_chunk))
             if n_nan:
                 fix = 'fill or drop them (or use missing="mask" for NaN)'
             elif allow_nan:
@@ -108,7 +114,7 @@ class ValidationReport:
             else:
                 fix = "fill or drop them"
             found.append(
-                f"X has {' and '.join(counts)} entries, the first in chunk {first}; NMF needs "
+                f"X has {' and '.join(counts)} entries, the first{first}; NMF needs "
                 f"finite values — {fix}"
             )
         return found
@@ -130,8 +136,17 @@ class ValidationReport:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+def _where(at: Chunk | None, chunk: Chunk | None) -> str:
+    """`` at row R, column C in chunk (i, j)`` for messages."""
+    text = f" at row {at[0]:,}, column {at[1]:,}" if at is not None else ""
+    return text + (f" in chunk {chunk}" if chunk is not None else "")
+
+
 class _BlockStats(NamedTuple):
     index: Chunk
+    first_negative_at: Chunk | None  # (row, column) in X of the first negative entry
+    first_nonfinite_at: Chunk | None
+    first_inf_at: Chunk | None
     n_negative: int
     min_value: float
     max_value: float
@@ -168,10 +183,17 @@ def _sum_squares(values: np.ndarray) -> float:
     return math.fsum(parts)
 
 
-def _block_stats(block: np.ndarray, index: Chunk) -> _BlockStats:
+def _first_at(mask: np.ndarray, offset: Chunk) -> Chunk:
+    """Position in X of the first (row-major) True entry of a block's mask."""
+    r, c = np.unravel_index(int(np.argmax(mask)), mask.shape)
+    return (int(r) + offset[0], int(c) + offset[1])
+
+
+def _block_stats(block: np.ndarray, index: Chunk, offset: Chunk = (0, 0)) -> _BlockStats:
     """Summarise one block of X (pure numpy; runs on the workers)."""
     block = np.asarray(block)
     n_nan = n_inf = 0
+    first_nonfinite_at = first_inf_at = first_negative_at = None
     values = block
     if block.dtype.kind in "fc":
         finite = np.isfinite(block)
@@ -180,15 +202,23 @@ def _block_stats(block: np.ndarray, index: Chunk) -> _BlockStats:
             n_nan = int(np.count_nonzero(np.isnan(block)))
             n_inf = block.size - n_finite - n_nan
             values = block[finite]  # 1-D copy of the finite entries
+            first_nonfinite_at = _first_at(~finite, offset)
+            if n_inf:
+                first_inf_at = _first_at(np.isinf(block), offset)
     elif block.dtype.kind == "b":
         values = block.astype(np.uint8)
     if values.size:
         n_negative = int(np.count_nonzero(values < 0))
         min_value, max_value = float(values.min()), float(values.max())
+        if n_negative:
+            first_negative_at = _first_at(block < 0, offset)  # NaN < 0 is False
     else:
         n_negative, min_value, max_value = 0, math.nan, math.nan
     return _BlockStats(
         index=index,
+        first_negative_at=first_negative_at,
+        first_nonfinite_at=first_nonfinite_at,
+        first_inf_at=first_inf_at,
         n_negative=n_negative,
         min_value=min_value,
         max_value=max_value,
@@ -214,11 +244,11 @@ def _combine_row(*stats: _BlockStats) -> _RowSummary:
         n_negative=sum(s.n_negative for s in stats),
         min_value=min(finite_min, default=math.nan),
         max_value=max(finite_max, default=math.nan),
-        first_negative=_first([s.index for s in stats if s.n_negative]),
+        first_negative=_first([s.first_negative_at for s in stats if s.n_negative]),
         n_nan=sum(s.n_nan for s in stats),
         n_inf=sum(s.n_inf for s in stats),
-        first_nonfinite=_first([s.index for s in stats if s.n_nan or s.n_inf]),
-        first_inf=_first([s.index for s in stats if s.n_inf]),
+        first_nonfinite=_first([s.first_nonfinite_at for s in stats if s.n_nan or s.n_inf]),
+        first_inf=_first([s.first_inf_at for s in stats if s.n_inf]),
         sq_norm=math.fsum(s.sq_norm for s in stats),
         total=math.fsum(s.total for s in stats),
         n_zero_rows=int(row_nonzero.size - np.count_nonzero(row_nonzero)),
@@ -235,7 +265,8 @@ def _count_zero_cols(col_nonzero: np.ndarray) -> int:
     return int(col_nonzero.size - np.count_nonzero(col_nonzero))
 
 
-def validate(X: Any, *, scheduler: Any = None) -> ValidationReport:
+def validate(X: Any, *, scheduler: Any = None,
+             stored_chunks: tuple[int, ...] | None = None) -> ValidationReport:
     """Check X for NMF in one pass and measure ‖X‖².
 
     Parameters
@@ -245,6 +276,9 @@ def validate(X: Any, *, scheduler: Any = None) -> ValidationReport:
     scheduler : optional
         Anything ``dask.compute(scheduler=...)`` accepts: ``None`` (the configured default),
         a name such as ``"threads"`` or ``"sync"``, or a ``distributed.Client``.
+    stored_chunks : tuple of int, optional
+        The chunk shape of the store X was read from: messages then name the stored chunk of
+        the first bad entry (default: X's own chunks).
 
     Returns
     -------
@@ -275,8 +309,12 @@ def validate(X: Any, *, scheduler: Any = None) -> ValidationReport:
     blocks = array.to_delayed()
     n_row_blocks, n_col_blocks = blocks.shape
     stats_fn = dask.delayed(_block_stats, pure=True)
+    row_starts = np.cumsum((0, *array.chunks[0]))
+    col_starts = np.cumsum((0, *array.chunks[1]))
     stats = [
-        [stats_fn(blocks[i, j], (i, j)) for j in range(n_col_blocks)] for i in range(n_row_blocks)
+        [stats_fn(blocks[i, j], (i, j), (int(row_starts[i]), int(col_starts[j])))
+         for j in range(n_col_blocks)]
+        for i in range(n_row_blocks)
     ]
     rows = [dask.delayed(_combine_row, pure=True)(*stats[i]) for i in range(n_row_blocks)]
     cols = []
@@ -294,6 +332,14 @@ def validate(X: Any, *, scheduler: Any = None) -> ValidationReport:
     def first(attr: str) -> Chunk | None:
         return _first([c for r in row_summaries if (c := getattr(r, attr)) is not None])
 
+    def chunk_of(pos: Chunk | None) -> Chunk | None:
+        if pos is None:
+            return None
+        if stored_chunks:
+            return (pos[0] // stored_chunks[0], pos[1] // stored_chunks[1])
+        return (int(np.searchsorted(row_starts, pos[0], side="right") - 1),
+                int(np.searchsorted(col_starts, pos[1], side="right") - 1))
+
     finite_min = [r.min_value for r in row_summaries if not math.isnan(r.min_value)]
     finite_max = [r.max_value for r in row_summaries if not math.isnan(r.max_value)]
     return ValidationReport(
@@ -303,15 +349,18 @@ def validate(X: Any, *, scheduler: Any = None) -> ValidationReport:
         n_negative=sum(r.n_negative for r in row_summaries),
         min_value=min(finite_min, default=math.nan),
         max_value=max(finite_max, default=math.nan),
-        first_negative_chunk=first("first_negative"),
+        first_negative_chunk=chunk_of(first("first_negative")),
+        first_negative_at=first("first_negative"),
         n_nan=sum(r.n_nan for r in row_summaries),
         n_inf=sum(r.n_inf for r in row_summaries),
-        first_nonfinite_chunk=first("first_nonfinite"),
+        first_nonfinite_chunk=chunk_of(first("first_nonfinite")),
+        first_nonfinite_at=first("first_nonfinite"),
         n_zero_rows=sum(r.n_zero_rows for r in row_summaries),
         n_zero_cols=sum(zero_cols),
         sq_norm=math.fsum(r.sq_norm for r in row_summaries),
         total=math.fsum(r.total for r in row_summaries),
-        first_inf_chunk=first("first_inf"),
+        first_inf_chunk=chunk_of(first("first_inf")),
+        first_inf_at=first("first_inf"),
     )
 
 

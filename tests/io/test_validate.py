@@ -79,6 +79,11 @@ def test_first_chunks(planted_bad):
     assert report.first_negative_chunk == (1, 1)
     assert report.first_nonfinite_chunk == (0, 1)
     assert report.first_inf_chunk == (0, 1)
+    assert report.first_negative_at == (7, 5) and report.first_nonfinite_at == (3, 6)
+    # the chunk of a stored layout other than the array's own
+    stored = validate(da.from_array(planted_bad, chunks=(6, 4)), scheduler="sync",
+                      stored_chunks=(2, 2))
+    assert stored.first_negative_chunk == (3, 2) and stored.first_negative_at == (7, 5)
     assert (report.n_negative, report.min_value, report.n_nan, report.n_inf) == (2, -0.5, 1, 2)
 
 
@@ -129,13 +134,16 @@ def test_sq_norm_float64_for_float32_input():
 def test_messages(planted_bad):
     report = validate(da.from_array(planted_bad, chunks=(6, 4)), scheduler="sync")
     assert report.problems() == [
-        "X has 2 negative entries (min -0.5), the first in chunk (1, 1); NMF needs X >= 0 — "
+        "X has 2 negative entries (min -0.5), the first at row 7, column 5 in chunk (1, 1); "
+        "NMF needs X >= 0 — "
         "clip or shift the data first",
-        "X has 1 NaN and 2 Inf entries, the first in chunk (0, 1); NMF needs finite values — "
+        "X has 1 NaN and 2 Inf entries, the first at row 3, column 6 in chunk (0, 1); NMF "
+        "needs finite values — "
         'fill or drop them (or use missing="mask" for NaN)',
     ]
     assert report.problems(allow_nan=True)[1] == (
-        "X has 2 Inf entries, the first in chunk (0, 1); NMF needs finite values — replace "
+        "X has 2 Inf entries, the first at row 3, column 6 in chunk (0, 1); NMF needs finite "
+        "values — replace "
         "them (with NaN to mask them)"
     )
     with pytest.raises(InputError, match=re.escape(report.problems()[0])):
@@ -147,10 +155,12 @@ def test_thousands_separator_and_nan_only():
     X[300, 3] = np.nan
     report = validate(da.from_array(X, chunks=(100, 4)), scheduler="sync")
     assert report.problems()[0] == (
-        "X has 1,203 negative entries (min -0.03), the first in chunk (0, 0); NMF needs X >= 0 "
+        "X has 1,203 negative entries (min -0.03), the first at row 0, column 0 in chunk "
+        "(0, 0); NMF needs X >= 0 "
         "— clip or shift the data first"
     )
-    assert report.problems()[1].startswith("X has 1 NaN entries, the first in chunk (3, 0);")
+    assert report.problems()[1].startswith(
+        "X has 1 NaN entries, the first at row 300, column 3 in chunk (3, 0);")
     assert report.problems(allow_nan=True) == report.problems()[:1]
 
 
@@ -158,7 +168,7 @@ def test_nan_allowed_when_masking():
     X = np.ones((6, 4), dtype=np.float32)
     X[4, 1] = np.nan
     report = validate(da.from_array(X, chunks=(3, 2)), scheduler="sync")
-    with pytest.raises(InputError, match=r"X has 1 NaN entries, the first in chunk \(1, 0\)"):
+    with pytest.raises(InputError, match=r"X has 1 NaN entries, the first at row 4, column 1 in chunk \(1, 0\)"):
         report.raise_if_invalid()
     report.raise_if_invalid(allow_nan=True)
     assert report.sq_norm == 23.0

@@ -1,0 +1,283 @@
+"""The ``dnmf`` CLI: commands, progress, and one clear line for every kind of bad input.
+
+In-process runs use typer's CliRunner; exit codes, stderr and signals are checked on real
+subprocesses of the installed console script's entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from typer.testing import CliRunner
+
+import dnmf
+from dnmf.cli import app
+from tests.conftest import make_planted
+
+runner = CliRunner()
+DNMF = [sys.executable, "-c", "from dnmf.cli import main; main()"]
+
+
+def run_cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("DNMF_DEBUG", None)
+    return subprocess.run([*DNMF, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, **kw)
+
+
+@pytest.fixture
+def good_zarr(tmp_path) -> Path:
+    X = make_planted(400, 30, 3, dtype="float32")[0]
+    path = tmp_path / "x.zarr"
+    z = zarr.create_array(str(path), shape=X.shape, chunks=(100, 30), dtype="float32")
+    z[...] = X
+    return path
+
+
+def _zarr(tmp_path: Path, values: np.ndarray, name: str = "bad.zarr") -> str:
+    path = tmp_path / name
+    z = zarr.create_array(str(path), shape=values.shape, chunks=values.shape or (1,),
+                          dtype=values.dtype)
+    z[...] = values
+    return str(path)
+
+
+def _negative(tmp_path):
+    X = np.ones((100, 10), dtype="float32")
+    X[60:62, 3] = -0.5
+    path = tmp_path / "neg.zarr"
+    z = zarr.create_array(str(path), shape=X.shape, chunks=(50, 10), dtype="float32")
+    z[...] = X
+    return [str(path), "-k", "2"], (
+        r"X has 2 negative entries \(min -0.5\), the first at row 60, column 3 in chunk \(1, 0\)")
+
+
+def _nan(tmp_path):
+    X = np.ones((50, 10))
+    X[3, 3] = np.nan
+    X[4, 4] = np.inf
+    return [_zarr(tmp_path, X), "-k", "2"], "X has 1 NaN and 1 Inf entries"
+
+
+def _one_d(tmp_path):
+    return [_zarr(tmp_path, np.ones(10)), "-k", "2"], "X must be 2-D"
+
+
+def _three_d(tmp_path):
+    return [_zarr(tmp_path, np.ones((4, 5, 6))), "-k", "2"], "X must be 2-D"
+
+
+def _empty(tmp_path):
+    return [_zarr(tmp_path, np.ones((0, 5))), "-k", "1"], "empty"
+
+
+def _rank_zero(tmp_path):
+    return [_zarr(tmp_path, np.ones((20, 5))), "-k", "0"], "rank k=0 is impossible"
+
+
+def _rank_too_big(tmp_path):
+    return [_zarr(tmp_path, np.ones((20, 5))), "-k", "6"], "rank k=6 is impossible"
+
+
+def _missing_file(tmp_path):
+    return [str(tmp_path / "nope.zarr"), "-k", "2"], "nope.zarr"
+
+
+def _missing_var(tmp_path):
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as f:
+        f["counts"] = np.ones((10, 4))
+        f["grp/other"] = np.ones((10, 4))
+    return [str(path), "--var", "/missing", "-k", "2"], "counts"
+
+
+def _garbled(tmp_path):
+    path = tmp_path / "garbled.zarr"
+    path.mkdir()
+    (path / "zarr.json").write_text("{ this is not json")
+    return [str(path), "-k", "2"], "garbled.zarr"
+
+
+def _not_numeric(tmp_path):
+    path = tmp_path / "strings.h5"
+    with h5py.File(path, "w") as f:
+        f["names"] = np.array([[b"a", b"b"], [b"c", b"d"]])
+    return [str(path), "--var", "names", "-k", "1"], "non-numeric dtype string"
+
+
+BAD_INPUTS = {
+    "negative": _negative,
+    "nan-inf": _nan,
+    "one-d": _one_d,
+    "three-d": _three_d,
+    "empty": _empty,
+    "rank-zero": _rank_zero,
+    "rank-too-big": _rank_too_big,
+    "missing-file": _missing_file,
+    "missing-dataset": _missing_var,
+    "garbled-store": _garbled,
+    "not-numeric": _not_numeric,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_one_line_exit_1_no_output(tmp_path, case):
+    args, message = BAD_INPUTS[case](tmp_path)
+    out = tmp_path / "out.zarr"
+    proc = run_cli("fit", *args, "-o", str(out), "--scheduler", "threads")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.zarr")]
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_api_raises_same_message(tmp_path, case):
+    import re
+
+    args, message = BAD_INPUTS[case](tmp_path)
+    var = args[args.index("--var") + 1] if "--var" in args else None
+    rank = int(args[args.index("-k") + 1])
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        dnmf.factorize(args[0], rank, var=var, scheduler="threads")
+    assert re.search(message, str(info.value))
+
+
+def test_existing_output_needs_overwrite(tmp_path, good_zarr):
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    proc = run_cli("fit", str(good_zarr), "-k", "3", "-o", str(out))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"error: output {out} already exists — pass --overwrite (overwrite=True) to replace it "
+        "or choose another path"
+    )
+
+
+def test_unwritable_output_under_a_file(tmp_path, good_zarr):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    proc = run_cli("fit", str(good_zarr), "-k", "3", "-o", str(blocker / "out.zarr"))
+    assert proc.returncode == 1 and "is a file, not a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_usage_errors_exit_2():
+    proc = run_cli("fit")
+    assert proc.returncode == 2
+    proc = run_cli("fit", "x.zarr", "-k", "2", "--solver", "newton")
+    assert proc.returncode == 2 and "newton" in proc.stderr
+
+
+def test_fit_writes_store_and_prints_plain_progress(tmp_path, good_zarr):
+    out = tmp_path / "out.zarr"
+    result = runner.invoke(app, ["fit", str(good_zarr), "-k", "3", "-o", str(out), "--seed", "1",
+                                 "--max-iter", "25", "--tol", "0", "--scheduler", "threads"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    progress = [line for line in lines if line.startswith("iter ")]
+    # not a terminal: the first iteration, every 10th and the last
+    assert [line.split()[1] for line in progress] == ["1/25", "10/25", "20/25", "25/25"]
+    assert "rel.err" in progress[0] and "s/it" in progress[0] and "ETA" in progress[0]
+    assert any(line.startswith("plan: scheme: row-panel") for line in lines)
+    # X is small: the plan keeps it in memory, and the progress line says so instead of GB/s
+    assert "plan: X persisted in worker memory: 0 reads of storage per iteration" in lines
+    assert "in memory" in progress[0]
+    assert "stopped at max_iter after 25 iterations" in lines[-1] and str(out) in lines[-1]
+    ds = xr.open_zarr(out)
+    assert ds.attrs["seed"] == 1 and ds.attrs["n_iter"] == 25 and ds["W"].shape == (400, 3)
+
+
+def test_fit_quiet_prints_nothing(tmp_path, good_zarr):
+    result = runner.invoke(app, ["fit", str(good_zarr), "-k", "3", "-o", str(tmp_path / "o.zarr"),
+                                 "--max-iter", "5", "--quiet", "--scheduler", "threads"])
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, good_zarr):
+    out = tmp_path / "out.zarr"
+    result = runner.invoke(app, ["fit", str(good_zarr), "-k", "3", "-o", str(out), "--dry-run",
+                                 "--scheduler", "local", "--workers", "2",
+                                 "--memory-limit", "1GB"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    for expected in ("scheme: row-panel", "per iteration", "memory per task",
+                     "LocalCluster: 2 worker(s)", "(not started)", "W (400 x 3)",
+                     "nothing was read or written"):
+        assert expected in text, text
+    assert not out.exists()
+
+
+def test_dry_run_still_refuses_bad_parameters(tmp_path, good_zarr):
+    result = runner.invoke(app, ["fit", str(good_zarr), "-k", "99", "--dry-run"])
+    assert result.exit_code != 0
+
+
+def test_info_reports_one_pass_facts(tmp_path):
+    X = np.ones((100, 8), dtype="float32")
+    X[5] = 0
+    X[7, 2] = -1
+    path = _zarr(tmp_path, X, "info.zarr")
+    proc = run_cli("info", path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for expected in ("shape: 100 x 8", "dtype: float32", "negative entries: 1", "NaN: 0",
+                     "all-zero rows: 1", "size on disk", "min / max: -1 / 1",
+                     "usable for NMF: no"):
+        assert expected in out, out
+
+
+def test_missing_output_option_is_clear(good_zarr):
+    proc = run_cli("fit", str(good_zarr), "-k", "2")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: no output given")
+
+
+@pytest.mark.cluster
+def test_demo_runs_on_a_local_cluster(tmp_path):
+    proc = run_cli("demo", "--out", str(tmp_path / "demo"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "LocalCluster" in proc.stdout and "dashboard" in proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]
+    rel = float(last.split("relative error ")[1].split()[0])
+    noise = float(last.split("noise level ")[1].split(")")[0])
+    cosine = float(last.split("mean cosine ")[1].split(";")[0])
+    assert rel < 1.2 * noise and cosine > 0.95
+    assert xr.open_zarr(tmp_path / "demo" / "result.zarr")["H"].shape == (8, 300)
+
+
+def test_ctrl_c_exits_130_with_clean_message_and_no_output(tmp_path):
+    X = make_planted(20_000, 100, 5, dtype="float32")[0]
+    src = _zarr(tmp_path, X, "big.zarr")
+    out = tmp_path / "out.zarr"
+    proc = subprocess.Popen(
+        [*DNMF, "fit", src, "-k", "5", "-o", str(out), "--max-iter", "100000", "--tol", "0",
+         "--scheduler", "threads"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:  # wait for the marker: the first progress line
+        if line.startswith("iter ") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert "Traceback" not in stderr
+    assert not out.exists()
