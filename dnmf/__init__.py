@@ -16,8 +16,10 @@ __all__ = [
     "InputError",
     "OutputError",
     "__version__",
+    "dry_run",
     "factorize",
     "load",
+    "matrix_info",
 ]
 
 
@@ -26,7 +28,7 @@ def __getattr__(name: str):  # lazy: `import dnmf` stays cheap for the CLI's --h
         from dnmf.estimator import NMF
 
         return NMF
-    if name in ("factorize", "load", "FitResult"):
+    if name in ("factorize", "load", "FitResult", "dry_run", "matrix_info"):
         from dnmf import api
 
         return getattr(api, name)
