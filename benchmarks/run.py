@@ -35,9 +35,9 @@ RESULTS = HERE / "results"
 PROFILES: dict[str, dict[str, Any]] = {
     # rows x 500 float32; 64 MiB row panels (32,768 rows) as stored chunks, no compressor
     "quick": {"rows": 250_000, "cols": 500, "k": 20, "iters": 6, "solvers": ["hals", "mu", "anls"],
-              "reads": 3, "sk": [(20_000, 500, 20)]},
+              "reads": 3, "persisted": True, "sk": [(20_000, 500, 20)]},
     "full": {"rows": 2_000_000, "cols": 500, "k": 20, "iters": 6,
-             "solvers": ["hals", "mu", "anls"], "reads": 3,
+             "solvers": ["hals", "mu", "anls"], "reads": 3, "persisted": True,
              "sk": [(20_000, 500, 20), (100_000, 200, 10)]},
 }
 
@@ -118,15 +118,17 @@ def time_read(path: Path, client: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_dnmf(path: Path, client: Any, solver: str, k: int, iters: int) -> dict[str, Any]:
+def time_dnmf(path: Path, client: Any, solver: str, k: int, iters: int,
+              persist_x: bool = False) -> dict[str, Any]:
     import dnmf
 
     # anls's exact NNLS costs ~1 s per 64 MiB panel at k = 20: fewer iterations suffice
     result = dnmf.factorize(str(path), k, solver=solver, init="random", random_state=0,
                             max_iter=iters if solver != "anls" else 3, tol=0.0, client=client,
-                            persist_x=False)
+                            persist_x=persist_x)
     per_iter = result.seconds_per_iteration[1:] or result.seconds_per_iteration
-    return {"solver": solver, "s_per_iter": statistics.median(per_iter),
+    label = solver + (", X persisted in worker memory" if persist_x else "")
+    return {"solver": label, "s_per_iter": statistics.median(per_iter),
             "relative_error": result.relative_error, "n_panels": result.plan.n_panels}
 
 
@@ -231,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             report["dnmf"].append(row)
             print(f"dnmf {solver}: {row['s_per_iter']:.2f} s/iteration "
                   f"({row['s_per_iter'] / report['read_s']:.2f} x one read)", flush=True)
+        if cfg.get("persisted"):
+            row = time_dnmf(path, client, "hals", cfg["k"], cfg["iters"], persist_x=True)
+            report["dnmf"].append(row)
+            print(f"dnmf {row['solver']}: {row['s_per_iter']:.2f} s/iteration", flush=True)
     report["sklearn"] = []
     for rows, cols, k in cfg["sk"]:
         row = sklearn_vs_dnmf(rows, cols, k)

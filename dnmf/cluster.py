@@ -89,11 +89,16 @@ class ExecutionContext:
             with dask.config.set(scheduler=self.kind):
                 yield
 
-    def persist(self, *collections: Any) -> list[Any]:
-        """Persist collections in one scheduler call (futures on a cluster, memory in-process)."""
+    def persist(self, *collections: Any, optimize: bool = True) -> list[Any]:
+        """Persist collections in one scheduler call (futures on a cluster, memory in-process).
+
+        ``optimize=False`` keeps the graph as built: collections of different types that share
+        tasks (an Array and a Delayed fed by the same panel tasks) are otherwise optimized
+        separately, and low-level fusion can duplicate the shared tasks — and the reads of X.
+        """
         if self.client is not None:
-            return list(self.client.persist(list(collections)))
-        return list(dask.persist(*collections, scheduler=self.kind))
+            return list(self.client.persist(list(collections), optimize_graph=optimize))
+        return list(dask.persist(*collections, scheduler=self.kind, optimize_graph=optimize))
 
     def compute(self, *collections: Any) -> list[Any]:
         """Compute collections in one scheduler call and return their values."""

@@ -106,8 +106,14 @@ def iteration_graph(
     w_layer = {
         (w_name, i, 0): (operator.getitem, (panel_name, i), 0) for i in range(len(x_keys))
     }
+    # The partials get keys of their own so that the reduction moves k x n floats between
+    # workers, never the panel's W rows.
+    part_name = f"dnmf-partial-{token}"
+    part_layer = {
+        (part_name, i): (operator.getitem, (panel_name, i), 1) for i in range(len(x_keys))
+    }
     sum_layer, final_key = tree_reduce_layer(
-        list(panel_layer), sum_name, kernels.sum_partials, split_every
+        list(part_layer), sum_name, kernels.sum_partials, split_every
     )
     const_name = f"dnmf-consts-{token}"
     layers = {
@@ -116,6 +122,7 @@ def iteration_graph(
         const_name: consts,
         panel_name: panel_layer,
         w_name: w_layer,
+        part_name: part_layer,
         sum_name: sum_layer,
     }
     deps = {
@@ -124,7 +131,8 @@ def iteration_graph(
         const_name: set(),
         panel_name: {X.name, W.name, const_name},
         w_name: {panel_name},
-        sum_name: {panel_name},
+        part_name: {panel_name},
+        sum_name: {part_name},
     }
     graph = HighLevelGraph(layers, deps)
     W_new = da.Array(graph, w_name, chunks=W.chunks, dtype=X.dtype)

@@ -95,7 +95,7 @@ def iterate(
         W_next, partials = graph.iteration_graph(
             X, W, H64.astype(dtype), solver=solver, l1_w=l1_w, l2_w=l2_w
         )
-        W_next, partials = ctx.persist(W_next, partials)
+        W_next, partials = ctx.persist(W_next, partials, optimize=False)
         WtX, WtW = ctx.result_of(partials)
         W = W_next  # the previous W is released here: lineage stays one iteration deep
         H64 = kernels.update_h(H64, WtX, WtW, solver=solver, l1=l1_h, l2=l2_h)

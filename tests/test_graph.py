@@ -99,9 +99,9 @@ class CountingContext(ExecutionContext):
         super().__init__(kind="threads", n_workers=1, threads_per_worker=2)
         self.calls = 0
 
-    def persist(self, *collections):
+    def persist(self, *collections, **kwargs):
         self.calls += 1
-        return super().persist(*collections)
+        return super().persist(*collections, **kwargs)
 
     def compute(self, *collections):
         self.calls += 1
@@ -137,3 +137,30 @@ def test_kernels_panel_step_is_what_the_graph_runs():
     expected_W, (WtX, _) = kernels.panel_step(X, W, H, H @ H.T, solver="hals")
     np.testing.assert_allclose(W_new.compute(scheduler="sync"), expected_W, rtol=1e-12)
     np.testing.assert_allclose(partials.compute(scheduler="sync")[0], WtX, rtol=1e-12)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_on_a_cluster_each_panel_task_and_each_read_runs_once(tmp_path, local_client, solver):
+    """Guards against graph optimisation duplicating the shared panel tasks (and X's reads)."""
+    from distributed import get_task_stream
+
+    from dnmf.cluster import execution_context
+
+    X, _, _ = make_planted(600, 30, 4, dtype="float32")
+    path = tmp_path / "x.zarr"
+    zarr.create_array(LocalStore(path), shape=X.shape, chunks=(100, 30), dtype="float32")[...] = X
+    Xd = da.from_zarr(str(path))
+    W = graph.random_w(Xd.chunks[0], 4, seed=0, scale=1.0, dtype=np.float32)
+    H = np.random.default_rng(0).random((4, 30)).astype(np.float32)
+    with execution_context(local_client) as ctx:
+        (W,) = ctx.persist(W)
+        with get_task_stream(client=local_client) as stream:
+            iterate(Xd, W, H, sq_norm=float((X.astype(np.float64) ** 2).sum()), solver=solver,
+                    ctx=ctx, max_iter=3, tol=0.0)
+    names = [d["key"][0] if isinstance(d["key"], tuple) else d["key"] for d in stream.data]
+    panels = [n for n in names if n.startswith("dnmf-panel")]
+    reads = [n for n in names if n == Xd.name]
+    assert len(panels) == 3 * Xd.numblocks[0] == 18
+    assert len(reads) == 3 * Xd.numblocks[0]
+    assert not [n for n in names if "dnmf-panel" in n and not n.startswith("dnmf-panel-")]
