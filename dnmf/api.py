@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -258,12 +259,17 @@ def factorize(
         stack.enter_context(
             threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas")
         )
-        Xp = apply_plan(source.array, plan)
-        if plan.persist_x:
-            (Xp,) = ctx.persist(Xp)
+        Xp = _planned_array(X, var, dtype, source, plan)
+        # Optimise X's graph once: every iteration submits it again unoptimised, and a key
+        # submitted with two different specs upsets the distributed scheduler.
+        (Xp,) = dask.optimize(Xp)
+        if plan.persist_x or (in_memory and ctx.is_distributed):
+            # in-memory X goes to the workers once, not inside every iteration's graph
+            (Xp,) = ctx.persist(Xp, optimize=False)
         if on_plan is not None:
             on_plan(plan, ctx)
-        report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks)
+        report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks,
+                          optimize_graph=False)
         report.raise_if_invalid()
         x_mean = report.total / (source.shape[0] * source.shape[1])
         W0, H0 = initialize(Xp, rank, init=init_name, seed=seed, x_mean=x_mean,
@@ -371,12 +377,25 @@ def dry_run(
 
 def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | str,
               max_panel_bytes: int | None, min_panel_bytes: int | None) -> ChunkPlan:
+    # on a cluster, at least two panels per worker thread, so that none idles
+    min_panels = 2 * ctx.n_workers * ctx.threads_per_worker if ctx.is_distributed else 1
     return plan_chunks(
         source.array, rank, memory_per_worker=ctx.memory_per_worker, n_workers=ctx.n_workers,
         threads_per_worker=ctx.threads_per_worker, persist_x=persist_x,
         x_in_memory=source.format == "numpy", max_panel_bytes=max_panel_bytes,
-        min_panel_bytes=min_panel_bytes,
+        min_panel_bytes=min_panel_bytes, min_panels=min_panels,
+        stored_rows=source.stored_chunks[0] if source.stored_chunks else None,
     )
+
+
+def _planned_array(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkPlan) -> Any:
+    """X in the plan's panels: re-opened with them where X is a file, so that each panel task
+    reads its own whole stored chunks instead of splitting a larger read."""
+    rows = plan.row_chunks
+    regular = len(set(rows[:-1])) <= 1 and rows[-1] <= rows[0]
+    if source.path is not None and regular and source.chunks[0] != rows:
+        source = open_matrix(X, var, dtype=dtype, chunks=(rows[0], source.shape[1]))
+    return apply_plan(source.array, plan)
 
 
 def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str]) -> Any:

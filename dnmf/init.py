@@ -110,8 +110,10 @@ def _nndsvd(X: da.Array, k: int, *, fill: str, seed: int, x_mean: float
         X, k, n_power_iter=SVD_POWER_ITERATIONS, seed=seed, compute=True
     )
     u = u.rechunk((X.chunks[0], (k,)))
-    # U is (n_samples, k): persist it so that W below does not re-run the SVD (re-read X).
-    u = u.persist()
+    # Persist U (n_samples x k), S and V together: W below must not re-run the SVD (re-read X),
+    # and submitting their shared upstream keys twice, optimised differently, upsets the
+    # distributed scheduler.
+    u, s, v = dask.persist(u, s, v)
     pos_sq = (da.maximum(u, 0) ** 2).sum(axis=0)
     neg_sq = (da.minimum(u, 0) ** 2).sum(axis=0)
     S, V, pos_sq, neg_sq = dask.compute(s, v, pos_sq, neg_sq)

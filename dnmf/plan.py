@@ -132,6 +132,8 @@ def plan_chunks(
     x_in_memory: bool = False,
     max_panel_bytes: int | None = None,
     min_panel_bytes: int | None = None,
+    min_panels: int = 1,
+    stored_rows: int | None = None,
 ) -> ChunkPlan:
     """Choose the row panels of X for rank ``rank`` within a memory budget.
 
@@ -152,6 +154,11 @@ def plan_chunks(
     min_panel_bytes : int, optional
         Stored row panels below this size are merged (default :data:`MIN_PANEL_BYTES`; 0 keeps
         the stored row chunks however small).
+    min_panels : int
+        Split X into at least this many panels when it has fewer (so every worker thread of a
+        cluster has work), cutting only at multiples of ``stored_rows``.
+    stored_rows : int, optional
+        Rows of the storage's own chunks; panels are whole multiples of it.
 
     Raises
     ------
@@ -175,22 +182,30 @@ def plan_chunks(
         )
     target_rows = int(max(1, min(max_rows_budget, cap // max(row_bytes, 1))))
 
-    stored_rows, stored_cols = X.chunks
+    x_rows, x_cols = X.chunks
     notes = []
-    if len(stored_cols) > 1:
-        notes.append(f"merge {len(stored_cols)} column chunks into full-width row panels")
-    if max(stored_rows) > target_rows:
+    if len(x_cols) > 1:
+        notes.append(f"merge {len(x_cols)} column chunks into full-width row panels")
+    if max(x_rows) > target_rows:
         rows = _split_rows(n_samples, target_rows)
         notes.append(
-            f"split stored row chunks of up to {max(stored_rows):,} rows into panels of "
+            f"split row chunks of up to {max(x_rows):,} rows into panels of "
             f"{target_rows:,} rows (memory budget)"
         )
-    elif max(stored_rows) * row_bytes < floor and len(stored_rows) > 1:
-        rows = _merge_rows(stored_rows, max(1, min(target_rows, floor // row_bytes)))
-        if rows != stored_rows:
-            notes.append(f"merge {len(stored_rows)} small row chunks into {len(rows)} panels")
+    elif max(x_rows) * row_bytes < floor and len(x_rows) > 1:
+        rows = _merge_rows(x_rows, max(1, min(target_rows, floor // row_bytes)))
+        if rows != x_rows:
+            notes.append(f"merge {len(x_rows)} small row chunks into {len(rows)} panels")
     else:
-        rows = stored_rows
+        rows = x_rows
+    if len(rows) < min_panels and n_samples >= 2 * min_panels:
+        unit = stored_rows or 1
+        per_panel = -(-n_samples // min_panels)  # ceil
+        per_panel = -(-per_panel // unit) * unit  # whole stored chunks
+        if per_panel < max(rows):
+            rows = _split_rows(n_samples, per_panel)
+            notes.append(f"split into {len(rows)} panels of {per_panel:,} rows so that every "
+                         "worker thread has work")
     rechunk = "; ".join(notes) if notes else None
 
     total_memory = memory_per_worker * max(n_workers, 1)
@@ -198,7 +213,7 @@ def plan_chunks(
         persist = not x_in_memory and X.nbytes <= PERSIST_FRACTION * total_memory
     else:
         persist = bool(persist_x)
-    reads = 0 if persist else sum(len(stored_cols) for _ in stored_rows)
+    reads = 0 if persist else len(x_rows) * len(x_cols)
     task_bytes = task_memory(max(rows), n_features, rank, itemsize)
     return ChunkPlan(
         scheme="row-panel",
@@ -206,7 +221,7 @@ def plan_chunks(
         rank=rank,
         itemsize=itemsize,
         row_chunks=tuple(rows),
-        stored_chunks=(tuple(stored_rows), tuple(stored_cols)),
+        stored_chunks=(tuple(x_rows), tuple(x_cols)),
         rechunk=rechunk,
         persist_x=persist,
         reads_per_iteration=reads,

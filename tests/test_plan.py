@@ -20,7 +20,7 @@ GiB = 2**30
         # column tiles: merged into full-width panels of the stored row height
         ((100_000, 1000), (4096, 250), "merge 4 column chunks", 4096),
         # over-tall stored chunks: split to the budget
-        ((1_000_000, 1000), (500_000, 1000), "split stored row chunks", None),
+        ((1_000_000, 1000), (500_000, 1000), "split row chunks", None),
         # many tiny stored panels: merged (no stored chunk split)
         ((10_000, 100), (10, 100), "small row chunks", None),
     ],
@@ -78,3 +78,15 @@ def test_describe_names_scheme_reads_and_memory():
     text = "\n".join(plan_chunks(X, 5, memory_per_worker=GiB, persist_x=False).describe())
     for word in ("row-panel", "reads per iteration: 10", "memory per task", "W (10,000 x 5)"):
         assert word in text
+
+
+def test_small_x_on_a_cluster_is_split_so_every_worker_thread_has_work():
+    X = da.zeros((40_000, 300), chunks=(40_000, 300), dtype=np.float32)
+    plan = plan_chunks(X, 8, memory_per_worker=4 * GiB, n_workers=2, min_panels=4,
+                       stored_rows=5_000)
+    assert plan.n_panels == 4 and all(r % 5_000 == 0 for r in plan.row_chunks)
+    assert "every worker thread has work" in plan.rechunk
+    # never below the stored chunk: 3 stored chunks cannot make 4 panels
+    X = da.zeros((15_000, 300), chunks=(15_000, 300), dtype=np.float32)
+    plan = plan_chunks(X, 8, memory_per_worker=4 * GiB, min_panels=4, stored_rows=5_000)
+    assert plan.row_chunks == (5_000, 5_000, 5_000)

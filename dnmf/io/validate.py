@@ -265,8 +265,8 @@ def _count_zero_cols(col_nonzero: np.ndarray) -> int:
     return int(col_nonzero.size - np.count_nonzero(col_nonzero))
 
 
-def validate(X: Any, *, scheduler: Any = None,
-             stored_chunks: tuple[int, ...] | None = None) -> ValidationReport:
+def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | None = None,
+             optimize_graph: bool = True) -> ValidationReport:
     """Check X for NMF in one pass and measure ‖X‖².
 
     Parameters
@@ -279,6 +279,9 @@ def validate(X: Any, *, scheduler: Any = None,
     stored_chunks : tuple of int, optional
         The chunk shape of the store X was read from: messages then name the stored chunk of
         the first bad entry (default: X's own chunks).
+    optimize_graph : bool
+        ``False`` when X's graph is already optimised and is submitted again later (as the
+        iterations do): re-optimising it would give the same keys other tasks.
 
     Returns
     -------
@@ -327,7 +330,8 @@ def validate(X: Any, *, scheduler: Any = None,
             ]
         top = level[0] if n_row_blocks > 1 else dask.delayed(_combine_cols, pure=True)(level[0])
         cols.append(dask.delayed(_count_zero_cols, pure=True)(top))
-    row_summaries, zero_cols = dask.compute(rows, cols, scheduler=scheduler)
+    row_summaries, zero_cols = dask.compute(rows, cols, scheduler=scheduler,
+                                            optimize_graph=optimize_graph)
 
     def first(attr: str) -> Chunk | None:
         return _first([c for r in row_summaries if (c := getattr(r, attr)) is not None])
