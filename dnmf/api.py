@@ -174,6 +174,7 @@ def factorize(
     persist_x: bool | str = "auto",
     max_panel_bytes: int | None = None,
     min_panel_bytes: int | None = None,
+    scheme: str = "auto",
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     callback: Callable[[IterationInfo], None] | None = None,
@@ -215,6 +216,9 @@ def factorize(
     max_panel_bytes, min_panel_bytes : int, optional
         Bounds on the size of a row panel: larger stored chunks are split, smaller ones merged
         (``min_panel_bytes=0`` keeps the stored row chunks as they are).
+    scheme : {"auto", "row-panel", "block-2d"}
+        ``auto``: full-width row panels (one read of X per iteration), or 2-D blocks (two reads,
+        H chunked on the workers) when one full-width row does not fit a task.
     out : path, optional
         Write the result store here (Zarr v3).
     overwrite : bool
@@ -255,7 +259,7 @@ def factorize(
                               memory_limit=memory_limit, client=client)
         )
         stack.enter_context(ctx.activate())
-        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes)
+        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes, scheme)
         stack.enter_context(
             threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas")
         )
@@ -277,11 +281,17 @@ def factorize(
         state = iterate(
             Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx, max_iter=max_iter,
             tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
-            bytes_per_iteration=0 if plan.persist_x else Xp.nbytes, callback=callback,
+            bytes_per_iteration=plan.reads_per_iteration and (2 if plan.is_2d else 1) * Xp.nbytes,
+            callback=callback, second_read=not (plan.persist_x or in_memory),
         )
-        order = component_order(state.WtW, state.H)
-        H = np.ascontiguousarray(state.H[order])
-        W = state.W[:, order] if not np.array_equal(order, np.arange(rank)) else state.W
+        H64 = None if state.HHt is not None else np.asarray(state.H, dtype=np.float64)
+        HHt = state.HHt if H64 is None else H64 @ H64.T
+        order = component_order(state.WtW, HHt)
+        reorder = not np.array_equal(order, np.arange(rank))
+        H = state.H[order] if reorder else state.H
+        if not isinstance(H, da.Array):
+            H = np.ascontiguousarray(H)
+        W = state.W[:, order] if reorder else state.W
         loss = state.loss_history[-1]
         rel = float(np.sqrt(loss / report.sq_norm)) if report.sq_norm > 0 else 0.0
         result = FitResult(
@@ -298,9 +308,13 @@ def factorize(
                 out, W=W, H=H, attrs=_store_attrs(result, source.describe()),
                 overwrite=overwrite, scheduler=ctx.scheduler,
             )
-            result.W = open_result(result.path)[0]
+            result.W, stored_H, _ = open_result(result.path)
+            if isinstance(H, da.Array):
+                result.H = stored_H
         else:
             result.W = _bring_back(W, ctx, in_memory, notes)
+            if isinstance(H, da.Array):
+                result.H = _bring_back(H, ctx, True, notes, name="H")
     result.wall_time_s = time.perf_counter() - t_start
     return result
 
@@ -345,6 +359,7 @@ def dry_run(
     persist_x: bool | str = "auto",
     max_panel_bytes: int | None = None,
     min_panel_bytes: int | None = None,
+    scheme: str = "auto",
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> DryRun:
@@ -367,16 +382,18 @@ def dry_run(
     if isinstance(name, str) and name in ("threads", "sync", "local"):
         ctx = planned_context(name, workers=workers, memory_limit=mem)
         where = ctx.describe() + (" (not started)" if name == "local" else "")
-        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes)
+        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes, scheme)
     else:
         with execution_context(name, x_nbytes=source.nbytes) as ctx:
             where = ctx.describe()
-            plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes)
+            plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes,
+                             scheme)
     return DryRun(source=source, plan=plan, where=where, solver=solver_name, init=init_name)
 
 
 def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | str,
-              max_panel_bytes: int | None, min_panel_bytes: int | None) -> ChunkPlan:
+              max_panel_bytes: int | None, min_panel_bytes: int | None,
+              scheme: str = "auto") -> ChunkPlan:
     # on a cluster, at least two panels per worker thread, so that none idles
     min_panels = 2 * ctx.n_workers * ctx.threads_per_worker if ctx.is_distributed else 1
     return plan_chunks(
@@ -384,34 +401,41 @@ def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | s
         threads_per_worker=ctx.threads_per_worker, persist_x=persist_x,
         x_in_memory=source.format == "numpy", max_panel_bytes=max_panel_bytes,
         min_panel_bytes=min_panel_bytes, min_panels=min_panels,
-        stored_rows=source.stored_chunks[0] if source.stored_chunks else None,
+        stored_rows=source.stored_chunks[0] if source.stored_chunks else None, scheme=scheme,
     )
 
 
 def _planned_array(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkPlan) -> Any:
-    """X in the plan's panels: re-opened with them where X is a file, so that each panel task
-    reads its own whole stored chunks instead of splitting a larger read."""
-    rows = plan.row_chunks
-    regular = len(set(rows[:-1])) <= 1 and rows[-1] <= rows[0]
-    if source.path is not None and regular and source.chunks[0] != rows:
-        source = open_matrix(X, var, dtype=dtype, chunks=(rows[0], source.shape[1]))
+    """X in the plan's panels (or 2-D blocks): re-opened with them where X is a file, so that
+    each task reads its own region instead of splitting a larger read held in memory."""
+    rows, cols = plan.row_chunks, plan.col_chunks or (source.shape[1],)
+
+    def regular(c: tuple[int, ...]) -> bool:
+        return len(set(c[:-1])) <= 1 and c[-1] <= c[0]
+
+    if source.path is not None and regular(rows) and regular(cols) and source.chunks != (
+            rows, cols):
+        source = open_matrix(X, var, dtype=dtype, chunks=(rows[0], cols[0]))
     return apply_plan(source.array, plan)
 
 
-def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str]) -> Any:
-    """W in a form that outlives the execution context."""
-    if in_memory or W.nbytes <= W_IN_MEMORY_MAX_BYTES:
+def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str],
+                name: str = "W") -> Any:
+    """A factor (W, or a chunked H) in a form that outlives the execution context."""
+    if W.nbytes <= W_IN_MEMORY_MAX_BYTES:
         values = ctx.compute(W)[0]
         return values if in_memory else da.from_array(values, chunks=W.chunks)
     if ctx.kind == "client":
         # persisted on the user's cluster, which stays up: compute it with that client
-        notes.append("W stays persisted on your cluster: use client.compute(W) or pass out=")
+        notes.append(f"{name} stays persisted on your cluster: use client.compute or pass out=")
         (W,) = ctx.persist(W)
         return W
-    tmp = tempfile.mkdtemp(prefix="dnmf-W-")
-    path = os.path.join(tmp, "W.zarr")
-    W.rechunk({0: max(W.chunks[0])}).to_zarr(path, compute=False).compute(scheduler=ctx.scheduler)
-    notes.append(f"W ({W.nbytes / 2**30:.1f} GiB) was written to {path}; pass out= to choose")
+    tmp = tempfile.mkdtemp(prefix=f"dnmf-{name}-")
+    path = os.path.join(tmp, f"{name}.zarr")
+    W.rechunk(tuple(max(c) for c in W.chunks)).to_zarr(path, compute=False).compute(
+        scheduler=ctx.scheduler)
+    notes.append(f"{name} ({W.nbytes / 2**30:.1f} GiB) was written to {path}; pass out= to "
+                 "choose where")
     return da.from_zarr(path)
 
 

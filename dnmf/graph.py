@@ -151,15 +151,19 @@ def map_panels(
 
 
 def random_w(
-    row_chunks: Sequence[int], k: int, *, seed: int, scale: float, dtype: Any
+    row_chunks: Sequence[int], k: int, *, seed: int, scale: float, dtype: Any, stream: int = 1
 ) -> da.Array:
-    """A random non-negative W (chunking-invariant, see :func:`dnmf.kernels.random_rows`)."""
+    """A random non-negative W (chunking-invariant, see :func:`dnmf.kernels.random_rows`).
+
+    With ``stream=0`` and the column chunks of X, the transpose of a random H.
+    """
     starts = np.cumsum((0, *row_chunks[:-1]))
-    token = tokenize(tuple(row_chunks), k, seed, scale, np.dtype(dtype).str)
+    token = tokenize(tuple(row_chunks), k, seed, scale, np.dtype(dtype).str, stream)
     name = f"dnmf-random-W-{token}"
     layer = {
         (name, i, 0): (
-            functools.partial(kernels.random_rows, seed=seed, scale=scale, dtype=np.dtype(dtype)),
+            functools.partial(kernels.random_rows, seed=seed, scale=scale, dtype=np.dtype(dtype),
+                              stream=stream),
             int(s),
             int(s + r),
             k,

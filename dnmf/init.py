@@ -63,7 +63,8 @@ def initialize(
     Returns
     -------
     W : dask array (n_samples, k), lazy, chunked like X's rows, X's dtype
-    H : ndarray (k, n_features), X's dtype
+    H : ndarray (k, n_features), X's dtype; a dask array chunked like X's columns when X has
+        several column chunks (the 2-D block scheme)
 
     Notes
     -----
@@ -77,9 +78,10 @@ def initialize(
         return _custom(X, k, W_init, H_init)
     if init == "random":
         scale = float(np.sqrt(x_mean / k))
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
-        H = np.abs(scale * rng.standard_normal((k, n_features))).astype(dtype)
         W = graph.random_w(X.chunks[0], k, seed=seed, scale=scale, dtype=dtype)
+        Ht = graph.random_w(X.chunks[1], k, seed=seed, scale=scale, dtype=dtype, stream=0)
+        # the row-panel scheme keeps H on the driver; the 2-D scheme keeps it chunked
+        H = Ht.T if len(X.chunks[1]) > 1 else Ht.T.compute(scheduler="sync")
         return W, H
     return _nndsvd(X, k, fill={"nndsvd": "zero", "nndsvda": "mean", "nndsvdar": "random"}[init],
                    seed=seed, x_mean=x_mean)
@@ -106,6 +108,11 @@ def _custom(X: da.Array, k: int, W_init: Any, H_init: Any) -> tuple[da.Array, np
 
 def _nndsvd(X: da.Array, k: int, *, fill: str, seed: int, x_mean: float
             ) -> tuple[da.Array, np.ndarray]:
+    if len(X.chunks[1]) > 1:
+        raise InputError(
+            "NNDSVD initialisation needs full-width row panels; X is too wide for them here "
+            "(2-D block scheme) — use init='random' or raise the memory limit"
+        )
     u, s, v = da.linalg.svd_compressed(
         X, k, n_power_iter=SVD_POWER_ITERATIONS, seed=seed, compute=True
     )

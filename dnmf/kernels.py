@@ -398,18 +398,19 @@ RANDOM_BLOCK_ROWS = 4096
 
 
 def random_rows(
-    start: int, stop: int, k: int, *, seed: int, scale: float, dtype: Any
+    start: int, stop: int, k: int, *, seed: int, scale: float, dtype: Any, stream: int = 1
 ) -> np.ndarray:
     """Rows ``start:stop`` of a random non-negative (n_samples, k) factor.
 
     ``|scale * N(0, 1)|`` like scikit-learn's random init. Rows come from fixed blocks of
     :data:`RANDOM_BLOCK_ROWS` rows, each with its own seed derived from ``seed``, so the result
-    does not depend on how the rows are chunked.
+    does not depend on how the rows are chunked. ``stream`` separates factors drawn from one
+    seed (1 for W, 0 for the columns of H).
     """
     out = np.empty((stop - start, k), dtype=dtype)
     first, last = start // RANDOM_BLOCK_ROWS, (stop - 1) // RANDOM_BLOCK_ROWS
     for b in range(first, last + 1):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, b)))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, b)))
         block = rng.standard_normal((RANDOM_BLOCK_ROWS, k))
         lo = max(start, b * RANDOM_BLOCK_ROWS)
         hi = min(stop, (b + 1) * RANDOM_BLOCK_ROWS)

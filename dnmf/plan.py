@@ -57,6 +57,11 @@ class ChunkPlan:
     task_bytes: int
     memory_per_worker: int
     w_location: str
+    col_chunks: tuple[int, ...] = ()
+
+    @property
+    def is_2d(self) -> bool:
+        return self.scheme == "block-2d"
 
     @property
     def n_panels(self) -> int:
@@ -64,19 +69,32 @@ class ChunkPlan:
 
     @property
     def panel_bytes(self) -> int:
-        return max(self.row_chunks) * self.shape[1] * self.itemsize
+        return max(self.row_chunks) * max(self.col_chunks or (self.shape[1],)) * self.itemsize
 
     def describe(self) -> list[str]:
         """Human-readable lines, for ``--dry-run`` and the log."""
         mib = 2**20
+        if self.is_2d:
+            head = (
+                f"scheme: block-2d (X too wide for full-width row panels), "
+                f"{self.n_panels} x {len(self.col_chunks)} blocks of up to "
+                f"{max(self.row_chunks):,} x {max(self.col_chunks):,} "
+                f"({self.panel_bytes / mib:,.1f} MiB); H stays chunked on the workers"
+            )
+        else:
+            head = (
+                f"scheme: {self.scheme}, {self.n_panels} panel(s) of up to "
+                f"{max(self.row_chunks):,} rows x {self.shape[1]:,} columns "
+                f"({self.panel_bytes / mib:,.1f} MiB)"
+            )
         lines = [
-            f"scheme: {self.scheme}, {self.n_panels} panel(s) of up to {max(self.row_chunks):,} "
-            f"rows x {self.shape[1]:,} columns ({self.panel_bytes / mib:,.1f} MiB)",
+            head,
             "stored chunks kept" if self.rechunk is None else f"rechunk: {self.rechunk}",
             (
                 "X persisted in worker memory: 0 reads of storage per iteration"
                 if self.persist_x
-                else f"reads per iteration: {self.reads_per_iteration} chunk(s), each once"
+                else f"reads per iteration: {self.reads_per_iteration} chunk(s), each "
+                + ("twice (two passes)" if self.is_2d else "once")
             ),
             f"estimated memory per task: {self.task_bytes / mib:,.1f} MiB "
             f"(worker budget {self.memory_per_worker / mib:,.0f} MiB)",
@@ -89,6 +107,7 @@ class ChunkPlan:
             "scheme": self.scheme,
             "n_panels": self.n_panels,
             "max_panel_rows": max(self.row_chunks),
+            "n_column_blocks": len(self.col_chunks) or 1,
             "rechunk": self.rechunk,
             "persist_x": self.persist_x,
             "reads_per_iteration": self.reads_per_iteration,
@@ -134,6 +153,7 @@ def plan_chunks(
     min_panel_bytes: int | None = None,
     min_panels: int = 1,
     stored_rows: int | None = None,
+    scheme: str = "auto",
 ) -> ChunkPlan:
     """Choose the row panels of X for rank ``rank`` within a memory budget.
 
@@ -159,6 +179,9 @@ def plan_chunks(
         cluster has work), cutting only at multiples of ``stored_rows``.
     stored_rows : int, optional
         Rows of the storage's own chunks; panels are whole multiples of it.
+    scheme : {"auto", "row-panel", "block-2d"}
+        ``auto`` uses full-width row panels (one read of X per iteration) and falls back to
+        2-D blocks (two reads) only when one full-width row does not fit a task.
 
     Raises
     ------
@@ -174,11 +197,18 @@ def plan_chunks(
     fixed = task_memory(0, n_features, rank, itemsize)
     per_row = task_memory(1, n_features, rank, itemsize) - fixed
     max_rows_budget = (budget - fixed) // per_row if budget > fixed else 0
+    if scheme not in ("auto", "row-panel", "block-2d"):
+        raise InputError(f"unknown scheme {scheme!r}: choose auto, row-panel or block-2d")
+    if scheme == "block-2d" or (scheme == "auto" and max_rows_budget < 1):
+        return _plan_2d(X, rank, budget=budget, cap=cap, persist_x=persist_x,
+                        x_in_memory=x_in_memory, n_workers=n_workers,
+                        memory_per_worker=memory_per_worker)
     if max_rows_budget < 1:
         raise InputError(
             f"one row panel of X ({n_features:,} columns, k={rank}) needs "
             f"{task_memory(1, n_features, rank, itemsize) / 2**20:,.0f} MiB, more than the "
-            f"{budget / 2**20:,.0f} MiB a task may use — raise --memory-limit or lower k"
+            f"{budget / 2**20:,.0f} MiB a task may use — raise --memory-limit, lower k, or "
+            "use the 2-D block scheme (scheme='block-2d')"
         )
     target_rows = int(max(1, min(max_rows_budget, cap // max(row_bytes, 1))))
 
@@ -231,8 +261,47 @@ def plan_chunks(
     )
 
 
+def _plan_2d(X: da.Array, rank: int, *, budget: int, cap: int, persist_x: bool | str,
+             x_in_memory: bool, n_workers: int, memory_per_worker: int) -> ChunkPlan:
+    """Blocks for the 2-D scheme: column blocks whose k x n_j partial sums (a tree reduction
+    holds up to SPLIT_EVERY + 2 of them) fit half a task's budget, rows to fill the block."""
+    n_samples, n_features = X.shape
+    itemsize = np.dtype(X.dtype).itemsize
+    if len(X.chunks[1]) > 1 and task_memory_2d(max(X.chunks[0]), max(X.chunks[1]), rank,
+                                                itemsize) <= budget:
+        rows, cols = X.chunks
+        note = None
+    else:
+        width = max(1, min(n_features, (budget // 2) // (10 * rank * 8)))
+        if width >= n_features:
+            width = -(-n_features // 2)  # asked for 2-D blocks: at least two column blocks
+        height = max(1, min(n_samples, cap // (width * itemsize),
+                            (budget // 2) // (2 * width * itemsize + 2 * rank * itemsize)))
+        rows, cols = _split_rows(n_samples, height), _split_rows(n_features, width)
+        note = f"2-D blocks of {height:,} x {width:,} (memory budget)"
+    total_memory = memory_per_worker * max(n_workers, 1)
+    if persist_x == "auto":
+        persist = not x_in_memory and X.nbytes <= PERSIST_FRACTION * total_memory
+    else:
+        persist = bool(persist_x)
+    return ChunkPlan(
+        scheme="block-2d", shape=(n_samples, n_features), rank=rank, itemsize=itemsize,
+        row_chunks=tuple(rows), col_chunks=tuple(cols), stored_chunks=X.chunks, rechunk=note,
+        persist_x=persist, reads_per_iteration=0 if persist else 2 * len(rows) * len(cols),
+        task_bytes=task_memory_2d(max(rows), max(cols), rank, itemsize),
+        memory_per_worker=memory_per_worker,
+        w_location="persisted in worker memory, chunked like X's rows",
+    )
+
+
+def task_memory_2d(rows: int, cols: int, k: int, itemsize: int) -> int:
+    """Peak bytes of a 2-D block task: the block (and a copy), W_i, and k x n_j partials."""
+    return 2 * rows * cols * itemsize + 2 * rows * k * itemsize + 10 * k * cols * 8
+
+
 def apply_plan(X: da.Array, plan: ChunkPlan) -> da.Array:
-    """X rechunked to the plan's row panels (a no-op when the stored chunks serve)."""
-    if X.chunks == (plan.row_chunks, (plan.shape[1],)):
+    """X rechunked to the plan's blocks (a no-op when the stored chunks serve)."""
+    target = (plan.row_chunks, plan.col_chunks or (plan.shape[1],))
+    if X.chunks == target:
         return X
-    return X.rechunk((plan.row_chunks, (plan.shape[1],)))
+    return X.rechunk(target)

@@ -57,10 +57,23 @@ def test_plan_respects_a_small_memory_budget():
     )
 
 
-def test_plan_refuses_when_one_row_does_not_fit():
-    X = da.zeros((10, 10_000_000), chunks=(1, 10_000_000), dtype=np.float32)
-    with pytest.raises(InputError, match="raise --memory-limit or lower k"):
-        plan_chunks(X, 100, memory_per_worker=500 * 2**20)
+def test_too_wide_for_row_panels_falls_back_to_2d_blocks():
+    X = da.zeros((1000, 10_000_000), chunks=(1, 10_000_000), dtype=np.float32)
+    with pytest.raises(InputError, match="use the 2-D block scheme"):
+        plan_chunks(X, 100, memory_per_worker=500 * 2**20, scheme="row-panel")
+    plan = plan_chunks(X, 100, memory_per_worker=500 * 2**20, persist_x=False)
+    assert plan.is_2d and len(plan.col_chunks) > 1 and sum(plan.col_chunks) == 10_000_000
+    assert plan.task_bytes <= 500 * 2**20 * 0.25
+    # blocks are read (re-opened in the planned blocks), each twice per iteration
+    assert plan.reads_per_iteration == 2 * len(plan.row_chunks) * len(plan.col_chunks)
+    text = "\n".join(plan.describe())
+    assert "block-2d" in text and "twice (two passes)" in text
+    assert apply_plan(X, plan).chunks == (plan.row_chunks, plan.col_chunks)
+
+
+def test_unknown_scheme():
+    with pytest.raises(InputError, match="unknown scheme 'tiles'"):
+        plan_chunks(da.zeros((10, 10)), 2, memory_per_worker=GiB, scheme="tiles")
 
 
 def test_persist_x_auto_when_it_fits_and_not_for_in_memory_data():

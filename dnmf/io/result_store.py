@@ -64,7 +64,7 @@ def write_result(
     out: str | os.PathLike,
     *,
     W: da.Array,
-    H: np.ndarray,
+    H: np.ndarray | da.Array,
     attrs: dict[str, Any],
     overwrite: bool = False,
     scheduler: Any = None,
@@ -103,10 +103,14 @@ def _write_group(store: str, W: da.Array, H: np.ndarray, attrs: dict, scheduler:
     w_arr = root.create_array(
         "W", shape=W.shape, chunks=(rows, k), dtype=W.dtype, dimension_names=("sample", "component")
     )
+    h_chunks = (H.shape[0], max(H.chunks[1])) if isinstance(H, da.Array) else H.shape
     h_arr = root.create_array(
-        "H", shape=H.shape, chunks=H.shape, dtype=H.dtype, dimension_names=("component", "feature")
+        "H", shape=H.shape, chunks=h_chunks, dtype=H.dtype, dimension_names=("component", "feature")
     )
-    h_arr[...] = H
+    if isinstance(H, da.Array):  # the 2-D scheme: H is chunked on the workers
+        da.store(H.rechunk(h_chunks), h_arr, lock=False, scheduler=scheduler)
+    else:
+        h_arr[...] = H
     # zarr chunks are regular: realign irregular row chunks so no two tasks write one chunk.
     W_aligned = W if all(c == rows for c in W.chunks[0][:-1]) else W.rechunk({0: rows})
     da.store(W_aligned, w_arr, lock=False, scheduler=scheduler)
