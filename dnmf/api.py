@@ -27,10 +27,17 @@ from dnmf._version import __version__
 from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
-from dnmf.io import check_rank, open_matrix, validate
+from dnmf.io import check_rank, checkpoint, open_matrix, validate
 from dnmf.io.result_store import check_output, open_result, write_result
 from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
-from dnmf.solvers import SOLVER_ALIASES, SOLVERS, IterationInfo, component_order, iterate
+from dnmf.solvers import (
+    SOLVER_ALIASES,
+    SOLVERS,
+    Interrupted,
+    IterationInfo,
+    component_order,
+    iterate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +184,8 @@ def factorize(
     scheme: str = "auto",
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    checkpoint_every: int = 10,
+    resume: bool = False,
     callback: Callable[[IterationInfo], None] | None = None,
     on_plan: Callable[[ChunkPlan, ExecutionContext], None] | None = None,
 ) -> FitResult:
@@ -222,6 +231,13 @@ def factorize(
     out : path, optional
         Write the result store here (Zarr v3).
     overwrite : bool
+    checkpoint_every : int
+        With ``out``: write a checkpoint into ``out/checkpoint`` every this many iterations
+        (0 disables). Ctrl-C or SIGTERM also writes one, then raises
+        :class:`~dnmf.solvers.Interrupted`.
+    resume : bool
+        Continue the incomplete run in ``out`` from its checkpoint; refused when the input or
+        the parameters differ (``max_iter`` may grow) or when ``out`` is complete.
     callback : callable, optional
         Called with an :class:`IterationInfo` after each iteration.
     on_plan : callable, optional
@@ -244,8 +260,19 @@ def factorize(
     _check_params(rank, max_iter, tol, max_time)
     solver_name = resolve_solver(solver, beta_loss)
     init_name = resolve_init(init, has_custom=W_init is not None or H_init is not None)
+    if not isinstance(checkpoint_every, numbers.Integral) or checkpoint_every < 0:
+        raise InputError(f"checkpoint_every must be an integer >= 0; got {checkpoint_every!r}")
+    ckpt = None
+    if resume:
+        if out is None:
+            raise InputError("resume needs the output to resume — pass -o OUT.zarr")
+        if overwrite:
+            raise InputError("--resume and --overwrite contradict each other — pick one")
+        ckpt = checkpoint.read(out)
+        if random_state is None:
+            random_state = ckpt.params.get("seed")
     seed = resolve_seed(random_state)
-    if out is not None:
+    if out is not None and not resume:
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
     check_rank(source.shape, rank)
@@ -276,14 +303,41 @@ def factorize(
                           optimize_graph=False)
         report.raise_if_invalid()
         x_mean = report.total / (source.shape[0] * source.shape[1])
-        W0, H0 = initialize(Xp, rank, init=init_name, seed=seed, x_mean=x_mean,
-                            W_init=W_init, H_init=H_init)
-        state = iterate(
-            Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx, max_iter=max_iter,
-            tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
-            bytes_per_iteration=plan.reads_per_iteration and (2 if plan.is_2d else 1) * Xp.nbytes,
-            callback=callback, second_read=not (plan.persist_x or in_memory),
-        )
+        writer = None
+        if out is not None and (checkpoint_every or resume):
+            params = {"solver": solver_name, "beta_loss": "frobenius", "n_components": rank,
+                      "init": init_name, "seed": seed, "alpha_W": alpha_W, "alpha_H": alpha_H,
+                      "l1_ratio": l1_ratio, "dtype": str(Xp.dtype), "scheme": plan.scheme}
+            writer = _CheckpointWriter(out, overwrite=overwrite, params=params,
+                                       fingerprint=checkpoint.fingerprint(Xp, ctx.scheduler),
+                                       scheduler=ctx.scheduler, started=resume)
+        if ckpt is not None:
+            checkpoint.check_compatible(ckpt, writer.params, writer.fingerprint,
+                                        max_iter=max_iter)
+            W0 = ckpt.W.astype(Xp.dtype).rechunk((Xp.chunks[0], (rank,)))
+            H0 = ckpt.H
+            notes.append(f"resumed from the checkpoint at iteration {ckpt.iteration}")
+        else:
+            W0, H0 = initialize(Xp, rank, init=init_name, seed=seed, x_mean=x_mean,
+                                W_init=W_init, H_init=H_init)
+        try:
+            state = iterate(
+                Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx,
+                max_iter=max_iter, tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w,
+                l1_h=l1_h, l2_h=l2_h,
+                bytes_per_iteration=plan.reads_per_iteration and (2 if plan.is_2d else 1)
+                * Xp.nbytes,
+                callback=callback, second_read=not (plan.persist_x or in_memory),
+                start_iteration=ckpt.iteration if ckpt else 0,
+                loss_history=ckpt.loss_history if ckpt else None,
+                seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
+                checkpoint=writer, checkpoint_every=checkpoint_every,
+            )
+        except Interrupted as exc:
+            if writer is not None:
+                writer.interrupted(exc.state)
+                raise Interrupted(exc.state, resume_hint=str(out)) from None
+            raise
         H64 = None if state.HHt is not None else np.asarray(state.H, dtype=np.float64)
         HHt = state.HHt if H64 is None else H64 @ H64.T
         order = component_order(state.WtW, HHt)
@@ -304,10 +358,13 @@ def factorize(
         )
         if out is not None:
             result.wall_time_s = time.perf_counter() - t_start
-            result.path = write_result(
-                out, W=W, H=H, attrs=_store_attrs(result, source.describe()),
-                overwrite=overwrite, scheduler=ctx.scheduler,
-            )
+            attrs = _store_attrs(result, source.describe())
+            if writer is not None and writer.started:
+                writer.finish(W, H, attrs)
+                result.path = os.fspath(out)
+            else:
+                result.path = write_result(out, W=W, H=H, attrs=attrs, overwrite=overwrite,
+                                           scheduler=ctx.scheduler)
             result.W, stored_H, _ = open_result(result.path)
             if isinstance(H, da.Array):
                 result.H = stored_H
@@ -417,6 +474,36 @@ def _planned_array(X: Any, var: str | None, dtype: Any, source: Any, plan: Chunk
             rows, cols):
         source = open_matrix(X, var, dtype=dtype, chunks=(rows[0], cols[0]))
     return apply_plan(source.array, plan)
+
+
+class _CheckpointWriter:
+    """Writes the checkpoints of one fit into its result store (``dnmf.io.checkpoint``)."""
+
+    def __init__(self, out: Any, *, overwrite: bool, params: dict, fingerprint: dict,
+                 scheduler: Any, started: bool) -> None:
+        self.out, self.overwrite, self.scheduler = out, overwrite, scheduler
+        self.params, self.fingerprint, self.started = params, fingerprint, started
+
+    def __call__(self, state: Any) -> None:
+        if not self.started:  # OUT appears with the first checkpoint
+            checkpoint.start(self.out, overwrite=self.overwrite)
+            self.started = True
+        checkpoint.write(
+            self.out, W=state.W, H=state.H, iteration=state.n_iter,
+            loss_history=state.loss_history, seconds_per_iteration=state.seconds_per_iteration,
+            params=self.params, fingerprint=self.fingerprint, scheduler=self.scheduler,
+        )
+        checkpoint.mark(self.out, "running")
+
+    def interrupted(self, state: Any) -> None:
+        """A final checkpoint of the last complete iteration, and status ``interrupted``."""
+        if state.n_iter > 0:
+            self(state)
+        if self.started:
+            checkpoint.mark(self.out, "interrupted")
+
+    def finish(self, W: da.Array, H: Any, attrs: dict) -> None:
+        checkpoint.finish(self.out, W=W, H=H, attrs=attrs, scheduler=self.scheduler)
 
 
 def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str],

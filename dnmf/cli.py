@@ -7,6 +7,7 @@ typer's own usage errors exit 2; Ctrl-C exits 130. ``DNMF_DEBUG=1`` shows traceb
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -92,6 +93,11 @@ def fit(
     workers: WorkersOpt = None,
     memory_limit: MemoryOpt = None,
     max_time: Annotated[float | None, typer.Option(help="Wall-time budget in seconds.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(
+        help="Checkpoint into OUT every N iterations (0: never).")] = 10,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted run in OUT (same input and options; --max-iter may "
+             "grow).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the chunk plan and memory per worker; write nothing.")] = False,
@@ -113,11 +119,15 @@ def fit(
         return
     if out is None:
         raise InputError("no output given — pass -o OUT.zarr (or --dry-run to only plan)")
-    with FitProgress(quiet=quiet) as progress:
-        result = api.factorize(
-            input, rank, max_iter=max_iter, tol=tol, random_state=seed, max_time=max_time,
-            callback=progress, on_plan=_plan_printer(progress), **common,
-        )
+    try:
+        with FitProgress(quiet=quiet) as progress:
+            result = api.factorize(
+                input, rank, max_iter=max_iter, tol=tol, random_state=seed, max_time=max_time,
+                checkpoint_every=checkpoint_every, resume=resume, callback=progress,
+                on_plan=_plan_printer(progress), **common,
+            )
+    except KeyboardInterrupt as exc:  # typer would swallow the message (and the resume hint)
+        _exit_with(str(exc) or "interrupted", 130)
     for note in result.notes:
         _echo(f"note: {note}", quiet)
     state = "converged" if result.converged else f"stopped at {result.stop_reason}"
@@ -170,6 +180,10 @@ def demo(
           f"{res.fit.n_iter} iterations in {res.fit.wall_time_s:.1f} s", quiet)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _exit_with(message: str, code: int) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
@@ -181,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     from dnmf.errors import DnmfError
 
     debug = os.environ.get("DNMF_DEBUG") == "1"
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops a fit like Ctrl-C
     try:
         # typer returns (not raises) an exit code in this mode: 130 for Ctrl-C, or typer.Exit's
         code = app(args=argv, standalone_mode=False)
@@ -188,8 +203,8 @@ def main(argv: list[str] | None = None) -> None:
             _exit_with("interrupted", 130)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except (typer.Abort, KeyboardInterrupt):
-        _exit_with("interrupted", 130)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        _exit_with(str(exc) or "interrupted", 130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:

@@ -1,8 +1,10 @@
-"""The iteration loop: one Dask computation per iteration, H updated on the driver.
+"""The iteration loop: one Dask computation per iteration.
 
 This is the only place that computes during a fit. Each iteration persists the new W (on the
-workers, or in-process) together with the reduced ``(WtX, WtW)``, so W's lineage is one
-iteration deep and X is read once.
+workers, or in-process) together with the reduced products, so W's lineage is one iteration
+deep. Two schemes share the loop: full-width row panels (:mod:`dnmf.graph`; H updated on the
+driver, one read of X) and 2-D blocks (:mod:`dnmf.graph2d`; H chunked on the workers, two
+reads).
 """
 
 from __future__ import annotations
@@ -45,13 +47,86 @@ class SolverState:
     loss_history: list[float] = field(default_factory=list)
     seconds_per_iteration: list[float] = field(default_factory=list)
     stop_reason: str = ""
-    HHt: np.ndarray | None = None  # of the final H (the 2-D scheme, where H stays chunked)
+    HHt: np.ndarray | None = None  # of the final H
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during :func:`iterate`; ``state`` is the last complete iteration."""
+
+    def __init__(self, state: SolverState, resume_hint: str | None = None) -> None:
+        message = f"interrupted after iteration {state.n_iter}"
+        if resume_hint:
+            message += (f"; checkpoint kept in {resume_hint} — continue with the same command "
+                        "and --resume")
+        super().__init__(message)
+        self.state = state
+
+
+class _RowPanelStep:
+    """One row-panel iteration: W on the workers, H (float64) on the driver."""
+
+    def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
+                 l1_w: float, l2_w: float, l1_h: float, l2_h: float) -> None:
+        self.X, self.ctx, self.solver, self.sq_norm = X, ctx, solver, sq_norm
+        self.regs = (l1_w, l2_w, l1_h, l2_h)
+
+    def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
+        (W,) = self.ctx.persist(W)
+        H64 = np.asarray(H, dtype=np.float64)
+        return W, H64, H64 @ H64.T
+
+    def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray) -> tuple:
+        l1_w, l2_w, l1_h, l2_h = self.regs
+        W_next, partials = graph.iteration_graph(
+            self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w, l2_w=l2_w
+        )
+        W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
+        WtX, WtW = self.ctx.result_of(partials)
+        H64 = kernels.update_h(H64, WtX, WtW, solver=self.solver, l1=l1_h, l2=l2_h)
+        loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64)
+        return W_next, H64, WtW, H64 @ H64.T, loss
+
+    def public_h(self, H64: np.ndarray) -> np.ndarray:
+        return H64.astype(self.X.dtype)
+
+
+class _Block2DStep:
+    """One 2-D block iteration: W and H both chunked on the workers."""
+
+    def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
+                 l1_w: float, l2_w: float, l1_h: float, l2_h: float, second_read: bool) -> None:
+        self.X, self.ctx, self.solver, self.sq_norm = X, ctx, solver, sq_norm
+        self.regs = (l1_w, l2_w, l1_h, l2_h)
+        self.second_read = second_read
+
+    def prepare(self, W: da.Array, H: object) -> tuple[da.Array, da.Array, np.ndarray]:
+        if not isinstance(H, da.Array):
+            H = da.from_array(np.asarray(H), chunks=((np.shape(H)[0],), self.X.chunks[1]))
+        H = H.astype(self.X.dtype).rechunk(((H.shape[0],), self.X.chunks[1]))
+        W, H = self.ctx.persist(W, H)
+        H64 = H.astype(np.float64)
+        (HHt,) = self.ctx.compute(H64 @ H64.T)
+        return W, H, HHt
+
+    def __call__(self, W: da.Array, H: da.Array, HHt: np.ndarray) -> tuple:
+        l1_w, l2_w, l1_h, l2_h = self.regs
+        W_next, H_next, stats = graph2d.iteration_graph_2d(
+            self.X, W, H, HHt, solver=self.solver, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
+            second_read=self.second_read,
+        )
+        W_next, H_next, stats = self.ctx.persist(W_next, H_next, stats, optimize=False)
+        HHt, cross, WtW = self.ctx.result_of(stats)
+        loss = max(self.sq_norm - 2.0 * cross + float(np.vdot(WtW, HHt)), 0.0)
+        return W_next, H_next, WtW, HHt, loss
+
+    def public_h(self, H: da.Array) -> da.Array:
+        return H
 
 
 def iterate(
     X: da.Array,
     W: da.Array,
-    H: np.ndarray,
+    H: object,
     *,
     sq_norm: float,
     solver: str,
@@ -66,68 +141,75 @@ def iterate(
     bytes_per_iteration: int = 0,
     callback: Callable[[IterationInfo], None] | None = None,
     second_read: bool = True,
+    start_iteration: int = 0,
+    loss_history: list[float] | None = None,
+    seconds_per_iteration: list[float] | None = None,
+    checkpoint: Callable[[SolverState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> SolverState:
-    """Alternate W (row panels, on the cluster) and H (driver) updates until converged.
-
-    X with several column chunks runs the 2-D block scheme (:mod:`dnmf.graph2d`) instead: H is
-    then a dask array chunked like X's columns and stays on the workers; ``second_read=False``
-    when X is persisted.
+    """Alternate W and H updates until converged.
 
     Stops when the relative decrease of the loss, ``(f[t-1] - f[t]) / f[t-1]``, falls below
-    ``tol`` (``tol=0`` disables this test), after ``max_iter`` iterations, or when ``max_time`` seconds have passed.
+    ``tol`` (``tol=0`` disables this test), after ``max_iter`` iterations, or when ``max_time``
+    seconds have passed.
 
     Parameters
     ----------
-    X : dask array (n_samples, n_features), row panels (persisted or backed by storage)
+    X : dask array (n_samples, n_features), row panels (one column chunk), or 2-D blocks
     W : dask array (n_samples, k), chunked like X's rows
-    H : ndarray (k, n_features)
+    H : ndarray (k, n_features); with 2-D blocks also a dask array chunked like X's columns
     sq_norm : float
         ``||X||_F^2`` in float64 (from the validation pass).
     solver : "hals" | "mu" | "anls"
     ctx : ExecutionContext
+    second_read : bool
+        2-D blocks only: read X again for the second pass (``False`` when X is persisted).
+    start_iteration, loss_history, seconds_per_iteration
+        Where a resumed run continues from.
+    checkpoint : callable, optional
+        Called with the state every ``checkpoint_every`` iterations (not after the last).
+
+    Raises
+    ------
+    Interrupted
+        On KeyboardInterrupt, carrying the state of the last complete iteration.
     """
+    regs = dict(l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h)
     if len(X.chunks[1]) > 1:
-        return _iterate_2d(X, W, H, sq_norm=sq_norm, solver=solver, ctx=ctx,
-                           max_iter=max_iter, tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w,
-                           l1_h=l1_h, l2_h=l2_h, bytes_per_iteration=bytes_per_iteration,
-                           callback=callback, second_read=second_read)
-    dtype = X.dtype
-    H64 = np.asarray(H, dtype=np.float64)
-    (W,) = ctx.persist(W)
-    history: list[float] = []
-    seconds: list[float] = []
-    converged = False
-    reason = "max_iter"
-    t_start = time.perf_counter()
-    WtW = np.zeros((H.shape[0], H.shape[0]))
-    n_iter = 0
-    for it in range(1, max_iter + 1):
-        t0 = time.perf_counter()
-        W_next, partials = graph.iteration_graph(
-            X, W, H64.astype(dtype), solver=solver, l1_w=l1_w, l2_w=l2_w
-        )
-        W_next, partials = ctx.persist(W_next, partials, optimize=False)
-        WtX, WtW = ctx.result_of(partials)
-        W = W_next  # the previous W is released here: lineage stays one iteration deep
-        H64 = kernels.update_h(H64, WtX, WtW, solver=solver, l1=l1_h, l2=l2_h)
-        loss = kernels.frobenius_loss(sq_norm, WtX, WtW, H64)
-        n_iter = it
-        reason = _record(history, seconds, loss, time.perf_counter() - t0, it, sq_norm=sq_norm,
-                         tol=tol, max_iter=max_iter, max_time=max_time, t_start=t_start,
-                         bytes_per_iteration=bytes_per_iteration, callback=callback)
-        if reason != "max_iter":
-            converged = reason in ("tol", "exact")
-            break
-    return SolverState(
-        W=W,
-        H=H64.astype(dtype),
-        WtW=WtW,
-        n_iter=n_iter,
-        converged=converged,
-        loss_history=history,
-        seconds_per_iteration=seconds,
-        stop_reason=reason,
+        step: _RowPanelStep | _Block2DStep = _Block2DStep(
+            X, ctx, solver=solver, sq_norm=sq_norm, second_read=second_read, **regs)
+    else:
+        step = _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, **regs)
+    W, H_work, HHt = step.prepare(W, H)
+    state = SolverState(
+        W=W, H=step.public_h(H_work), WtW=np.zeros_like(HHt), HHt=HHt, n_iter=start_iteration,
+        converged=False, loss_history=list(loss_history or []),
+        seconds_per_iteration=list(seconds_per_iteration or []), stop_reason="max_iter",
     )
+    t_start = time.perf_counter()
+    try:
+        for it in range(start_iteration + 1, max_iter + 1):
+            t0 = time.perf_counter()
+            W, H_work, WtW, HHt, loss = step(W, H_work, HHt)
+            # the previous W is released here: lineage stays one iteration deep
+            state.W, state.H, state.WtW, state.HHt, state.n_iter = (
+                W, step.public_h(H_work), WtW, HHt, it)
+            state.stop_reason = _record(
+                state.loss_history, state.seconds_per_iteration, loss,
+                time.perf_counter() - t0, it, sq_norm=sq_norm, tol=tol, max_iter=max_iter,
+                max_time=max_time, t_start=t_start, bytes_per_iteration=bytes_per_iteration,
+                callback=callback)
+            if state.stop_reason != "max_iter":
+                break
+            if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 and (
+                    it < max_iter):
+                checkpoint(state)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(state) from exc
+    state.converged = state.stop_reason in ("tol", "exact")
+    return state
 
 
 def _record(history: list[float], seconds: list[float], loss: float, dt: float, it: int, *,
@@ -139,49 +221,13 @@ def _record(history: list[float], seconds: list[float], loss: float, dt: float, 
     if callback is not None:
         rel = float(np.sqrt(loss / sq_norm)) if sq_norm > 0 else 0.0
         callback(IterationInfo(it, loss, rel, dt, bytes_per_iteration, max_iter))
-    if it > 1 and tol > 0 and (history[-2] - loss) <= tol * history[-2]:
+    if len(history) > 1 and tol > 0 and (history[-2] - loss) <= tol * history[-2]:
         return "tol"  # tol=0 runs max_iter iterations
     if loss == 0.0:
         return "exact"
     if max_time is not None and time.perf_counter() - t_start >= max_time:
         return "max_time"
     return "max_iter"
-
-
-def _iterate_2d(X: da.Array, W: da.Array, H: da.Array, *, sq_norm: float, solver: str,
-                ctx: ExecutionContext, max_iter: int, tol: float, max_time: float | None,
-                l1_w: float, l2_w: float, l1_h: float, l2_h: float, bytes_per_iteration: int,
-                callback: Callable[[IterationInfo], None] | None, second_read: bool
-                ) -> SolverState:
-    """The loop of the 2-D block scheme: W and H both stay chunked on the workers."""
-    if not isinstance(H, da.Array):
-        H = da.from_array(np.asarray(H), chunks=((H.shape[0],), X.chunks[1]))
-    W, H = ctx.persist(W, H)
-    H64 = H.astype(np.float64)
-    (HHt,) = ctx.compute(H64 @ H64.T)
-    history: list[float] = []
-    seconds: list[float] = []
-    WtW = np.zeros_like(HHt)
-    reason, n_iter = "max_iter", 0
-    t_start = time.perf_counter()
-    for it in range(1, max_iter + 1):
-        t0 = time.perf_counter()
-        W_next, H_next, stats = graph2d.iteration_graph_2d(
-            X, W, H, HHt, solver=solver, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
-            second_read=second_read,
-        )
-        W, H, stats = ctx.persist(W_next, H_next, stats, optimize=False)
-        HHt, cross, WtW = ctx.result_of(stats)
-        loss = max(sq_norm - 2.0 * cross + float(np.vdot(WtW, HHt)), 0.0)
-        n_iter = it
-        reason = _record(history, seconds, loss, time.perf_counter() - t0, it, sq_norm=sq_norm,
-                         tol=tol, max_iter=max_iter, max_time=max_time, t_start=t_start,
-                         bytes_per_iteration=bytes_per_iteration, callback=callback)
-        if reason != "max_iter":
-            break
-    return SolverState(W=W, H=H, WtW=WtW, n_iter=n_iter, converged=reason in ("tol", "exact"),
-                       loss_history=history, seconds_per_iteration=seconds, stop_reason=reason,
-                       HHt=HHt)
 
 
 def component_order(WtW: np.ndarray, HHt: np.ndarray) -> np.ndarray:

@@ -260,24 +260,36 @@ def test_demo_runs_on_a_local_cluster(tmp_path):
     assert xr.open_zarr(tmp_path / "demo" / "result.zarr")["H"].shape == (8, 300)
 
 
-def test_ctrl_c_exits_130_with_clean_message_and_no_output(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_exits_130_keeps_a_checkpoint_and_resume_finishes(tmp_path, sig):
     X = make_planted(20_000, 100, 5, dtype="float32")[0]
     src = _zarr(tmp_path, X, "big.zarr")
     out = tmp_path / "out.zarr"
+    args = [src, "-k", "5", "-o", str(out), "--tol", "0", "--scheduler", "threads", "--seed",
+            "2", "--checkpoint-every", "3"]
     proc = subprocess.Popen(
-        [*DNMF, "fit", src, "-k", "5", "-o", str(out), "--max-iter", "100000", "--tol", "0",
-         "--scheduler", "threads"],
+        [*DNMF, "fit", *args, "--max-iter", "100000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    for line in proc.stdout:  # wait for the marker: the first progress line
-        if line.startswith("iter ") or time.monotonic() > deadline:
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # the marker: the progress line of iteration 10
+        if line.startswith("iter ") and line.split()[1].startswith("10/"):
             break
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+        assert time.monotonic() < deadline, "no progress line"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted after iteration ") and "--resume" in last
     assert "Traceback" not in stderr
-    assert not out.exists()
+    root = zarr.open_group(str(out), mode="r")
+    assert root.attrs["status"] == "interrupted"
+    done = root["checkpoint"].attrs["iteration"]
+    assert done >= 10
+    resumed = run_cli("fit", *args, "--max-iter", str(done + 3), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from the checkpoint at iteration" in resumed.stdout
+    ds = xr.open_zarr(out)
+    assert ds.attrs["status"] == "complete" and ds.attrs["n_iter"] == done + 3

@@ -96,27 +96,35 @@ def write_result(
     return str(path)
 
 
-def _write_group(store: str, W: da.Array, H: np.ndarray, attrs: dict, scheduler: Any) -> None:
+def _write_group(store: str, W: da.Array, H: Any, attrs: dict, scheduler: Any) -> None:
     root = zarr.open_group(store, mode="w", zarr_format=3)
-    rows = int(max(W.chunks[0]))
-    k = W.shape[1]
-    w_arr = root.create_array(
-        "W", shape=W.shape, chunks=(rows, k), dtype=W.dtype, dimension_names=("sample", "component")
-    )
-    h_chunks = (H.shape[0], max(H.chunks[1])) if isinstance(H, da.Array) else H.shape
-    h_arr = root.create_array(
-        "H", shape=H.shape, chunks=h_chunks, dtype=H.dtype, dimension_names=("component", "feature")
-    )
-    if isinstance(H, da.Array):  # the 2-D scheme: H is chunked on the workers
-        da.store(H.rechunk(h_chunks), h_arr, lock=False, scheduler=scheduler)
-    else:
-        h_arr[...] = H
-    # zarr chunks are regular: realign irregular row chunks so no two tasks write one chunk.
-    W_aligned = W if all(c == rows for c in W.chunks[0][:-1]) else W.rechunk({0: rows})
-    da.store(W_aligned, w_arr, lock=False, scheduler=scheduler)
+    _write_arrays(root, W, H, scheduler)
     root.attrs.update({**_jsonable(attrs), "schema_version": SCHEMA_VERSION, "status": "running"})
     root.attrs["status"] = "complete"  # last: every chunk of W and H is written by now
     _consolidate(store)
+
+
+def _write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any) -> None:
+    """``W`` (chunk by chunk, on the workers) and ``H`` into ``group``, replacing old ones."""
+    rows = int(max(W.chunks[0]))
+    k = W.shape[1]
+    w_arr = group.create_array(
+        "W", shape=W.shape, chunks=(rows, k), dtype=W.dtype,
+        dimension_names=("sample", "component"), overwrite=True,
+    )
+    h_chunks = (H.shape[0], max(H.chunks[1])) if isinstance(H, da.Array) else H.shape
+    h_arr = group.create_array(
+        "H", shape=H.shape, chunks=h_chunks, dtype=H.dtype,
+        dimension_names=("component", "feature"), overwrite=True,
+    )
+    # zarr chunks are regular: realign irregular row chunks so no two tasks write one chunk.
+    W_aligned = W if all(c == rows for c in W.chunks[0][:-1]) else W.rechunk({0: rows})
+    if isinstance(H, da.Array):  # the 2-D scheme: H is chunked on the workers
+        da.store([W_aligned, H.rechunk(h_chunks)], [w_arr, h_arr], lock=False,
+                 scheduler=scheduler)
+    else:
+        h_arr[...] = H
+        da.store(W_aligned, w_arr, lock=False, scheduler=scheduler)
 
 
 def _consolidate(store: str) -> None:
