@@ -1,6 +1,6 @@
 """dnmf benchmarks: seconds/iteration against one read of X, and against scikit-learn.
 
-Run ``python -m benchmarks.run --quick`` (about 2 minutes) or ``python -m benchmarks.run``
+Run ``python -m benchmarks.run --quick`` (under 2 minutes) or ``python -m benchmarks.run``
 (the full profile: a 4 GB float32 raw Zarr). Everything is measured in one run, on one
 LocalCluster, and reported as ratios against baselines measured in the same run:
 
@@ -34,8 +34,8 @@ RESULTS = HERE / "results"
 
 PROFILES: dict[str, dict[str, Any]] = {
     # rows x 500 float32; 64 MiB row panels (32,768 rows) as stored chunks, no compressor
-    "quick": {"rows": 250_000, "cols": 500, "k": 20, "iters": 6, "solvers": ["hals", "mu", "anls"],
-              "reads": 3, "persisted": True, "sk": [(20_000, 500, 20)]},
+    "quick": {"rows": 125_000, "cols": 500, "k": 20, "iters": 4, "solvers": ["hals", "mu", "anls"],
+              "reads": 2, "persisted": True, "sk": [(20_000, 500, 20)]},
     "full": {"rows": 2_000_000, "cols": 500, "k": 20, "iters": 6,
              "solvers": ["hals", "mu", "anls"], "reads": 3, "persisted": True,
              "sk": [(20_000, 500, 20), (100_000, 200, 10)]},
