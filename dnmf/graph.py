@@ -173,7 +173,3 @@ def random_w(
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     return da.Array(graph, name, chunks=(tuple(row_chunks), (k,)), dtype=dtype)
 
-
-def row_starts(row_chunks: Sequence[int]) -> list[int]:
-    """First row index of each chunk."""
-    return [int(s) for s in np.cumsum((0, *row_chunks[:-1]))]
