@@ -338,9 +338,7 @@ def factorize(
                 writer.interrupted(exc.state)
                 raise Interrupted(exc.state, resume_hint=str(out)) from None
             raise
-        H64 = None if state.HHt is not None else np.asarray(state.H, dtype=np.float64)
-        HHt = state.HHt if H64 is None else H64 @ H64.T
-        order = component_order(state.WtW, HHt)
+        order = component_order(state.WtW, state.HHt)
         reorder = not np.array_equal(order, np.arange(rank))
         H = state.H[order] if reorder else state.H
         if not isinstance(H, da.Array):

@@ -47,7 +47,7 @@ class SolverState:
     loss_history: list[float] = field(default_factory=list)
     seconds_per_iteration: list[float] = field(default_factory=list)
     stop_reason: str = ""
-    HHt: np.ndarray | None = None  # of the final H
+    HHt: np.ndarray | None = None  # H @ H.T of the final H (float64)
 
 
 class Interrupted(KeyboardInterrupt):
