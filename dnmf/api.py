@@ -482,7 +482,8 @@ class _CheckpointWriter:
         self.out, self.overwrite, self.scheduler = out, overwrite, scheduler
         self.params, self.fingerprint, self.started = params, fingerprint, started
 
-    def __call__(self, state: Any) -> None:
+    def __call__(self, state: Any) -> da.Array:
+        """Write a checkpoint; return its W, read back lazily (the loop restarts from it)."""
         if not self.started:  # OUT appears with the first checkpoint
             checkpoint.start(self.out, overwrite=self.overwrite)
             self.started = True
@@ -492,6 +493,7 @@ class _CheckpointWriter:
             params=self.params, fingerprint=self.fingerprint, scheduler=self.scheduler,
         )
         checkpoint.mark(self.out, "running")
+        return checkpoint.read(self.out).W
 
     def interrupted(self, state: Any) -> None:
         """A final checkpoint of the last complete iteration, and status ``interrupted``."""

@@ -144,7 +144,7 @@ def iterate(
     start_iteration: int = 0,
     loss_history: list[float] | None = None,
     seconds_per_iteration: list[float] | None = None,
-    checkpoint: Callable[[SolverState], None] | None = None,
+    checkpoint: Callable[[SolverState], da.Array | None] | None = None,
     checkpoint_every: int = 0,
 ) -> SolverState:
     """Alternate W and H updates until converged.
@@ -167,7 +167,9 @@ def iterate(
     start_iteration, loss_history, seconds_per_iteration
         Where a resumed run continues from.
     checkpoint : callable, optional
-        Called with the state every ``checkpoint_every`` iterations (not after the last).
+        Called with the state every ``checkpoint_every`` iterations (not after the last). When
+        it returns W read back from the checkpoint, the loop continues from that, which bounds
+        the lineage the scheduler keeps.
 
     Raises
     ------
@@ -203,7 +205,12 @@ def iterate(
                 break
             if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 and (
                     it < max_iter):
-                checkpoint(state)
+                restart = checkpoint(state)
+                if restart is not None:
+                    # continue from W as stored: the scheduler can forget the iterations before
+                    # it, and a lost chunk is recomputed from the store, not from iteration 1
+                    (W,) = ctx.persist(restart.rechunk(W.chunks))
+                    state.W = W
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):
             raise
