@@ -487,13 +487,13 @@ class _CheckpointWriter:
         if not self.started:  # OUT appears with the first checkpoint
             checkpoint.start(self.out, overwrite=self.overwrite)
             self.started = True
-        checkpoint.write(
+        W = checkpoint.write(
             self.out, W=state.W, H=state.H, iteration=state.n_iter,
             loss_history=state.loss_history, seconds_per_iteration=state.seconds_per_iteration,
             params=self.params, fingerprint=self.fingerprint, scheduler=self.scheduler,
         )
         checkpoint.mark(self.out, "running")
-        return checkpoint.read(self.out).W
+        return W
 
     def interrupted(self, state: Any) -> None:
         """A final checkpoint of the last complete iteration, and status ``interrupted``."""

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -48,7 +48,6 @@ class ExecutionContext:
     threads_per_worker: int = 1
     memory_per_worker: int = 0
     dashboard_link: str | None = None
-    _owned: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def scheduler(self) -> Any:

@@ -115,6 +115,15 @@ class ChunkPlan:
         }
 
 
+def _should_persist(X: da.Array, persist_x: bool | str, x_in_memory: bool,
+                    total_memory: int) -> bool:
+    """``persist_x="auto"``: X from storage that takes at most PERSIST_FRACTION of the workers'
+    memory stays there; in-memory X has nothing to persist."""
+    if persist_x == "auto":
+        return not x_in_memory and X.nbytes <= PERSIST_FRACTION * total_memory
+    return bool(persist_x)
+
+
 def task_memory(rows: int, n: int, k: int, itemsize: int) -> int:
     """Peak bytes of one panel task: X_i (and a decoded copy), W_i products, k x n partials."""
     return 2 * rows * n * itemsize + 4 * rows * k * itemsize + 3 * k * n * 8
@@ -238,11 +247,7 @@ def plan_chunks(
                          "worker thread has work")
     rechunk = "; ".join(notes) if notes else None
 
-    total_memory = memory_per_worker * max(n_workers, 1)
-    if persist_x == "auto":
-        persist = not x_in_memory and X.nbytes <= PERSIST_FRACTION * total_memory
-    else:
-        persist = bool(persist_x)
+    persist = _should_persist(X, persist_x, x_in_memory, memory_per_worker * max(n_workers, 1))
     reads = 0 if persist else len(x_rows) * len(x_cols)
     task_bytes = task_memory(max(rows), n_features, rank, itemsize)
     return ChunkPlan(
@@ -279,11 +284,7 @@ def _plan_2d(X: da.Array, rank: int, *, budget: int, cap: int, persist_x: bool |
                             (budget // 2) // (2 * width * itemsize + 2 * rank * itemsize)))
         rows, cols = _split_rows(n_samples, height), _split_rows(n_features, width)
         note = f"2-D blocks of {height:,} x {width:,} (memory budget)"
-    total_memory = memory_per_worker * max(n_workers, 1)
-    if persist_x == "auto":
-        persist = not x_in_memory and X.nbytes <= PERSIST_FRACTION * total_memory
-    else:
-        persist = bool(persist_x)
+    persist = _should_persist(X, persist_x, x_in_memory, memory_per_worker * max(n_workers, 1))
     return ChunkPlan(
         scheme="block-2d", shape=(n_samples, n_features), rank=rank, itemsize=itemsize,
         row_chunks=tuple(rows), col_chunks=tuple(cols), stored_chunks=X.chunks, rechunk=note,

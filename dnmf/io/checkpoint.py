@@ -78,8 +78,11 @@ def start(out: str | os.PathLike, *, overwrite: bool) -> None:
 
 def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
           loss_history: list[float], seconds_per_iteration: list[float], params: dict,
-          fingerprint: dict, scheduler: Any = None) -> None:
-    """Write a checkpoint into the free slot, then point ``current`` at it."""
+          fingerprint: dict, scheduler: Any = None) -> da.Array:
+    """Write a checkpoint into the free slot, then point ``current`` at it.
+
+    Returns the slot's W, lazily read back from the store.
+    """
     root = zarr.open_group(os.fspath(out), mode="r+")
     group = root.require_group(GROUP)
     current = group.attrs.get("current")
@@ -90,6 +93,7 @@ def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
                                    "seconds_per_iteration": seconds_per_iteration}))
     group.attrs.update(_jsonable({"current": slot, "iteration": iteration, "params": params,
                                   "fingerprint": fingerprint}))
+    return da.from_zarr(target["W"])
 
 
 def mark(out: str | os.PathLike, status: str) -> None:

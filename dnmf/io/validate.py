@@ -143,7 +143,6 @@ def _where(at: Chunk | None, chunk: Chunk | None) -> str:
 
 
 class _BlockStats(NamedTuple):
-    index: Chunk
     first_negative_at: Chunk | None  # (row, column) in X of the first negative entry
     first_nonfinite_at: Chunk | None
     first_inf_at: Chunk | None
@@ -189,7 +188,7 @@ def _first_at(mask: np.ndarray, offset: Chunk) -> Chunk:
     return (int(r) + offset[0], int(c) + offset[1])
 
 
-def _block_stats(block: np.ndarray, index: Chunk, offset: Chunk = (0, 0)) -> _BlockStats:
+def _block_stats(block: np.ndarray, offset: Chunk = (0, 0)) -> _BlockStats:
     """Summarise one block of X (pure numpy; runs on the workers)."""
     block = np.asarray(block)
     n_nan = n_inf = 0
@@ -215,7 +214,6 @@ def _block_stats(block: np.ndarray, index: Chunk, offset: Chunk = (0, 0)) -> _Bl
     else:
         n_negative, min_value, max_value = 0, math.nan, math.nan
     return _BlockStats(
-        index=index,
         first_negative_at=first_negative_at,
         first_nonfinite_at=first_nonfinite_at,
         first_inf_at=first_inf_at,
@@ -315,7 +313,7 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
     row_starts = np.cumsum((0, *array.chunks[0]))
     col_starts = np.cumsum((0, *array.chunks[1]))
     stats = [
-        [stats_fn(blocks[i, j], (i, j), (int(row_starts[i]), int(col_starts[j])))
+        [stats_fn(blocks[i, j], (int(row_starts[i]), int(col_starts[j])))
          for j in range(n_col_blocks)]
         for i in range(n_row_blocks)
     ]
