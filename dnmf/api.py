@@ -8,6 +8,7 @@ before touching data and checks the output location before any work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import numbers
 import os
@@ -22,7 +23,7 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dnmf import graph, kernels
+from dnmf import divergence, graph, kernels
 from dnmf._version import __version__
 from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import InputError
@@ -58,11 +59,14 @@ class FitResult:
     n_iter : int
     converged : bool
     loss_history : list of float
-        ``||X - W H||_F^2`` after each iteration.
+        The loss after each iteration: ``||X - W H||_F^2`` for Frobenius, the β-divergence
+        otherwise (after the W update of each iteration; see :mod:`dnmf.solvers`), over the
+        observed entries when values are missing.
     reconstruction_err : float
-        ``||X - W H||_F`` (scikit-learn's ``reconstruction_err_``).
+        scikit-learn's ``reconstruction_err_`` of the final factors: ``||X - W H||_F``, or
+        ``sqrt(2 * D_β(X | W H))`` for other losses.
     relative_error : float
-        ``||X - W H||_F / ||X||_F``.
+        ``||X - W H||_F / ||X||_F`` (over the observed entries).
     plan : ChunkPlan
     path : str or None
         The result store, when written.
@@ -86,23 +90,60 @@ class FitResult:
     path: str | None = None
     notes: list[str] = field(default_factory=list)
     scheduler: str = ""
+    missing: str = "error"
+    w_sum_to_one: bool = False
 
     @property
     def n_components(self) -> int:
         return int(self.H.shape[0])
 
 
-def resolve_solver(solver: str, beta_loss: Any) -> str:
-    """Map aliases and ``auto``; refuse combinations that make no sense."""
-    if beta_loss not in ("frobenius", 2, 2.0):
-        raise InputError(
-            f"beta_loss={beta_loss!r} is not supported yet: only 'frobenius' is — "
-            "drop --loss or use frobenius"
-        )
+MISSING = ("error", "mask")
+
+
+def resolve_beta(beta_loss: Any) -> float:
+    """β from scikit-learn's loss names or a number; a clear error otherwise."""
+    if isinstance(beta_loss, bool) or not isinstance(beta_loss, str | numbers.Real):
+        raise InputError(f"beta_loss must be a loss name or a number; got {beta_loss!r}")
+    if isinstance(beta_loss, str):
+        try:
+            return divergence.beta_value(beta_loss)
+        except ValueError:
+            try:
+                return float(beta_loss)
+            except ValueError:
+                raise InputError(
+                    f"unknown loss {beta_loss!r}: choose frobenius, kullback-leibler, "
+                    "itakura-saito or a number (β)") from None
+    if not np.isfinite(beta_loss):
+        raise InputError(f"beta_loss must be finite; got {beta_loss!r}")
+    return float(beta_loss)
+
+
+def resolve_solver(solver: str, beta_loss: Any, *, masked: bool = False) -> str:
+    """Map aliases and ``auto``; refuse combinations that make no sense.
+
+    ``auto`` is hals for the unmasked Frobenius loss, mu otherwise. HALS and ANLS minimise the
+    Frobenius loss on fully observed data only (as in scikit-learn, where only "mu" takes
+    other losses).
+    """
+    beta = resolve_beta(beta_loss)
+    if solver == "auto" and (beta != 2.0 or masked):
+        return "mu"
     name = SOLVER_ALIASES.get(solver, solver)
     if name not in SOLVERS:
         raise InputError(
             f"unknown solver {solver!r}: choose auto, hals (alias cd), mu or anls"
+        )
+    if name != "mu" and beta != 2.0:
+        raise InputError(
+            f"solver {solver!r} supports only the Frobenius loss, not "
+            f"{divergence.beta_name(beta)} — use solver='mu' (or auto)"
+        )
+    if name != "mu" and masked:
+        raise InputError(
+            f"missing values need multiplicative updates; solver {solver!r} cannot skip "
+            "entries — use solver='mu' (or auto)"
         )
     return name
 
@@ -173,6 +214,10 @@ def factorize(
     alpha_W: float = 0.0,
     alpha_H: float | str = "same",
     l1_ratio: float = 0.0,
+    missing: str = "error",
+    mask: Any = None,
+    mask_var: str | None = None,
+    w_sum_to_one: bool = False,
     max_time: float | None = None,
     scheduler: Any = "auto",
     client: Any = None,
@@ -201,8 +246,10 @@ def factorize(
     var : str, optional
         Variable or dataset inside the container.
     solver : {"auto", "hals", "cd", "mu", "anls"}
-        ``auto`` is hals for the Frobenius loss.
-    beta_loss : "frobenius"
+        ``auto`` is hals for the Frobenius loss on fully observed data, mu otherwise.
+    beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float
+        β of the β-divergence (2, 1, 0 for the names). Other than Frobenius needs ``mu``;
+        Itakura-Saito (β <= 0) needs X > 0.
     init : {"auto", "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}
         ``auto`` is nndsvda, or custom when ``W_init``/``H_init`` are given.
     max_iter : int
@@ -214,7 +261,19 @@ def factorize(
     W_init, H_init : array-like, optional
         Starting factors for ``init="custom"``.
     alpha_W, alpha_H, l1_ratio : float
-        Regularisation with scikit-learn's meaning and scaling.
+        Regularisation with scikit-learn's meaning and scaling: the objective adds
+        ``n_features * alpha_W * (l1_ratio * ||W||_1 + (1 - l1_ratio) / 2 * ||W||_F^2)`` and
+        ``n_samples * alpha_H * (...)`` for H (``alpha_H="same"`` takes ``alpha_W``).
+    missing : {"error", "mask"}
+        NaN in X is an error (default), or marks missing entries left out of the loss and of
+        every update (masked NMF, multiplicative updates).
+    mask, mask_var : array-like or path, optional
+        Observed entries (non-zero) of X, same shape; implies ``missing="mask"``.
+    w_sum_to_one : bool
+        Rows of W sum to one (abundances). Frobenius: each W update is an exact fully
+        constrained least-squares solve (augmented row, NNLS), rows sum to 1 within 1e-5;
+        with mu on other losses or missing data: the augmented row inside the multiplicative
+        update, rows sum to 1 within about 1e-2.
     max_time : float, optional
         Wall-time budget in seconds for the iterations.
     scheduler : {"auto", "threads", "sync", "local"}, address or Client
@@ -258,7 +317,11 @@ def factorize(
     """
     t_start = time.perf_counter()
     _check_params(rank, max_iter, tol, max_time)
-    solver_name = resolve_solver(solver, beta_loss)
+    if missing not in MISSING:
+        raise InputError(f"missing must be 'error' or 'mask'; got {missing!r}")
+    masked = missing == "mask" or mask is not None
+    beta = resolve_beta(beta_loss)
+    solver_name = resolve_solver(solver, beta, masked=masked)
     init_name = resolve_init(init, has_custom=W_init is not None or H_init is not None)
     if not isinstance(checkpoint_every, numbers.Integral) or checkpoint_every < 0:
         raise InputError(f"checkpoint_every must be an integer >= 0; got {checkpoint_every!r}")
@@ -276,21 +339,29 @@ def factorize(
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
     check_rank(source.shape, rank)
+    _check_variant(source, beta, masked)
+    mask_source = _open_mask(mask, mask_var, source.shape) if mask is not None else None
     l1_w, l2_w, l1_h, l2_h = regularization(alpha_W, alpha_H, l1_ratio, source.shape)
     in_memory = source.format == "numpy"
     notes = list(source.notes)
 
     with contextlib.ExitStack() as stack:
         ctx = stack.enter_context(
-            execution_context(scheduler, x_nbytes=source.array.nbytes, workers=workers,
+            execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
                               memory_limit=memory_limit, client=client)
         )
         stack.enter_context(ctx.activate())
         plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes, scheme)
+        if plan.is_2d and (beta != 2.0 or masked or w_sum_to_one):
+            raise InputError(
+                "β-divergences, missing values and sum-to-one need full-width row panels, but "
+                f"one row of X does not fit a task ({plan.describe()[0]}) — give the workers "
+                "more memory (--memory-limit) or use the Frobenius loss")
         stack.enter_context(
             threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas")
         )
         Xp = _planned_array(X, var, dtype, source, plan)
+        mask_p = None if mask_source is None else mask_source.array.rechunk(Xp.chunks)
         # Optimise X's graph once: every iteration submits it again unoptimised, and a key
         # submitted with two different specs upsets the distributed scheduler.
         (Xp,) = dask.optimize(Xp)
@@ -301,13 +372,28 @@ def factorize(
             on_plan(plan, ctx)
         report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks,
                           optimize_graph=False)
-        report.raise_if_invalid()
-        x_mean = report.total / (source.shape[0] * source.shape[1])
+        report.raise_if_invalid(allow_nan=masked)
+        if beta <= 0.0 and report.min_value <= 0.0:
+            raise InputError(
+                f"the {divergence.beta_name(beta)} loss (β = {beta:g} <= 0) needs X > 0, but X "
+                f"has zeros (min {report.min_value:.3g}) — add a small offset, or use "
+                "kullback-leibler")
+        n_observed = source.shape[0] * source.shape[1] - report.n_nan
+        x_mean = report.total / max(n_observed, 1)
+        if mask_p is not None and not resume:
+            # the mean of the observed entries only (one more pass, for the init's scale)
+            observed = mask_p & ~da.isnan(Xp)
+            total, count = ctx.compute(da.where(observed, Xp, 0).sum(dtype=np.float64),
+                                       observed.sum())
+            x_mean = float(total) / max(int(count), 1)
         writer = None
         if out is not None and (checkpoint_every or resume):
-            params = {"solver": solver_name, "beta_loss": "frobenius", "n_components": rank,
-                      "init": init_name, "seed": seed, "alpha_W": alpha_W, "alpha_H": alpha_H,
-                      "l1_ratio": l1_ratio, "dtype": str(Xp.dtype), "scheme": plan.scheme}
+            params = {"solver": solver_name, "beta_loss": divergence.beta_name(beta),
+                      "n_components": rank, "init": init_name, "seed": seed,
+                      "alpha_W": alpha_W, "alpha_H": alpha_H, "l1_ratio": l1_ratio,
+                      "dtype": str(Xp.dtype), "scheme": plan.scheme, "missing": missing,
+                      "mask": None if mask_source is None else mask_source.path,
+                      "w_sum_to_one": bool(w_sum_to_one)}
             writer = _CheckpointWriter(out, overwrite=overwrite, params=params,
                                        fingerprint=checkpoint.fingerprint(Xp, ctx.scheduler),
                                        scheduler=ctx.scheduler, started=resume)
@@ -318,8 +404,12 @@ def factorize(
             H0 = ckpt.H
             notes.append(f"resumed from the checkpoint at iteration {ckpt.iteration}")
         else:
-            W0, H0 = initialize(Xp, rank, init=init_name, seed=seed, x_mean=x_mean,
+            X_init = Xp if not masked else _filled(Xp, mask_p, x_mean)
+            W0, H0 = initialize(X_init, rank, init=init_name, seed=seed, x_mean=x_mean,
                                 W_init=W_init, H_init=H_init)
+            if w_sum_to_one and init_name != "custom":
+                # start feasible: rows of W summing to one, H carrying the scale
+                W0, H0 = _rows_to_simplex(W0, H0)
         try:
             state = iterate(
                 Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx,
@@ -332,6 +422,7 @@ def factorize(
                 loss_history=ckpt.loss_history if ckpt else None,
                 seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
                 checkpoint=writer, checkpoint_every=checkpoint_every,
+                beta=beta, masked=masked, mask=mask_p, sum_to_one=bool(w_sum_to_one),
             )
         except Interrupted as exc:
             if writer is not None:
@@ -344,15 +435,20 @@ def factorize(
         if not isinstance(H, da.Array):
             H = np.ascontiguousarray(H)
         W = state.W[:, order] if reorder else state.W
-        loss = state.loss_history[-1]
-        rel = float(np.sqrt(loss / report.sq_norm)) if report.sq_norm > 0 else 0.0
+        loss = state.final_loss
+        rel = state.final_relative_error
+        if rel is None:
+            rel = float(np.sqrt(loss / report.sq_norm)) if report.sq_norm > 0 else 0.0
+        # scikit-learn's reconstruction_err_: ||X - WH||_F, or sqrt(2 * D_β) for other losses
+        err = float(np.sqrt(loss if beta == 2.0 else 2.0 * loss))
         result = FitResult(
             W=None, H=H, n_iter=state.n_iter, converged=state.converged,
-            loss_history=state.loss_history, reconstruction_err=float(np.sqrt(loss)),
-            relative_error=rel, solver=solver_name, beta_loss="frobenius", init=init_name,
+            loss_history=state.loss_history, reconstruction_err=err, relative_error=rel,
+            solver=solver_name, beta_loss=divergence.beta_name(beta), init=init_name,
             seed=seed, plan=plan, wall_time_s=0.0,
             seconds_per_iteration=state.seconds_per_iteration, stop_reason=state.stop_reason,
-            notes=notes, scheduler=ctx.describe(),
+            notes=notes, scheduler=ctx.describe(), missing="mask" if masked else "error",
+            w_sum_to_one=bool(w_sum_to_one),
         )
         if out is not None:
             result.wall_time_s = time.perf_counter() - t_start
@@ -372,6 +468,49 @@ def factorize(
                 result.H = _bring_back(H, ctx, True, notes, name="H")
     result.wall_time_s = time.perf_counter() - t_start
     return result
+
+
+def _check_variant(source: Any, beta: float, masked: bool) -> None:
+    """Refuse loss / missing-value combinations the input cannot support."""
+    if getattr(source, "sparse", False):
+        if masked:
+            raise InputError(
+                "missing values (missing='mask' or a mask) are not supported for sparse X: its "
+                "zeros are observed values — densify X, or drop the mask")
+        if beta not in (1.0, 2.0):
+            raise InputError(
+                f"sparse X supports the frobenius and kullback-leibler losses, not "
+                f"{divergence.beta_name(beta)} (it would need W·H at every zero) — use one of "
+                "those or a dense X")
+
+
+def _open_mask(mask: Any, mask_var: str | None, shape: tuple[int, int]) -> Any:
+    """The explicit mask of observed entries, lazily, as booleans of X's shape."""
+    source = open_matrix(mask, mask_var, dtype=np.float32)
+    if source.shape != tuple(shape):
+        raise InputError(
+            f"the mask has shape {source.shape} but X has {tuple(shape)} — give a mask of "
+            "the same shape (non-zero = observed)")
+    return dataclasses.replace(source, array=source.array != 0)
+
+
+def _filled(X: da.Array, mask: da.Array | None, value: float) -> da.Array:
+    """X with missing entries replaced by ``value``: only for initialisation."""
+    missing = da.isnan(X) if mask is None else da.isnan(X) | ~mask
+    return da.where(missing, X.dtype.type(value), X)
+
+
+def _rows_to_simplex(W: da.Array, H: Any) -> tuple[da.Array, Any]:
+    """Rescale so the rows of W sum to one, moving the scale into H (``W H`` unchanged
+    up to the per-row factor, which the first fully constrained update absorbs)."""
+    scale = np.asarray(da.compute(W.sum(axis=0))[0], dtype=np.float64) if isinstance(
+        W, da.Array) else np.asarray(W).sum(axis=0)
+    scale = np.where(scale > 0, scale / W.shape[0], 1.0)
+    W = W / scale.astype(W.dtype)
+    row = W.sum(axis=1, keepdims=True)
+    W = da.where(row > 0, W / da.maximum(row, W.dtype.type(1e-30)), W.dtype.type(1.0 / W.shape[1]))
+    H = np.asarray(H) * scale[:, None].astype(np.asarray(H).dtype)
+    return W.astype(W.dtype), H
 
 
 @dataclass
@@ -417,6 +556,8 @@ def dry_run(
     scheme: str = "auto",
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    missing: str = "error",
+    masked: bool = False,
 ) -> DryRun:
     """Check the parameters and the output, open X lazily and make the chunk plan; write nothing.
 
@@ -425,12 +566,16 @@ def dry_run(
     """
     from dnmf.cluster import parse_memory, planned_context, resolve_scheduler_name
 
-    solver_name = resolve_solver(solver, beta_loss)
+    if missing not in MISSING:
+        raise InputError(f"missing must be 'error' or 'mask'; got {missing!r}")
+    masked = masked or missing == "mask"
+    solver_name = resolve_solver(solver, beta_loss, masked=masked)
     init_name = resolve_init(init, has_custom=False)
     if out is not None:
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
     check_rank(source.shape, rank)
+    _check_variant(source, resolve_beta(beta_loss), masked)
     mem = parse_memory(memory_limit)
     name = scheduler if not isinstance(scheduler, str) else resolve_scheduler_name(
         scheduler, x_nbytes=source.nbytes, memory_limit=mem)
@@ -457,6 +602,7 @@ def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | s
         x_in_memory=source.format == "numpy", max_panel_bytes=max_panel_bytes,
         min_panel_bytes=min_panel_bytes, min_panels=min_panels,
         stored_rows=source.stored_chunks[0] if source.stored_chunks else None, scheme=scheme,
+        sparse_nbytes=source.nbytes if getattr(source, "sparse", False) else None,
     )
 
 
@@ -541,6 +687,8 @@ def _store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
         "reconstruction_err": result.reconstruction_err,
         "loss_history": result.loss_history,
         "input": input_desc,
+        "missing": result.missing,
+        "w_sum_to_one": result.w_sum_to_one,
         "chunk_plan": result.plan.as_dict() if result.plan else None,
         "wall_time_s": result.wall_time_s,
         "seconds_per_iteration": result.seconds_per_iteration,
@@ -550,28 +698,142 @@ def _store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
 
 
 def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: Any = "auto",
-                   client: Any = None, l1: float = 0.0, l2: float = 0.0) -> Any:
-    """W for the rows of ``X`` with H fixed: exact NNLS per row, one pass over X.
+                   client: Any = None, l1: float = 0.0, l2: float = 0.0,
+                   beta_loss: str | float = "frobenius", missing: str = "error",
+                   w_sum_to_one: bool = False, max_iter: int = 200,
+                   tol: float = 1e-6) -> Any:
+    """W for the rows of ``X`` with H fixed, in one pass over X (a task per row panel).
 
+    Frobenius on fully observed X: exact NNLS per row (fully constrained with
+    ``w_sum_to_one``). Other β or missing values: multiplicative updates on each panel until
+    the panel's loss decreases by less than ``tol`` (relative) or ``max_iter``.
     numpy in -> numpy out; otherwise a lazy dask array (chunked like X's rows).
     """
+    beta = resolve_beta(beta_loss)
+    if missing not in MISSING:
+        raise InputError(f"missing must be 'error' or 'mask'; got {missing!r}")
+    masked = missing == "mask"
+    H = np.asarray(H)
     source = open_matrix(X, var, dtype=H.dtype)
     if source.shape[1] != H.shape[1]:
         raise InputError(
             f"X has {source.shape[1]} features but the model has {H.shape[1]} — transform data "
             "with the same columns as the fitted data"
         )
+    _check_variant(source, beta, masked)
     Xp = source.array
     if len(Xp.chunks[1]) > 1:
         Xp = Xp.rechunk({1: -1})
-    H = np.asarray(H)
-    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
-    W = graph.map_panels(Xp, kernels.transform_rows, k=H.shape[0], dtype=H.dtype,
-                         name="dnmf-transform", H=H, HHt=HHt, l1=l1, l2=l2)
+    k = H.shape[0]
+    if beta == 2.0 and not masked:
+        HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+        W = graph.map_panels(Xp, kernels.transform_rows, k=k, dtype=H.dtype,
+                             name="dnmf-transform", H=H, HHt=HHt, l1=l1, l2=l2,
+                             sum_to_one=w_sum_to_one)
+    else:
+        if w_sum_to_one:
+            raise InputError("w_sum_to_one transform is available for the Frobenius loss on "
+                             "fully observed rows — drop one of them")
+        W = graph.map_panels(Xp, divergence.transform_rows_beta, k=k, dtype=H.dtype,
+                             name="dnmf-transform-mu", H=H, beta=beta, l1=l1, l2=l2,
+                             masked=masked, max_iter=max_iter, tol=tol)
     if source.format != "numpy":
         return W
     with execution_context(scheduler, x_nbytes=Xp.nbytes, client=client) as ctx:
         return ctx.compute(W)[0]
+
+
+def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike, *,
+                       var: str | None = None, scheduler: Any = "auto", workers: int | None = None,
+                       memory_limit: str | int | None = None, overwrite: bool = False) -> str:
+    """Transform the rows of ``X`` with the H of the result store ``model``; write a store of
+    the same layout (W new, H copied, the model's attributes plus ``transform_of``)."""
+    check_output(out, overwrite=overwrite)
+    _, H, attrs = open_result(model)
+    source = open_matrix(X, var, dtype=H.dtype)
+    with execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
+                           memory_limit=memory_limit) as ctx, ctx.activate():
+        W = transform_rows(X, H, var=var, beta_loss=attrs.get("beta_loss", "frobenius"),
+                           missing=attrs.get("missing", "error"),
+                           w_sum_to_one=bool(attrs.get("w_sum_to_one", False)),
+                           scheduler=ctx.scheduler)
+        if not isinstance(W, da.Array):
+            W = da.from_array(W, chunks=(source.chunks[0], H.shape[0]))
+        # the fit's error and history describe the model's data, not these rows
+        new_attrs = {**attrs, "transform_of": os.fspath(model), "input": source.describe(),
+                     "n_iter": 0, "loss_history": [], "dnmf_version": __version__,
+                     "relative_error": None, "reconstruction_err": None, "converged": None}
+        for key in ("status", "schema_version"):
+            new_attrs.pop(key, None)
+        return write_result(out, W=W, H=H, attrs=new_attrs, overwrite=overwrite,
+                            scheduler=ctx.scheduler)
+
+
+def partial_fit_batch(
+    state: Any,
+    X: Any,
+    rank: int,
+    *,
+    var: str | None = None,
+    beta_loss: str | float = "frobenius",
+    init: str | None = "auto",
+    random_state: Any = None,
+    alpha_W: float = 0.0,
+    alpha_H: float | str = "same",
+    l1_ratio: float = 0.0,
+    forget_factor: float = 0.7,
+    scheduler: Any = "auto",
+    client: Any = None,
+) -> Any:
+    """One online update of H from a batch of rows (see :mod:`dnmf.online`).
+
+    Parameters
+    ----------
+    state : dnmf.online.OnlineState or None
+        The state after the previous batches; ``None`` starts from this batch (H initialised
+        from it with ``init``).
+    X : array-like, dask array or path (n_batch_rows, n_features)
+    forget_factor : float in (0, 1]
+        Weight of the past statistics at each batch (``1`` weighs every batch equally).
+
+    Returns
+    -------
+    OnlineState
+    """
+    from dnmf import online
+
+    beta = resolve_beta(beta_loss)
+    if not 0.0 < forget_factor <= 1.0:
+        raise InputError(f"forget_factor must be in (0, 1]; got {forget_factor!r}")
+    source = open_matrix(X, var)
+    _check_variant(source, beta, False)
+    if state is not None and source.shape[1] != state.H.shape[1]:
+        raise InputError(
+            f"this batch has {source.shape[1]} features but the earlier ones had "
+            f"{state.H.shape[1]} — every batch needs the same columns")
+    if state is None:
+        check_rank(source.shape, rank)
+    l1_w, l2_w, l1_h, l2_h = regularization(alpha_W, alpha_H, l1_ratio, source.shape)
+    Xp = source.array
+    if len(Xp.chunks[1]) > 1:
+        Xp = Xp.rechunk({1: -1})
+    with execution_context(scheduler, x_nbytes=Xp.nbytes, client=client) as ctx, ctx.activate():
+        report = validate(Xp, scheduler=ctx.scheduler)
+        report.raise_if_invalid()
+        if beta <= 0.0 and report.min_value <= 0.0:
+            raise InputError(f"the {divergence.beta_name(beta)} loss needs X > 0, but this batch "
+                             f"has zeros — add a small offset, or use kullback-leibler")
+        if state is None:
+            init_name = resolve_init(init, has_custom=False)
+            x_mean = report.total / (source.shape[0] * source.shape[1])
+            _, H0 = initialize(Xp, rank, init=init_name, seed=resolve_seed(random_state),
+                               x_mean=x_mean)
+            state = online.OnlineState(H=np.asarray(H0, dtype=np.float64), dtype=Xp.dtype)
+        stats = online.batch_statistics(Xp, state.H, beta=beta, l1_w=l1_w, l2_w=l2_w, ctx=ctx)
+    state = online.update(state, stats, beta=beta, rho=forget_factor if state.n_batches else 1.0,
+                          l1_h=l1_h, l2_h=l2_h)
+    state.n_samples_seen += source.shape[0]
+    return state
 
 
 def load(path: str | os.PathLike) -> Any:
@@ -583,17 +845,24 @@ def load(path: str | os.PathLike) -> Any:
 
     W, H, attrs = open_result(path)
     model = NMF(n_components=int(attrs["n_components"]), solver=attrs["solver"],
-                init=attrs["init"], random_state=attrs["seed"])
+                init=attrs["init"], random_state=attrs["seed"],
+                beta_loss=attrs.get("beta_loss", "frobenius"),
+                missing=attrs.get("missing", "error"),
+                w_sum_to_one=bool(attrs.get("w_sum_to_one", False)))
     model.components_ = H
     model.n_components_ = H.shape[0]
     model.n_features_in_ = H.shape[1]
     model.n_iter_ = int(attrs["n_iter"])
-    model.reconstruction_err_ = float(attrs["reconstruction_err"])
-    model.relative_error_ = float(attrs["relative_error"])
+    model.reconstruction_err_ = _float_or_nan(attrs.get("reconstruction_err"))
+    model.relative_error_ = _float_or_nan(attrs.get("relative_error"))
     model.loss_history_ = list(attrs["loss_history"])
     model.W_ = W
     model.attrs_ = attrs
     return model
+
+
+def _float_or_nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 @dataclass

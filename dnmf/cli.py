@@ -42,6 +42,11 @@ class Init(StrEnum):
     vca = "vca"
 
 
+class Missing(StrEnum):
+    error = "error"
+    mask = "mask"
+
+
 class DType(StrEnum):
     float32 = "float32"
     float64 = "float64"
@@ -80,9 +85,29 @@ def fit(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Result store to write (Zarr).")
                    ] = None,
     var: VarOpt = None,
-    solver: Annotated[Solver, typer.Option(help="hals (= cd), mu or anls; auto = hals.")
+    solver: Annotated[Solver, typer.Option(
+        help="hals (= cd), mu or anls; auto = hals for frobenius on complete data, else mu.")
                       ] = Solver.auto,
-    loss: Annotated[str, typer.Option(help="Loss; only frobenius for now.")] = "frobenius",
+    loss: Annotated[str, typer.Option(
+        help="frobenius | kullback-leibler | itakura-saito | a number (β of the "
+             "β-divergence).")] = "frobenius",
+    alpha_w: Annotated[float, typer.Option(
+        "--alpha-w", help="Regularisation of W (scikit-learn's alpha_W, scaled by "
+                          "n_features).")] = 0.0,
+    alpha_h: Annotated[str, typer.Option(
+        "--alpha-h", help="Regularisation of H (scaled by n_samples); 'same' = --alpha-w.")
+                       ] = "same",
+    l1_ratio: Annotated[float, typer.Option(
+        "--l1-ratio", help="0 = L2 (smooth), 1 = L1 (sparse), between: elastic net.")] = 0.0,
+    missing: Annotated[Missing, typer.Option(
+        help="NaN in X: error, or mask (left out of the fit: masked NMF).")] = Missing.error,
+    mask: Annotated[str | None, typer.Option(
+        help="Matrix of observed entries (non-zero = observed), same shape as X; implies "
+             "--missing mask.")] = None,
+    mask_var: Annotated[str | None, typer.Option(
+        "--mask-var", help="Array/variable inside --mask.")] = None,
+    sum_to_one: Annotated[bool, typer.Option(
+        "--sum-to-one", help="Rows of W sum to one (abundances).")] = False,
     init: Annotated[Init, typer.Option(help="Initialisation; auto = nndsvda.")] = Init.auto,
     max_iter: Annotated[int, typer.Option(help="Maximum iterations.")] = 200,
     tol: Annotated[float, typer.Option(
@@ -110,7 +135,10 @@ def fit(
 
     common = dict(var=var, solver=solver.value, beta_loss=loss, init=init.value,
                   dtype=dtype.value if dtype else None, scheduler=scheduler, workers=workers,
-                  memory_limit=memory_limit, out=out, overwrite=overwrite)
+                  memory_limit=memory_limit, out=out, overwrite=overwrite,
+                  missing=missing.value, masked=mask is not None)
+    variant = dict(alpha_W=alpha_w, alpha_H=_alpha(alpha_h), l1_ratio=l1_ratio, mask=mask,
+                   mask_var=mask_var, w_sum_to_one=sum_to_one)
     if dry_run:
         plan = api.dry_run(input, rank, **common)
         for line in plan.describe():
@@ -124,7 +152,7 @@ def fit(
             result = api.factorize(
                 input, rank, max_iter=max_iter, tol=tol, random_state=seed, max_time=max_time,
                 checkpoint_every=checkpoint_every, resume=resume, callback=progress,
-                on_plan=_plan_printer(progress), **common,
+                on_plan=_plan_printer(progress), **_fit_only(common), **variant,
             )
     except KeyboardInterrupt as exc:  # typer would swallow the message (and the resume hint)
         _exit_with(str(exc) or "interrupted", 130)
@@ -136,6 +164,71 @@ def fit(
         f"wall time {result.wall_time_s:.1f} s; W and H written to {result.path}",
         quiet,
     )
+
+
+def _alpha(text: str) -> float | str:
+    from dnmf.errors import InputError
+
+    if text == "same":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--alpha-h must be a number or 'same'; got {text!r}") from None
+
+
+def _fit_only(common: dict) -> dict:
+    """The shared options without the dry-run-only ``masked`` flag."""
+    return {k: v for k, v in common.items() if k != "masked"}
+
+
+@app.command()
+def transform(
+    model: Annotated[str, typer.Argument(help="A result store written by dnmf fit.")],
+    input: Annotated[str, typer.Argument(help="Rows to transform (same columns as the fit).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Result store to write (Zarr).")],
+    var: VarOpt = None,
+    scheduler: SchedulerOpt = "auto",
+    workers: WorkersOpt = None,
+    memory_limit: MemoryOpt = None,
+    seed: SeedOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """W for the rows of INPUT with the model's H fixed; OUT has the layout of a fit's store."""
+    from dnmf import api
+    from dnmf.progress import TaskProgress
+
+    with TaskProgress("transforming", quiet=quiet):
+        path = api.transform_to_store(model, input, out, var=var, scheduler=scheduler,
+                                      workers=workers, memory_limit=memory_limit,
+                                      overwrite=overwrite)
+    _echo(f"W written to {path} (H copied from {model})", quiet)
+
+
+@app.command()
+def reconstruct(
+    result: Annotated[str, typer.Argument(help="A result store written by dnmf fit.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Zarr store for W·H (array X).")],
+    only_missing: Annotated[str | None, typer.Option(
+        "--only-missing", help="The fitted input: keep its values, fill only its NaN.")] = None,
+    var: VarOpt = None,
+    scheduler: SchedulerOpt = "auto",
+    workers: WorkersOpt = None,
+    memory_limit: MemoryOpt = None,
+    seed: SeedOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write W·H chunk by chunk (e.g. to fill the missing entries of a masked fit)."""
+    from dnmf.progress import TaskProgress
+    from dnmf.reconstruct import write_reconstruction
+
+    with TaskProgress("writing", quiet=quiet):
+        path, n_filled = write_reconstruction(result, out, only_missing=only_missing, var=var,
+                                              overwrite=overwrite, scheduler=scheduler)
+    what = f"{n_filled:,} missing entries filled" if only_missing else "W·H"
+    _echo(f"{what}; written to {path} (array X)", quiet)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from dnmf import api
+from dnmf.reconstruct import reconstruct
 
 
 class NMF(TransformerMixin, BaseEstimator):
@@ -22,7 +23,8 @@ class NMF(TransformerMixin, BaseEstimator):
     n_components : int, optional
         Rank k. None means ``n_features`` (as scikit-learn).
     solver : {"auto", "hals", "cd", "mu", "anls"}
-    beta_loss : "frobenius"
+        ``auto``: hals for the Frobenius loss on fully observed data, mu otherwise.
+    beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float
     init : {"auto", "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}
     max_iter : int
     tol : float
@@ -30,6 +32,13 @@ class NMF(TransformerMixin, BaseEstimator):
     random_state : int, RandomState or None
     alpha_W, alpha_H, l1_ratio : float
         Regularisation, with scikit-learn's meaning and scaling.
+    missing : {"error", "mask"}
+        ``"mask"``: NaN entries of X are missing values, left out of the fit (masked NMF);
+        :meth:`reconstruct` predicts them.
+    w_sum_to_one : bool
+        Rows of W (abundances) sum to one.
+    forget_factor : float
+        :meth:`partial_fit` only: weight of the past batches' statistics at each new batch.
     scheduler : {"auto", "threads", "sync", "local"}, address or distributed.Client
     max_time : float, optional
         Wall-time budget of the iterations, in seconds.
@@ -70,6 +79,9 @@ class NMF(TransformerMixin, BaseEstimator):
         alpha_W: float = 0.0,
         alpha_H: float | str = "same",
         l1_ratio: float = 0.0,
+        missing: str = "error",
+        w_sum_to_one: bool = False,
+        forget_factor: float = 0.7,
         scheduler: Any = "auto",
         max_time: float | None = None,
         persist_x: bool | str = "auto",
@@ -84,6 +96,9 @@ class NMF(TransformerMixin, BaseEstimator):
         self.alpha_W = alpha_W
         self.alpha_H = alpha_H
         self.l1_ratio = l1_ratio
+        self.missing = missing
+        self.w_sum_to_one = w_sum_to_one
+        self.forget_factor = forget_factor
         self.scheduler = scheduler
         self.max_time = max_time
         self.persist_x = persist_x
@@ -116,8 +131,8 @@ class NMF(TransformerMixin, BaseEstimator):
             X, k, solver=self.solver, beta_loss=self.beta_loss, init=self.init,
             max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
             W_init=W, H_init=H, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
-            l1_ratio=self.l1_ratio, scheduler=self.scheduler, max_time=self.max_time,
-            persist_x=self.persist_x, **params,
+            l1_ratio=self.l1_ratio, missing=self.missing, w_sum_to_one=self.w_sum_to_one,
+            scheduler=self.scheduler, max_time=self.max_time, persist_x=self.persist_x, **params,
         )
         self.result_ = result
         self.components_ = result.H
@@ -131,14 +146,54 @@ class NMF(TransformerMixin, BaseEstimator):
         return result.W
 
     def transform(self, X: Any, **params: Any) -> Any:
-        """W for new rows with H fixed (exact non-negative least squares per row).
+        """W for new rows with H fixed, in one pass over X.
 
-        Returns a numpy array for numpy input, else a lazy dask array.
+        Frobenius: exact non-negative least squares per row (fully constrained with
+        ``w_sum_to_one``); other losses or missing values: multiplicative updates per row panel
+        to convergence. Returns a numpy array for numpy input, else a lazy dask array.
         """
         check_is_fitted(self, "components_")
-        return api.transform_rows(X, self.components_, scheduler=self.scheduler, **params)
+        return api.transform_rows(X, self.components_, scheduler=self.scheduler,
+                                  beta_loss=self.beta_loss, missing=self.missing,
+                                  w_sum_to_one=self.w_sum_to_one, **params)
+
+    def partial_fit(self, X: Any, y: Any = None, **params: Any) -> NMF:
+        """Update H from one batch of rows (online NMF, constant memory).
+
+        The first call initialises H from its batch (``init``); each later call folds the
+        batch's statistics into running sums weighted by ``forget_factor`` and updates H, see
+        :mod:`dnmf.online`. W of the batch is not kept; use :meth:`transform` for it.
+
+        Parameters
+        ----------
+        X : array-like, dask array or path of shape (n_batch_rows, n_features)
+        **params
+            ``var``, ``client``.
+        """
+        state = getattr(self, "_online", None)
+        k = self.n_components if self.n_components is not None else int(np.shape(X)[1])
+        state = api.partial_fit_batch(
+            state, X, k, beta_loss=self.beta_loss, init=self.init,
+            random_state=self.random_state, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
+            l1_ratio=self.l1_ratio, forget_factor=self.forget_factor,
+            scheduler=self.scheduler, **params)
+        self._online = state
+        self.components_ = state.H.astype(state.dtype)
+        self.n_components_ = state.H.shape[0]
+        self.n_features_in_ = state.H.shape[1]
+        self.n_steps_ = state.n_batches
+        return self
 
     def inverse_transform(self, X: Any) -> Any:
         """``W @ H``: the data reconstructed from W (numpy or dask)."""
         check_is_fitted(self, "components_")
         return X @ self.components_
+
+    def reconstruct(self, rows: Any = None, cols: Any = None) -> Any:
+        """``W[rows] @ H[:, cols]`` from the fitted W: predictions for missing entries.
+
+        Lazy (dask) when W is lazy; ask for the rows and columns you need rather than all of a
+        large matrix.
+        """
+        check_is_fitted(self, ["components_", "W_"])
+        return reconstruct(self.W_, self.components_, rows, cols)

@@ -22,7 +22,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
-from dnmf import kernels
+from dnmf import divergence, kernels
 
 #: Fan-in of the tree reduction of partial sums.
 SPLIT_EVERY = 8
@@ -65,6 +65,10 @@ def iteration_graph(
     l1_w: float = 0.0,
     l2_w: float = 0.0,
     inner_sweeps: int = 1,
+    beta: float = 2.0,
+    masked: bool = False,
+    mask: da.Array | None = None,
+    sum_to_one: bool = False,
     split_every: int = SPLIT_EVERY,
 ) -> tuple[da.Array, Delayed]:
     """The graph of one iteration of the row-panel scheme.
@@ -76,11 +80,21 @@ def iteration_graph(
     H : ndarray (k, n_features)
         Cast to X's dtype for the panel products.
     solver : "hals" | "mu" | "anls"
+    beta : float
+        β of the loss; other than 2 runs :func:`dnmf.divergence.beta_panel_step` (MU).
+    masked : bool
+        NaN entries of X are missing (MU on the observed entries).
+    mask : dask array (n_samples, n_features), optional
+        Observed entries (non-zero), chunked like X; read with X in the same task.
+    sum_to_one : bool
+        Rows of W sum to one (exact FCLS for Frobenius, augmented row for MU).
 
     Returns
     -------
     W_new : dask array (n_samples, k)
-    partials : Delayed of ``(WtX (k, n) float64, WtW (k, k) float64)`` computed with W_new.
+    partials : Delayed of ``(WtX (k, n), WtW (k, k))`` (float64, computed with W_new) for the
+        unmasked Frobenius loss; otherwise of ``(numH, denH, loss, residual, observed_sq,
+        WtW)``, see :func:`dnmf.divergence.beta_panel_step`.
     """
     x_keys = _panel_keys(X)
     w_keys = _panel_keys(W)
@@ -88,21 +102,33 @@ def iteration_graph(
         raise ValueError(f"W's row chunks {W.chunks[0]} differ from X's {X.chunks[0]}")
     H = np.ascontiguousarray(H, dtype=X.dtype)
     HHt = H.astype(np.float64) @ H.T.astype(np.float64)
-    token = tokenize(X.name, W.name, H, solver, l1_w, l2_w, inner_sweeps)
+    general = beta != 2.0 or masked or mask is not None
+    token = tokenize(X.name, W.name, None if mask is None else mask.name, H, solver, l1_w, l2_w,
+                     inner_sweeps, beta, masked, sum_to_one)
     h_name, hht_name = f"dnmf-H-{token}", f"dnmf-HHt-{token}"
     panel_name, w_name, sum_name = (
         f"dnmf-panel-{token}",
         f"dnmf-W-{token}",
         f"dnmf-partials-{token}",
     )
-    step = functools.partial(
-        kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w, inner_sweeps=inner_sweeps
-    )
     consts = {(h_name,): H, (hht_name,): HHt}
-    panel_layer = {
-        (panel_name, i): (step, xk, wk, (h_name,), (hht_name,))
-        for i, (xk, wk) in enumerate(zip(x_keys, w_keys, strict=True))
-    }
+    if general:
+        if mask is not None and mask.chunks != X.chunks:
+            raise ValueError(f"the mask's chunks {mask.chunks} differ from X's {X.chunks}")
+        m_keys = _panel_keys(mask) if mask is not None else [None] * len(x_keys)
+        step = functools.partial(_beta_task, beta=beta, l1=l1_w, l2=l2_w, masked=masked,
+                                 sum_to_one=sum_to_one)
+        panel_layer = {
+            (panel_name, i): (step, xk, wk, (h_name,), mk)
+            for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))
+        }
+    else:
+        step = functools.partial(kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w,
+                                 inner_sweeps=inner_sweeps, sum_to_one=sum_to_one)
+        panel_layer = {
+            (panel_name, i): (step, xk, wk, (h_name,), (hht_name,))
+            for i, (xk, wk) in enumerate(zip(x_keys, w_keys, strict=True))
+        }
     w_layer = {
         (w_name, i, 0): (operator.getitem, (panel_name, i), 0) for i in range(len(x_keys))
     }
@@ -125,11 +151,15 @@ def iteration_graph(
         part_name: part_layer,
         sum_name: sum_layer,
     }
+    if general and mask is not None:
+        layers.update(mask.__dask_graph__().layers)
     deps = {
         **X.__dask_graph__().dependencies,
         **W.__dask_graph__().dependencies,
+        **(mask.__dask_graph__().dependencies if general and mask is not None else {}),
         const_name: set(),
-        panel_name: {X.name, W.name, const_name},
+        panel_name: {X.name, W.name, const_name} | (
+            {mask.name} if general and mask is not None else set()),
         w_name: {panel_name},
         part_name: {panel_name},
         sum_name: {part_name},
@@ -138,6 +168,54 @@ def iteration_graph(
     W_new = da.Array(graph, w_name, chunks=W.chunks, dtype=X.dtype)
     partials = Delayed(final_key, graph, layer=sum_name)
     return W_new, partials
+
+
+def _beta_task(X: Any, W: Any, H: Any, observed: Any, **kwargs: Any) -> tuple:
+    return divergence.beta_panel_step(X, W, H, observed=observed, **kwargs)
+
+
+def loss_graph(X: da.Array, W: da.Array, H: np.ndarray, *, beta: float, masked: bool = False,
+               mask: da.Array | None = None, split_every: int = SPLIT_EVERY) -> Delayed:
+    """``(β-divergence, squared Frobenius residual, Σ M X²)`` of ``(W, H)``: one read of X."""
+    x_keys = _panel_keys(X)
+    w_keys = _panel_keys(W)
+    m_keys = _panel_keys(mask) if mask is not None else [None] * len(x_keys)
+    H = np.ascontiguousarray(H, dtype=X.dtype)
+    token = tokenize(X.name, W.name, None if mask is None else mask.name, H, beta, masked)
+    h_name, part_name, sum_name = (f"dnmf-H-{token}", f"dnmf-loss-part-{token}",
+                                   f"dnmf-loss-{token}")
+    func = functools.partial(_loss_task, beta=beta, masked=masked)
+    part_layer = {(part_name, i): (func, xk, wk, (h_name,), mk)
+                  for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))}
+    sum_layer, final_key = tree_reduce_layer(list(part_layer), sum_name, kernels.sum_partials,
+                                             split_every)
+    layers = {**X.__dask_graph__().layers, **W.__dask_graph__().layers,
+              h_name: {(h_name,): H}, part_name: part_layer, sum_name: sum_layer}
+    deps = {**X.__dask_graph__().dependencies, **W.__dask_graph__().dependencies,
+            h_name: set(), part_name: {X.name, W.name, h_name}, sum_name: {part_name}}
+    if mask is not None:
+        layers.update(mask.__dask_graph__().layers)
+        deps.update(mask.__dask_graph__().dependencies)
+        deps[part_name] = deps[part_name] | {mask.name}
+    return Delayed(final_key, HighLevelGraph(layers, deps), layer=sum_name)
+
+
+def map_reduce_panels(X: da.Array, func: Any, *, name: str,
+                      split_every: int = SPLIT_EVERY) -> Delayed:
+    """``func(X_i)`` on every row panel (tuples of partials), summed in a fixed-order tree."""
+    x_keys = _panel_keys(X)
+    token = tokenize(X.name, func)
+    part_name, sum_name = f"{name}-part-{token}", f"{name}-{token}"
+    part_layer = {(part_name, i): (func, xk) for i, xk in enumerate(x_keys)}
+    sum_layer, final_key = tree_reduce_layer(list(part_layer), sum_name, kernels.sum_partials,
+                                             split_every)
+    layers = {**X.__dask_graph__().layers, part_name: part_layer, sum_name: sum_layer}
+    deps = {**X.__dask_graph__().dependencies, part_name: {X.name}, sum_name: {part_name}}
+    return Delayed(final_key, HighLevelGraph(layers, deps), layer=sum_name)
+
+
+def _loss_task(X: Any, W: Any, H: Any, observed: Any, **kwargs: Any) -> tuple:
+    return divergence.panel_loss(X, W, H, observed=observed, **kwargs)
 
 
 def map_panels(

@@ -194,15 +194,16 @@ def nnls_bpp(
     k, m = AtB.shape
     if max_iter is None:
         max_iter = 5 * k
-    # Scale-aware zero threshold (Kim & Park use an absolute 1e-12).
-    scale = max(float(np.abs(AtA).max(initial=0.0)), float(np.abs(AtB).max(initial=0.0)), 1e-300)
-    zero_tol = 1e-12 * scale
+    # Scale-aware zero thresholds (Kim & Park use an absolute 1e-12): the gradient Y has the
+    # units of AtB, the solution X those of AtB / AtA, so each gets its own scale.
+    y_tol = 1e-12 * max(float(np.abs(AtA).max(initial=0.0)), float(np.abs(AtB).max(initial=0.0)),
+                        1e-300)
 
     def solve(passive: np.ndarray, cols: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         Xc = _solve_passive(AtA, AtB[:, cols], passive[:, cols])
-        Xc[np.abs(Xc) < zero_tol] = 0.0
+        Xc[np.abs(Xc) < 1e-12 * max(float(np.abs(Xc).max(initial=0.0)), 1e-300)] = 0.0
         Yc = AtA @ Xc - AtB[:, cols]
-        Yc[np.abs(Yc) < zero_tol] = 0.0
+        Yc[np.abs(Yc) < y_tol] = 0.0
         return Xc, Yc
 
     if init is None:
@@ -257,6 +258,31 @@ def nnls_bpp(
 # ---------------------------------------------------------------------------------------------
 
 
+#: Relative weight of the appended row of the exact sum-to-one W update (:func:`fcls_rows`).
+SUM_TO_ONE_WEIGHT_EXACT = 1e5
+
+
+def fcls_rows(XHt: Array, HHt: Array, *, l1: float = 0.0, l2: float = 0.0,
+              W: Array | None = None, weight: float = SUM_TO_ONE_WEIGHT_EXACT) -> np.ndarray:
+    """Rows of W by fully constrained least squares: ``W >= 0`` and rows summing to one.
+
+    The augmented-row method (Heinz & Chang, 2001) solved exactly by NNLS (block principal
+    pivoting): a column ``δ·1`` is appended to H and ``δ`` to every row of X, i.e.
+    ``HHt + δ² 11ᵀ`` and ``XHt + δ²``. With ``δ² = weight * mean(diag(HHt))`` the row sums are 1
+    to about ``1 / weight`` relative; because the NNLS solve is exact, a large weight costs no
+    extra iterations (unlike HALS or MU, whose steps it would shrink).
+    """
+    HHt = np.asarray(HHt, dtype=np.float64)
+    k = HHt.shape[0]
+    delta2 = weight * max(float(np.trace(HHt)) / k, np.finfo(np.float64).tiny)
+    gram = HHt + delta2 + (l2 * np.eye(k) if l2 else 0.0)
+    rhs = np.asarray(XHt, dtype=np.float64).T + delta2
+    if l1:
+        rhs = rhs - l1
+    init = None if W is None else np.asarray(W).T
+    return nnls_bpp(gram, rhs, init=init).T
+
+
 def update_w(
     W: Array,
     XHt: Array,
@@ -266,12 +292,16 @@ def update_w(
     l1: float = 0.0,
     l2: float = 0.0,
     inner_sweeps: int = 1,
+    sum_to_one: bool = False,
 ) -> Array:
     """Update a block of rows of W given ``XHt = X_i @ H.T`` and ``HHt``.
 
     Rows of W are independent given H, so applying this per row panel is exactly the global W
-    update of the chosen solver.
+    update of the chosen solver. With ``sum_to_one`` every solver updates W by
+    :func:`fcls_rows` (exact), so that the abundance constraint holds at every iteration.
     """
+    if sum_to_one:
+        return fcls_rows(XHt, HHt, l1=l1, l2=l2, W=W).astype(W.dtype, copy=False)
     if solver == "hals":
         for _ in range(inner_sweeps):
             W = hals_sweep(W, XHt, HHt, l1=l1, l2=l2)
@@ -314,6 +344,7 @@ def panel_step(
     l1: float = 0.0,
     l2: float = 0.0,
     inner_sweeps: int = 1,
+    sum_to_one: bool = False,
 ) -> tuple[Array, tuple[Array, Array]]:
     """The one-pass task of a row panel: update ``W_i``, then ``W_i.T X_i`` and ``W_i.T W_i``.
 
@@ -331,20 +362,27 @@ def panel_step(
     W_new : array of shape (r, k), X's dtype
     (WtX, WtW) : float64 arrays of shape (k, n) and (k, k) computed with ``W_new``
     """
-    XHt = X @ H.T
-    W_new = update_w(W, XHt, HHt, solver=solver, l1=l1, l2=l2, inner_sweeps=inner_sweeps)
+    XHt = np.asarray(X @ H.T)
+    W_new = update_w(W, XHt, HHt, solver=solver, l1=l1, l2=l2, inner_sweeps=inner_sweeps,
+                     sum_to_one=sum_to_one)
     return W_new, gram_partials(X, W_new)
 
 
-def sum_partials(*parts: Any) -> tuple[Array, Array]:
-    """Sum ``(WtX, WtW)`` pairs, or the partial element of ``panel_step`` outputs, in order."""
-    pairs = [p[1] if len(p) == 2 and isinstance(p[1], tuple) else p for p in parts]
-    WtX = pairs[0][0].copy()
-    WtW = pairs[0][1].copy()
-    for a, b in pairs[1:]:
-        WtX += a
-        WtW += b
-    return WtX, WtW
+def sum_partials(*parts: Any) -> tuple:
+    """Element-wise sum of equal-length tuples of partials (arrays or floats), in order.
+
+    Used for ``(WtX, WtW)`` of :func:`panel_step` and the longer tuples of the β-divergence
+    step; also accepts whole ``(W_new, partials)`` panel outputs.
+    """
+    tuples = [p[1] if len(p) == 2 and isinstance(p[1], tuple) else p for p in parts]
+    total = [np.array(v, copy=True) if isinstance(v, np.ndarray) else v for v in tuples[0]]
+    for t in tuples[1:]:
+        for j, v in enumerate(t):
+            if isinstance(total[j], np.ndarray):
+                total[j] += v
+            else:
+                total[j] = total[j] + v
+    return tuple(total)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,9 +504,14 @@ def nndsvd_rows(
 
 
 def transform_rows(X: Array, H: np.ndarray, HHt: np.ndarray, *, l1: float = 0.0,
-                   l2: float = 0.0) -> np.ndarray:
-    """Exact non-negative least squares for rows of W with H fixed: ``min ||X - W H||``."""
+                   l2: float = 0.0, sum_to_one: bool = False) -> np.ndarray:
+    """Exact non-negative least squares for rows of W with H fixed: ``min ||X - W H||``.
+
+    With ``sum_to_one`` the rows also sum to one (fully constrained, :func:`fcls_rows`).
+    """
     XHt = np.asarray(X @ H.T, dtype=np.float64)
+    if sum_to_one:
+        return fcls_rows(XHt, HHt, l1=l1, l2=l2).astype(H.dtype, copy=False)
     gram = HHt + l2 * np.eye(HHt.shape[0]) if l2 else HHt
     rhs = XHt.T - l1 if l1 else XHt.T
     return nnls_bpp(gram, rhs).T.astype(H.dtype, copy=False)

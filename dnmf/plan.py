@@ -163,6 +163,7 @@ def plan_chunks(
     min_panels: int = 1,
     stored_rows: int | None = None,
     scheme: str = "auto",
+    sparse_nbytes: int | None = None,
 ) -> ChunkPlan:
     """Choose the row panels of X for rank ``rank`` within a memory budget.
 
@@ -191,6 +192,9 @@ def plan_chunks(
     scheme : {"auto", "row-panel", "block-2d"}
         ``auto`` uses full-width row panels (one read of X per iteration) and falls back to
         2-D blocks (two reads) only when one full-width row does not fit a task.
+    sparse_nbytes : int, optional
+        X's blocks are ``scipy.sparse`` CSR matrices holding this many bytes in all: the row
+        panels of the opened store (balanced by non-zeros) are kept, see :func:`_plan_sparse`.
 
     Raises
     ------
@@ -200,6 +204,10 @@ def plan_chunks(
     n_samples, n_features = X.shape
     itemsize = np.dtype(X.dtype).itemsize
     budget = int(memory_per_worker * TASK_MEMORY_FRACTION / max(threads_per_worker, 1))
+    if sparse_nbytes is not None:
+        return _plan_sparse(X, rank, nbytes=sparse_nbytes, budget=budget, persist_x=persist_x,
+                            x_in_memory=x_in_memory, n_workers=n_workers,
+                            memory_per_worker=memory_per_worker, min_panels=min_panels)
     cap = max_panel_bytes or MAX_PANEL_BYTES
     floor = MIN_PANEL_BYTES if min_panel_bytes is None else min_panel_bytes
     row_bytes = n_features * itemsize
@@ -261,6 +269,41 @@ def plan_chunks(
         persist_x=persist,
         reads_per_iteration=reads,
         task_bytes=task_bytes,
+        memory_per_worker=memory_per_worker,
+        w_location="persisted in worker memory, chunked like X's rows",
+    )
+
+
+def _plan_sparse(X: da.Array, rank: int, *, nbytes: int, budget: int,
+                 persist_x: bool | str, x_in_memory: bool, n_workers: int,
+                 memory_per_worker: int, min_panels: int) -> ChunkPlan:
+    """Row panels of a CSR matrix: the opened panels (balanced by non-zeros) are kept, split
+    evenly by rows when there are too few for the workers. A panel's task never densifies it:
+    it holds the panel's non-zeros, its W rows and k x n float64 partial sums."""
+    n_samples, n_features = X.shape
+    itemsize = np.dtype(X.dtype).itemsize
+    rows = tuple(X.chunks[0])
+    note = None
+    if len(rows) < min_panels and n_samples >= 2 * min_panels:
+        rows = _split_rows(n_samples, -(-n_samples // min_panels))
+        note = f"split into {len(rows)} panels so that every worker thread has work"
+    panel_share = nbytes * max(rows) / max(n_samples, 1)
+    task_bytes = int(2 * panel_share + 4 * max(rows) * rank * itemsize
+                     + 4 * rank * n_features * 8)
+    if task_bytes > budget:
+        raise InputError(
+            f"a sparse row panel task needs about {task_bytes / 2**20:,.0f} MiB (its k x n "
+            f"partial sums: k={rank}, {n_features:,} columns), more than the "
+            f"{budget / 2**20:,.0f} MiB a task may use — raise --memory-limit or lower k")
+    if persist_x == "auto":
+        persist = not x_in_memory and nbytes <= PERSIST_FRACTION * memory_per_worker * max(
+            n_workers, 1)
+    else:
+        persist = bool(persist_x)
+    return ChunkPlan(
+        scheme="row-panel", shape=(n_samples, n_features), rank=rank, itemsize=itemsize,
+        row_chunks=rows, stored_chunks=X.chunks, rechunk=note, persist_x=persist,
+        reads_per_iteration=0 if persist else len(rows), task_bytes=task_bytes,
         memory_per_worker=memory_per_worker,
         w_location="persisted in worker memory, chunked like X's rows",
     )

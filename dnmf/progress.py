@@ -103,12 +103,13 @@ class TaskProgress:
     (the dashboard has one).
     """
 
-    def __init__(self, description: str, *, stream: IO[str] | None = None) -> None:
+    def __init__(self, description: str, *, stream: IO[str] | None = None,
+                 quiet: bool = False) -> None:
         from dask.callbacks import Callback
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
         self.stream = stream or sys.stderr
-        enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        enabled = not quiet and bool(getattr(self.stream, "isatty", lambda: False)())
         self.progress = Progress(
             "[progress.description]{task.description}", BarColumn(), TaskProgressColumn(),
             TimeRemainingColumn(), console=Console(file=self.stream), transient=True,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import dask.array as da
 import numpy as np
 
-from dnmf import graph, graph2d, kernels
+from dnmf import divergence, graph, graph2d, kernels
 from dnmf.cluster import ExecutionContext
 
 SOLVERS = ("hals", "mu", "anls")
@@ -48,6 +48,11 @@ class SolverState:
     seconds_per_iteration: list[float] = field(default_factory=list)
     stop_reason: str = ""
     HHt: np.ndarray | None = None  # H @ H.T of the final H (float64)
+    #: The loss and relative error of the final (W, H) (for MU on β-divergences and masked
+    #: data, computed by one more pass at the end: the history holds the loss after each W
+    #: update)
+    final_loss: float | None = None
+    final_relative_error: float | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -65,10 +70,14 @@ class Interrupted(KeyboardInterrupt):
 class _RowPanelStep:
     """One row-panel iteration: W on the workers, H (float64) on the driver."""
 
+    relative_error: float | None = None  # None: from the loss and ||X||^2
+
     def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
-                 l1_w: float, l2_w: float, l1_h: float, l2_h: float) -> None:
+                 l1_w: float, l2_w: float, l1_h: float, l2_h: float,
+                 sum_to_one: bool = False) -> None:
         self.X, self.ctx, self.solver, self.sq_norm = X, ctx, solver, sq_norm
         self.regs = (l1_w, l2_w, l1_h, l2_h)
+        self.sum_to_one = sum_to_one
 
     def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
         (W,) = self.ctx.persist(W)
@@ -78,7 +87,8 @@ class _RowPanelStep:
     def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray) -> tuple:
         l1_w, l2_w, l1_h, l2_h = self.regs
         W_next, partials = graph.iteration_graph(
-            self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w, l2_w=l2_w
+            self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w, l2_w=l2_w,
+            sum_to_one=self.sum_to_one,
         )
         W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
         WtX, WtW = self.ctx.result_of(partials)
@@ -88,6 +98,47 @@ class _RowPanelStep:
 
     def public_h(self, H64: np.ndarray) -> np.ndarray:
         return H64.astype(self.X.dtype)
+
+    def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
+        """The loss and relative error of the final factors (exact already here)."""
+        return loss, None
+
+
+class _BetaRowPanelStep(_RowPanelStep):
+    """One MU iteration for a β-divergence and/or missing values (row panels).
+
+    The history records the loss of ``(W_new, H_old)``, which the panel tasks compute exactly
+    while forming ``W_new H`` for the H update; it is non-increasing under MU like the loss
+    after the full iteration. :meth:`final` adds one pass for the loss of the final pair.
+    """
+
+    def __init__(self, X: da.Array, ctx: ExecutionContext, *, beta: float, masked: bool,
+                 mask: da.Array | None, **kwargs: object) -> None:
+        super().__init__(X, ctx, **kwargs)  # type: ignore[arg-type]
+        self.beta, self.masked, self.mask = beta, masked, mask
+
+    def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray) -> tuple:
+        l1_w, l2_w, l1_h, l2_h = self.regs
+        W_next, partials = graph.iteration_graph(
+            self.X, W, H64.astype(self.X.dtype), solver="mu", l1_w=l1_w, l2_w=l2_w,
+            beta=self.beta, masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one,
+        )
+        W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
+        numH, denH, loss, residual, observed_sq, WtW = self.ctx.result_of(partials)
+        H64 = divergence.update_h_beta(H64, numH, denH, beta=self.beta, l1=l1_h, l2=l2_h)
+        self.relative_error = _ratio(residual, observed_sq)
+        return W_next, H64, WtW, H64 @ H64.T, float(loss)
+
+    def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
+        part = graph.loss_graph(self.X, W, np.asarray(H), beta=self.beta, masked=self.masked,
+                                mask=self.mask)
+        (total,) = self.ctx.compute(part)
+        loss, residual, observed_sq = total
+        return float(loss), _ratio(residual, observed_sq)
+
+
+def _ratio(residual: float, sq: float) -> float:
+    return float(np.sqrt(residual / sq)) if sq > 0 else 0.0
 
 
 class _Block2DStep:
@@ -122,6 +173,11 @@ class _Block2DStep:
     def public_h(self, H: da.Array) -> da.Array:
         return H
 
+    relative_error = None
+
+    def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
+        return loss, None
+
 
 def iterate(
     X: da.Array,
@@ -146,6 +202,10 @@ def iterate(
     seconds_per_iteration: list[float] | None = None,
     checkpoint: Callable[[SolverState], da.Array | None] | None = None,
     checkpoint_every: int = 0,
+    beta: float = 2.0,
+    masked: bool = False,
+    mask: da.Array | None = None,
+    sum_to_one: bool = False,
 ) -> SolverState:
     """Alternate W and H updates until converged.
 
@@ -170,6 +230,12 @@ def iterate(
         Called with the state every ``checkpoint_every`` iterations (not after the last). When
         it returns W read back from the checkpoint, the loop continues from that, which bounds
         the lineage the scheduler keeps.
+    beta, masked, mask
+        β of the loss, and missing values (NaN in X, or ``mask`` zero): anything but the
+        unmasked Frobenius loss runs multiplicative updates (:mod:`dnmf.divergence`), row panels
+        only.
+    sum_to_one : bool
+        Rows of W sum to one (row panels only).
 
     Raises
     ------
@@ -177,11 +243,18 @@ def iterate(
         On KeyboardInterrupt, carrying the state of the last complete iteration.
     """
     regs = dict(l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h)
+    general = beta != 2.0 or masked or mask is not None
     if len(X.chunks[1]) > 1:
+        if general or sum_to_one:
+            raise ValueError("β-divergences, missing values and sum-to-one need row panels")
         step: _RowPanelStep | _Block2DStep = _Block2DStep(
             X, ctx, solver=solver, sq_norm=sq_norm, second_read=second_read, **regs)
+    elif general:
+        step = _BetaRowPanelStep(X, ctx, beta=beta, masked=masked, mask=mask, solver="mu",
+                                 sq_norm=sq_norm, sum_to_one=sum_to_one, **regs)
     else:
-        step = _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, **regs)
+        step = _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, sum_to_one=sum_to_one,
+                             **regs)
     W, H_work, HHt = step.prepare(W, H)
     state = SolverState(
         W=W, H=step.public_h(H_work), WtW=np.zeros_like(HHt), HHt=HHt, n_iter=start_iteration,
@@ -200,7 +273,7 @@ def iterate(
                 state.loss_history, state.seconds_per_iteration, loss,
                 time.perf_counter() - t0, it, sq_norm=sq_norm, tol=tol, max_iter=max_iter,
                 max_time=max_time, t_start=t_start, bytes_per_iteration=bytes_per_iteration,
-                callback=callback)
+                callback=callback, relative_error=step.relative_error)
             if state.stop_reason != "max_iter":
                 break
             if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 and (
@@ -216,17 +289,21 @@ def iterate(
             raise
         raise Interrupted(state) from exc
     state.converged = state.stop_reason in ("tol", "exact")
+    if state.loss_history:
+        state.final_loss, state.final_relative_error = step.final(
+            state.W, H_work, state.loss_history[-1])
     return state
 
 
 def _record(history: list[float], seconds: list[float], loss: float, dt: float, it: int, *,
             sq_norm: float, tol: float, max_iter: int, max_time: float | None, t_start: float,
-            bytes_per_iteration: int, callback: Callable[[IterationInfo], None] | None) -> str:
+            bytes_per_iteration: int, callback: Callable[[IterationInfo], None] | None,
+            relative_error: float | None = None) -> str:
     """Append an iteration's loss and time, report it, and say why to stop (or "max_iter")."""
     history.append(loss)
     seconds.append(dt)
     if callback is not None:
-        rel = float(np.sqrt(loss / sq_norm)) if sq_norm > 0 else 0.0
+        rel = relative_error if relative_error is not None else _ratio(loss, sq_norm)
         callback(IterationInfo(it, loss, rel, dt, bytes_per_iteration, max_iter))
     if len(history) > 1 and tol > 0 and (history[-2] - loss) <= tol * history[-2]:
         return "tol"  # tol=0 runs max_iter iterations

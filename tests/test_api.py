@@ -106,7 +106,7 @@ def test_failed_run_leaves_no_output(tmp_path, X):
         (dict(rank=3, init="magic"), "unknown init 'magic'"),
         (dict(rank=3, max_iter=0), "max_iter must be an integer >= 1"),
         (dict(rank=3, tol=-1.0), "tol must be a number >= 0"),
-        (dict(rank=3, beta_loss="kullback-leibler"), "not supported yet"),
+        (dict(rank=3, beta_loss="kullback-leibler", solver="anls"), "only the Frobenius"),
         (dict(rank=3, random_state=-4), "random_state must be >= 0"),
         (dict(rank=3, alpha_W=-1.0), "alpha_W must be a number >= 0"),
         (dict(rank=3, init="custom"), "needs W_init and H_init"),

@@ -24,17 +24,17 @@ import zarr
 from dnmf.errors import InputError, OutputError
 from dnmf.io.result_store import (
     SCHEMA_VERSION,
-    _consolidate,
-    _jsonable,
     _local_path,
     _write_arrays,
+    consolidate,
+    jsonable,
 )
 
 GROUP = "checkpoint"
 SLOTS = ("a", "b")
 #: Parameters that must match for ``--resume`` (``max_iter`` may grow, ``tol`` may change).
 RESUME_PARAMS = ("solver", "beta_loss", "n_components", "init", "seed", "alpha_W", "alpha_H",
-                 "l1_ratio", "dtype", "scheme")
+                 "l1_ratio", "dtype", "scheme", "missing", "mask", "w_sum_to_one")
 
 
 @dataclass
@@ -58,7 +58,12 @@ def fingerprint(X: da.Array, scheduler: Any = None) -> dict[str, Any]:
     values = da.compute(*blocks, scheduler=scheduler)
     digest = hashlib.blake2b(digest_size=16)
     for v in values:
-        digest.update(np.ascontiguousarray(v).tobytes())
+        if hasattr(v, "tocsr"):  # a sparse block: hash its arrays, not the object
+            v = v.tocsr()
+            for part in (v.data, v.indices, v.indptr):
+                digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(np.ascontiguousarray(v).tobytes())
     return {"shape": list(X.shape), "dtype": str(X.dtype), "sample_rows": picks,
             "sample_hash": digest.hexdigest()}
 
@@ -89,9 +94,9 @@ def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
     slot = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
     target = group.require_group(slot)
     _write_arrays(target, W, H, scheduler)
-    target.attrs.update(_jsonable({"iteration": iteration, "loss_history": loss_history,
+    target.attrs.update(jsonable({"iteration": iteration, "loss_history": loss_history,
                                    "seconds_per_iteration": seconds_per_iteration}))
-    group.attrs.update(_jsonable({"current": slot, "iteration": iteration, "params": params,
+    group.attrs.update(jsonable({"current": slot, "iteration": iteration, "params": params,
                                   "fingerprint": fingerprint}))
     return da.from_zarr(target["W"])
 
@@ -149,7 +154,7 @@ def check_compatible(ckpt: Checkpoint, params: dict, fp: dict, *, max_iter: int)
                 "input, or fit again with --overwrite"
             )
     for key in RESUME_PARAMS:
-        if _jsonable(params.get(key)) != ckpt.params.get(key):
+        if jsonable(params.get(key)) != ckpt.params.get(key):
             raise InputError(
                 f"cannot resume: {key} was {ckpt.params.get(key)!r}, now {params.get(key)!r} — "
                 "resume with the same parameters (only --max-iter may grow)"
@@ -166,8 +171,8 @@ def finish(out: str | os.PathLike, *, W: da.Array, H: Any, attrs: dict,
     """Write the final W and H, the metadata, ``status = complete`` (last), drop the checkpoint."""
     root = zarr.open_group(os.fspath(out), mode="r+")
     _write_arrays(root, W, H, scheduler)
-    root.attrs.update({**_jsonable(attrs), "schema_version": SCHEMA_VERSION})
+    root.attrs.update({**jsonable(attrs), "schema_version": SCHEMA_VERSION})
     root.attrs["status"] = "complete"
     if GROUP in root:
         del root[GROUP]
-    _consolidate(os.fspath(out))
+    consolidate(os.fspath(out))

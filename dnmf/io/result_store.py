@@ -73,16 +73,27 @@ def write_result(
 
     Returns the path of the store.
     """
+    return write_atomically(out, lambda store: _write_group(store, W, H, attrs, scheduler),
+                            overwrite=overwrite)
+
+
+def write_atomically(out: str | os.PathLike, write: Any, *, overwrite: bool = False) -> str:
+    """Call ``write(store_path)`` on a hidden sibling of ``out``, then rename it into place.
+
+    A crash or an error leaves nothing at ``out`` (the partial directory is removed); an
+    existing ``out`` is replaced only with ``overwrite`` and only once the new one is whole.
+    Remote URLs are written in place (no atomic rename on object stores). Returns the path.
+    """
     check_output(out, overwrite=overwrite)
     path = _local_path(out)
-    if path is None:  # remote URL: no atomic rename; "status" still turns "complete" last
-        _write_group(os.fspath(out), W, H, attrs, scheduler)
+    if path is None:
+        write(os.fspath(out))
         return os.fspath(out)
     path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        _write_group(str(tmp), W, H, attrs, scheduler)
+        write(str(tmp))
         if path.exists():
             trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, trash)
@@ -99,9 +110,9 @@ def write_result(
 def _write_group(store: str, W: da.Array, H: Any, attrs: dict, scheduler: Any) -> None:
     root = zarr.open_group(store, mode="w", zarr_format=3)
     _write_arrays(root, W, H, scheduler)
-    root.attrs.update({**_jsonable(attrs), "schema_version": SCHEMA_VERSION, "status": "running"})
+    root.attrs.update({**jsonable(attrs), "schema_version": SCHEMA_VERSION, "status": "running"})
     root.attrs["status"] = "complete"  # last: every chunk of W and H is written by now
-    _consolidate(store)
+    consolidate(store)
 
 
 def _write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any) -> None:
@@ -127,7 +138,7 @@ def _write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any) -> Non
         da.store(W_aligned, w_arr, lock=False, scheduler=scheduler)
 
 
-def _consolidate(store: str) -> None:
+def consolidate(store: str) -> None:
     """Consolidated metadata, so ``xr.open_zarr`` opens the store in one read."""
     with warnings.catch_warnings():
         # zarr warns that consolidated metadata is not (yet) in the v3 spec; xarray uses it
@@ -135,11 +146,11 @@ def _consolidate(store: str) -> None:
         zarr.consolidate_metadata(store)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, float) and not np.isfinite(value):

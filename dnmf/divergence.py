@@ -1,0 +1,390 @@
+"""Block kernels for β-divergence losses and missing values (multiplicative updates).
+
+Like :mod:`dnmf.kernels`, nothing here imports dask: these are numpy functions on one row panel
+``X_i`` (dense, or ``scipy.sparse`` CSR for the Frobenius and KL losses) and the small factors.
+
+The β-divergence (Févotte & Idier, "Algorithms for nonnegative matrix factorization with the
+β-divergence", Neural Computation 23(9), 2011) between data ``x`` and model ``y = (W H)_ij``:
+
+* β = 2, Frobenius: ``(x - y)^2`` (dnmf reports ``||X - WH||_F^2`` without scikit-learn's 1/2);
+* β = 1, Kullback-Leibler: ``x log(x / y) - x + y`` with ``0 log 0 = 0``;
+* β = 0, Itakura-Saito: ``x / y - log(x / y) - 1`` (needs x > 0);
+* otherwise ``(x^β + (β - 1) y^β - β x y^(β-1)) / (β (β - 1))``.
+
+A row panel task recomputes ``W_i H`` (never the full product), updates ``W_i`` by the
+multiplicative rule, and with the new ``W_i`` returns the numerator and denominator of the H
+update (k x n), the loss of ``(W_i new, H)`` and the products for the Frobenius residual. The
+MU exponent γ(β) of Févotte & Idier keeps the loss non-increasing for β outside [1, 2].
+
+Missing values: a boolean ``observed`` mask (same shape as the panel) removes entries from the
+loss and from both updates (weighted NMF, Ho 2008): ``X`` and ``W H`` are multiplied by it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dnmf.kernels import EPSILON, array_namespace, nnls_bpp
+
+Array = Any
+
+#: Relative weight of the appended row that makes the rows of W sum to one (see
+#: :func:`sum_to_one_delta`). Larger is tighter and slower to converge for MU.
+SUM_TO_ONE_WEIGHT_MU = 100.0
+
+_NAMED = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+
+
+def beta_value(beta_loss: str | float) -> float:
+    """β of a loss given by scikit-learn's name or as a number."""
+    if isinstance(beta_loss, str):
+        try:
+            return _NAMED[beta_loss]
+        except KeyError:
+            raise ValueError(f"unknown beta_loss {beta_loss!r}") from None
+    return float(beta_loss)
+
+
+def beta_name(beta: float) -> str:
+    """scikit-learn's name of β when it has one, else the number as text."""
+    for name, value in _NAMED.items():
+        if beta == value:
+            return name
+    return repr(float(beta))
+
+
+def mu_exponent(beta: float) -> float:
+    """γ(β) of Févotte & Idier (2011): the MU exponent that makes the updates monotone."""
+    if beta < 1.0:
+        return 1.0 / (2.0 - beta)
+    if beta > 2.0:
+        return 1.0 / (beta - 1.0)
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Element-wise pieces (dense panels)
+# ---------------------------------------------------------------------------------------------
+
+
+def observed_entries(X: Array, observed: Array | None,
+                     masked: bool) -> tuple[Array, Array | None]:
+    """``(X with missing entries set to 0, the boolean mask of observed entries)``.
+
+    Missing means NaN (when ``masked``) or outside an explicit ``observed`` mask; without
+    either, X is returned as is with mask ``None``.
+    """
+    if observed is None and not masked:
+        return X, None
+    ok = ~np.isnan(X)
+    if observed is not None:
+        ok &= np.asarray(observed, dtype=bool)
+    return np.where(ok, X, 0), ok
+
+
+def _masked(X: Array, observed: Array | None) -> Array:
+    """X with unobserved (and NaN) entries set to 0 — they must not enter any product."""
+    if observed is None:
+        return X
+    return np.where(observed, X, 0)
+
+
+def beta_divergence(X: Array, WH: Array, beta: float, observed: Array | None = None,
+                    eps: float = EPSILON) -> float:
+    """Sum of the element-wise β-divergence ``d(X | WH)`` over observed entries, in float64.
+
+    Zeros of X are exact (``0 log 0 = 0`` for KL); WH is clipped at ``eps`` where a negative
+    power or a log of it is taken (scikit-learn's convention).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    WH = np.asarray(WH, dtype=np.float64)
+    if observed is not None:
+        X = X[observed]
+        WH = WH[observed]
+    if beta == 2.0:
+        return float(np.sum((X - WH) ** 2))
+    if beta == 1.0:
+        pos = X > 0
+        y = np.maximum(WH[pos], eps)
+        x = X[pos]
+        return float(np.sum(x * np.log(x / y)) - X.sum() + WH.sum())
+    if beta == 0.0:
+        y = np.maximum(WH, eps)
+        ratio = X / y
+        return float(np.sum(ratio - np.log(ratio)) - X.size)
+    y = np.maximum(WH, eps) if beta < 1 else WH
+    return float(np.sum(X**beta + (beta - 1.0) * y**beta - beta * X * y ** (beta - 1.0))
+                 / (beta * (beta - 1.0)))
+
+
+def _powers(X: Array, WH: Array, beta: float, observed: Array | None,
+            eps: float) -> tuple[Array, Array]:
+    """``(M * X * WH^(β-2), M * WH^(β-1))``: the two element-wise factors of both updates."""
+    xp = array_namespace(WH)
+    if beta == 2.0:
+        num = _masked(X, observed)
+        den = WH if observed is None else xp.where(observed, WH, 0)
+        return num, den
+    safe = xp.maximum(WH, WH.dtype.type(eps))
+    if beta == 1.0:
+        num = X / safe
+        den = None  # M @ H.T: the row sums of H (or masked sums)
+    else:
+        num = X * safe ** (beta - 2.0)
+        den = (safe if beta < 1.0 else WH) ** (beta - 1.0)
+    if observed is not None:
+        num = xp.where(observed, num, 0)
+        den = observed.astype(WH.dtype) if den is None else xp.where(observed, den, 0)
+    return num, den
+
+
+def mu_ratio_step(F: Array, num: Array, den: Array, *, gamma: float = 1.0, l1: float = 0.0,
+                  l2: float = 0.0, eps: float = EPSILON) -> Array:
+    """``F * (num / (den + l1 + l2 F))^γ`` with zero denominators replaced by ``eps``."""
+    xp = array_namespace(F)
+    den = xp.asarray(den, dtype=F.dtype)
+    if l1:
+        den = den + F.dtype.type(l1)
+    if l2:
+        den = den + F.dtype.type(l2) * F
+    den = xp.where(den > 0, den, F.dtype.type(eps))
+    ratio = xp.maximum(xp.asarray(num, dtype=F.dtype), 0) / den
+    if gamma != 1.0:
+        ratio = ratio**gamma
+    return F * ratio
+
+
+# ---------------------------------------------------------------------------------------------
+# Sum-to-one rows of W: the augmented-row method
+# ---------------------------------------------------------------------------------------------
+
+
+def sum_to_one_delta(H: Array, beta: float, weight: float) -> float:
+    """δ of the appended data column ``δ`` and factor column ``δ·1`` (Heinz & Chang, 2001).
+
+    Appending ``δ`` to every row of X and a column ``δ·1`` to H adds ``d_β(δ | δ Σ_k W_ik)`` to
+    the loss, which pulls each row sum of W to 1. ``δ^β`` is ``weight`` times the mean over
+    components of ``Σ_j H_kj^β``, so the pull is the same relative to the data term whatever the
+    scale of X.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    scale = float(np.mean(np.sum(np.abs(H) ** beta, axis=1))) if beta != 0 else 1.0
+    scale = scale if scale > 0 else 1.0
+    return float((weight * scale) ** (1.0 / beta)) if beta != 0 else 1.0
+
+
+def augment_w_terms(num: Array, den: Array, W: Array, beta: float, delta: float,
+                    eps: float = EPSILON) -> tuple[Array, Array]:
+    """Add the appended column's share to the W-update terms ``(num, den)``.
+
+    With ``x = δ``, ``y = δ s_i`` (``s_i = Σ_k W_ik``) and ``H_k,extra = δ``, its numerator is
+    ``δ^β s^(β-2)`` and its denominator ``δ^β s^(β-1)``, the same for every k.
+    """
+    s = np.maximum(np.asarray(W, dtype=np.float64).sum(axis=1, keepdims=True), eps)
+    scale = delta**beta
+    return (num + (scale * s ** (beta - 2.0)).astype(num.dtype),
+            den + (scale * s ** (beta - 1.0)).astype(den.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused row-panel task
+# ---------------------------------------------------------------------------------------------
+
+
+def beta_panel_step(
+    X: Array,
+    W: Array,
+    H: Array,
+    *,
+    beta: float,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    observed: Array | None = None,
+    masked: bool = False,
+    sum_to_one: bool = False,
+    eps: float = EPSILON,
+) -> tuple[Array, tuple]:
+    """One MU pass of a row panel for the β-divergence, with optional missing values.
+
+    Parameters
+    ----------
+    X : array (r, n) or scipy.sparse CSR
+        The row panel. NaN entries count as missing when ``observed`` is given.
+    W : array (r, k)
+    H : array (k, n), X's dtype
+    beta : float
+    l1, l2 : float
+        Penalties on W (scikit-learn's scaled ``l1_reg_W``, ``l2_reg_W``).
+    observed : bool array (r, n), optional
+        True where X is observed (an explicit mask); implies ``masked``.
+    masked : bool
+        Leave NaN entries of X (and entries outside ``observed``) out of loss and updates.
+    sum_to_one : bool
+        Pull the rows of W to sum to one (augmented row, weight :data:`SUM_TO_ONE_WEIGHT_MU`).
+
+    Returns
+    -------
+    W_new : array (r, k)
+    (numH, denH, loss, residual, observed_sq, WtW) :
+        float64 ``(k, n)`` numerator and denominator of the H update (``denH`` may be a
+        ``(k, 1)`` column to broadcast), the β-divergence of ``(W_new, H)`` on this panel, its
+        squared Frobenius residual, ``Σ M X²``, and ``W_new.T @ W_new``.
+    """
+    if hasattr(X, "tocsr"):
+        if masked or observed is not None:
+            raise ValueError("masked updates need a dense panel")
+        return _sparse_panel_step(X.tocsr(), W, H, beta=beta, l1=l1, l2=l2,
+                                  sum_to_one=sum_to_one, eps=eps)
+    X, observed = observed_entries(X, observed, masked)
+    gamma = mu_exponent(beta)
+    WH = W @ H
+    num, den = _powers(X, WH, beta, observed, eps)
+    numW = num @ H.T
+    denW = (np.broadcast_to(H.sum(axis=1), W.shape) if den is None else den @ H.T)
+    if sum_to_one:
+        delta = sum_to_one_delta(H, beta, SUM_TO_ONE_WEIGHT_MU)
+        numW, denW = augment_w_terms(numW, denW, W, beta, delta, eps)
+    W_new = mu_ratio_step(W, numW, denW, gamma=gamma, l1=l1, l2=l2, eps=eps)
+    if beta <= 1.0:  # scikit-learn's guard: tiny entries of W would stall in log/negative powers
+        W_new[W_new < np.finfo(np.float64).eps] = 0
+    WH = W_new @ H
+    num, den = _powers(X, WH, beta, observed, eps)
+    W64 = W_new.astype(np.float64)
+    numH = W64.T @ num
+    denH = (W64.sum(axis=0)[:, None] if den is None else W64.T @ den)
+    loss = beta_divergence(X, WH, beta, observed, eps)
+    residual = beta_divergence(X, WH, 2.0, observed) if beta != 2.0 else loss
+    Xo = X if observed is None else X[observed]
+    observed_sq = float(np.sum(np.square(Xo, dtype=np.float64)))
+    return W_new, (np.asarray(numH, dtype=np.float64), np.asarray(denH, dtype=np.float64),
+                   loss, residual, observed_sq, W64.T @ W64)
+
+
+def _sparse_rows_dot(X: Any, W: Array, H: Array, block: int = 1 << 20) -> np.ndarray:
+    """``(W @ H)`` at the non-zeros of the CSR matrix X, without forming ``W @ H``."""
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    cols = X.indices
+    out = np.empty(X.nnz, dtype=np.result_type(W.dtype, H.dtype))
+    Ht = np.ascontiguousarray(H.T)
+    for lo in range(0, X.nnz, block):
+        hi = min(lo + block, X.nnz)
+        out[lo:hi] = np.einsum("ij,ij->i", W[rows[lo:hi]], Ht[cols[lo:hi]])
+    return out
+
+
+def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2: float,
+                       sum_to_one: bool, eps: float) -> tuple[Array, tuple]:
+    """KL multiplicative updates on a CSR panel: only the non-zeros of X are touched.
+
+    ``Σ_ij (W H)_ij = (Σ_i W_i) · (Σ_j H_:j)`` gives the ``+ y`` term of KL, the denominators
+    are column/row sums, and the Frobenius residual follows from the Gram identity.
+    """
+    if beta != 1.0:
+        raise ValueError("sparse panels support the Kullback-Leibler loss here")
+    import scipy.sparse as sp
+
+    def ratio(Wc: Array) -> Any:
+        wh = np.maximum(_sparse_rows_dot(X, Wc, H), eps)
+        return sp.csr_matrix((X.data / wh, X.indices, X.indptr), shape=X.shape), wh
+
+    R, _ = ratio(W)
+    numW = np.asarray(R @ H.T)
+    denW = np.broadcast_to(H.sum(axis=1), W.shape)
+    if sum_to_one:
+        delta = sum_to_one_delta(H, beta, SUM_TO_ONE_WEIGHT_MU)
+        numW, denW = augment_w_terms(numW, denW, W, beta, delta, eps)
+    W_new = mu_ratio_step(W, numW, denW, l1=l1, l2=l2, eps=eps)
+    W_new[W_new < np.finfo(np.float64).eps] = 0
+    R, wh = ratio(W_new)
+    W64 = W_new.astype(np.float64)
+    numH = np.asarray((R.T @ W64).T)
+    denH = W64.sum(axis=0)[:, None]
+    x = X.data.astype(np.float64)
+    pos = x > 0
+    H64 = np.asarray(H, dtype=np.float64)
+    loss = float(np.sum(x[pos] * np.log(x[pos] / wh[pos])) - x.sum()
+                 + W64.sum(axis=0) @ H64.sum(axis=1))
+    WtX = np.asarray((X.T @ W64).T)
+    WtW = W64.T @ W64
+    observed_sq = float(x @ x)
+    residual = max(observed_sq - 2.0 * float(np.vdot(WtX, H64))
+                   + float(np.vdot(WtW, H64 @ H64.T)), 0.0)
+    return W_new, (numH, denH, loss, residual, observed_sq, WtW)
+
+
+def panel_loss(X: Array, W: Array, H: Array, *, beta: float, observed: Array | None = None,
+               masked: bool = False, eps: float = EPSILON) -> tuple[float, float, float]:
+    """``(β-divergence, squared Frobenius residual, Σ M X²)`` of one panel at ``(W, H)``."""
+    if hasattr(X, "tocsr"):
+        X = X.tocsr()
+        W64 = np.asarray(W, dtype=np.float64)
+        H64 = np.asarray(H, dtype=np.float64)
+        x = X.data.astype(np.float64)
+        WtX = np.asarray((X.T @ W64).T)
+        sq = float(x @ x)
+        residual = max(sq - 2.0 * float(np.vdot(WtX, H64))
+                       + float(np.vdot(W64.T @ W64, H64 @ H64.T)), 0.0)
+        if beta == 2.0:
+            return residual, residual, sq
+        wh = np.maximum(_sparse_rows_dot(X, W64, H64), eps)
+        pos = x > 0
+        loss = float(np.sum(x[pos] * np.log(x[pos] / wh[pos])) - x.sum()
+                     + W64.sum(axis=0) @ H64.sum(axis=1))
+        return loss, residual, sq
+    X, observed = observed_entries(X, observed, masked)
+    WH = W @ H
+    loss = beta_divergence(X, WH, beta, observed, eps)
+    residual = loss if beta == 2.0 else beta_divergence(X, WH, 2.0, observed)
+    Xo = X if observed is None else X[observed]
+    return loss, residual, float(np.sum(np.square(Xo, dtype=np.float64)))
+
+
+def update_h_beta(H: np.ndarray, numH: np.ndarray, denH: np.ndarray, *, beta: float,
+                  l1: float = 0.0, l2: float = 0.0, eps: float = EPSILON) -> np.ndarray:
+    """The H half of the MU iteration from the reduced numerator and denominator (float64)."""
+    H = np.asarray(H, dtype=np.float64)
+    den = np.broadcast_to(denH, H.shape)
+    H_new = mu_ratio_step(H, numH, den, gamma=mu_exponent(beta), l1=l1, l2=l2, eps=eps)
+    if beta <= 1.0:
+        H_new[H_new < np.finfo(np.float64).eps] = 0
+    return H_new
+
+
+def transform_rows_beta(X: Array, H: np.ndarray, *, beta: float, max_iter: int = 200,
+                        tol: float = 1e-6, l1: float = 0.0, l2: float = 0.0,
+                        observed: Array | None = None, masked: bool = False,
+                        eps: float = EPSILON) -> np.ndarray:
+    """Rows of W for fixed H under the β-divergence: MU iterations to convergence on the panel.
+
+    Starts from the Frobenius NNLS rows and stops when ten iterations decrease the panel's loss
+    by less than ``tol`` (relative), or after ``max_iter``.
+    """
+    dense = not hasattr(X, "tocsr")
+    if dense:
+        X, observed = observed_entries(X, observed, masked)
+    Xd = X
+    # start from the Frobenius NNLS solution, lifted off zero (MU cannot move a zero)
+    H64 = np.asarray(H, dtype=np.float64)
+    XHt = np.asarray(X @ H64.T)
+    W = nnls_bpp(H64 @ H64.T, XHt.T).T
+    W = np.maximum(W, 1e-2 * max(float(W.mean()), eps)).astype(H.dtype)
+    prev = np.inf
+    for it in range(1, max_iter + 1):
+        if dense:
+            WH = W @ H
+            num, den = _powers(Xd, WH, beta, observed, eps)
+            numW = num @ H.T
+            denW = np.broadcast_to(H.sum(axis=1), W.shape) if den is None else den @ H.T
+            W = mu_ratio_step(W, numW, denW, gamma=mu_exponent(beta), l1=l1, l2=l2, eps=eps)
+            loss = beta_divergence(Xd, W @ H, beta, observed, eps)
+        else:
+            W, (_, _, loss, _, _, _) = _sparse_panel_step(
+                X.tocsr(), W, H, beta=beta, l1=l1, l2=l2, sum_to_one=False, eps=eps)
+        # MU can stall for a few iterations before moving again: judge progress over ten
+        if it % 10 == 0:
+            if np.isfinite(prev) and prev - loss <= tol * prev:
+                break
+            prev = loss
+    return W
