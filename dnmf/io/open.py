@@ -1,7 +1,8 @@
 """``open_matrix``: any supported input to one lazy :class:`MatrixSource`.
 
 Dispatch only: each storage engine lives in its own module (:mod:`~dnmf.io.zarr_`,
-:mod:`~dnmf.io.hdf5`, :mod:`~dnmf.io.netcdf`, :mod:`~dnmf.io.npy`).
+:mod:`~dnmf.io.hdf5`, :mod:`~dnmf.io.netcdf`, :mod:`~dnmf.io.npy`); sparse (CSR) inputs in
+any container go to :mod:`~dnmf.io.sparse`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 import xarray as xr
 import zarr
 
@@ -31,6 +33,7 @@ from dnmf.io.hdf5 import open_hdf5, sniff_hdf5
 from dnmf.io.netcdf import NETCDF3_MAGICS, open_netcdf
 from dnmf.io.npy import NPY_MAGIC, from_numpy, open_npy
 from dnmf.io.source import MatrixSource
+from dnmf.io.sparse import ZIP_MAGIC, from_scipy, open_npz, probe_sparse
 from dnmf.io.zarr_ import ZARR_MARKERS, from_zarr_array, open_zarr
 
 __all__ = ["open_matrix"]
@@ -45,6 +48,8 @@ EXTENSIONS = {
     ".nc4": "netcdf",
     ".cdf": "netcdf",
     ".zarr": "zarr",
+    ".h5ad": "hdf5",
+    ".npz": "npz",
 }
 
 # Enough bytes for an HDF5 signature behind a user block of up to 2 KiB.
@@ -63,21 +68,29 @@ def open_matrix(
 
     Parameters
     ----------
-    source : str, os.PathLike, numpy.ndarray, dask.array.Array or zarr.Array
+    source : str, os.PathLike, numpy.ndarray, scipy.sparse matrix, dask.array.Array or zarr.Array
         A local path or fsspec URL (``file://``, ``memory://``, ``s3://``, ...) of a zarr
-        store, HDF5 file (``.h5``/``.hdf5``/``.he5``), NetCDF file (``.nc``/``.nc4``/``.cdf``)
-        or ``.npy`` file; the format comes from the file's signature, then its extension.
-        Or an array already in memory or in a graph.
+        store, HDF5 file (``.h5``/``.hdf5``/``.he5``/``.h5ad``), NetCDF file
+        (``.nc``/``.nc4``/``.cdf``), ``.npy`` file or ``scipy.sparse.save_npz`` file
+        (``.npz``); the format comes from the file's signature, then its extension.
+        Or an array already in memory (a ``scipy.sparse`` matrix of any format is read as
+        CSR) or in a graph.
     var : str, optional
-        Variable (NetCDF, ``"group/name"`` in groups), dataset (HDF5, ``"/grp/X"``) or array
-        (zarr group, ``"sub/X"``) holding X. When omitted, a container's only 2-D numeric
-        variable is used.
+        Variable (NetCDF, ``"group/name"`` in groups), dataset (HDF5, ``"/grp/X"``), array
+        (zarr group, ``"sub/X"``), or sparse group (zarr or HDF5: a group holding ``data``,
+        ``indices`` and ``indptr``, e.g. ``"X"`` in an AnnData store) holding X. When
+        omitted: the container itself when it is a sparse group, ``X`` in an AnnData store,
+        else the container's only 2-D numeric variable or sparse group.
     dtype : {"float32", "float64"}, optional
         Force the computation dtype. By default floats keep their precision, float16 becomes
         float32, and integers and bools become float32.
     chunks : optional
         Block shape, anything :func:`dask.array.from_array` accepts. By default row panels
         with all columns (about 64 MiB each), in whole multiples of the stored chunking.
+        Sparse X is always in row panels with all columns: an int (rows per panel) or a
+        tuple of row-panel sizes; by default panels of about 64 MiB of stored entries
+        (8 Mi float32 values with int32 indices), in whole multiples of the stored chunking
+        of ``data``.
     storage_options : mapping, optional
         Passed to fsspec for URLs (credentials, endpoint, ...).
 
@@ -85,6 +98,7 @@ def open_matrix(
     -------
     MatrixSource
         ``array`` is a lazy dask array of shape (n_samples, n_features); nothing was computed.
+        For sparse input ``sparse`` is true and the blocks are ``scipy.sparse.csr_matrix``.
 
     Raises
     ------
@@ -117,11 +131,13 @@ def open_matrix(
         return open_matrix(source.data, dtype=dtype, chunks=chunks)
     if isinstance(source, np.ndarray):
         return from_numpy(source, dtype=dtype, chunks=chunks)
+    if sp.issparse(source):
+        return from_scipy(source, dtype=dtype, chunks=chunks)
     if hasattr(source, "__array__") or isinstance(source, list | tuple):
         return from_numpy(np.asarray(source), dtype=dtype, chunks=chunks)
     raise InputError(
         f"cannot open a {type(source).__name__} as X: pass a path or URL ({SUPPORTED_FORMATS}), "
-        "a numpy array, a dask array or a zarr array"
+        "a numpy array, a scipy.sparse matrix, a dask array or a zarr array"
     )
 
 
@@ -137,15 +153,27 @@ def _from_dask(x: da.Array, *, dtype: Any, chunks: Any) -> MatrixSource:
         x = x.rechunk(chunks)
     if x.dtype != target:
         x = x.astype(target)
-    return MatrixSource(x, None, None, "dask", stored, notes)
+    return MatrixSource(x, None, None, "dask", stored, notes, sparse=sp.issparse(x._meta))
 
 
 def _open_path(loc: Location, var: str | None, dtype: Any, chunks: Any) -> MatrixSource:
     fmt = detect_format(loc)
+    if fmt in ("zarr", "hdf5"):
+        # A group holding data/indices/indptr is a sparse (CSR) matrix.
+        source, var = probe_sparse(loc, fmt, var, dtype=dtype, chunks=chunks)
+        if source is not None:
+            return source
     if fmt == "zarr":
         return open_zarr(loc, var, dtype=dtype, chunks=chunks)
     if fmt == "hdf5":
         return open_hdf5(loc, var, dtype=dtype, chunks=chunks)
+    if fmt == "npz":
+        if var is not None:
+            raise InputError(
+                f"{loc.original} is an .npz file holding one sparse matrix, so var={var!r} "
+                "does not apply — drop var (--var)"
+            )
+        return open_npz(loc, dtype=dtype, chunks=chunks)
     if fmt == "netcdf":
         return open_netcdf(loc, var, dtype=dtype, chunks=chunks)
     if fmt == "netcdf3":
@@ -159,7 +187,11 @@ def _open_path(loc: Location, var: str | None, dtype: Any, chunks: Any) -> Matri
 
 
 def detect_format(loc: Location) -> str:
-    """``"zarr"``, ``"hdf5"``, ``"netcdf"``, ``"netcdf3"`` or ``"npy"`` for an existing path.
+    """``"zarr"``, ``"hdf5"``, ``"netcdf"``, ``"netcdf3"``, ``"npy"`` or ``"npz"`` for an
+    existing path.
+
+    Whether a zarr store or HDF5 file holds X as a sparse group is decided when it is opened
+    (it depends on ``var``); ``"npz"`` files are ``scipy.sparse.save_npz`` archives.
 
     Raises
     ------
@@ -199,6 +231,8 @@ def detect_format(loc: Location) -> str:
         return "npy"
     if head[:4] in NETCDF3_MAGICS:
         return "netcdf3"
+    if head.startswith(ZIP_MAGIC) and ext in ("", ".npz"):
+        return "npz"  # a zip archive: scipy.sparse.save_npz writes one
     if ext in EXTENSIONS and ext != ".zarr":
         return EXTENSIONS[ext]  # the engine will say what is wrong with the file
     raise cannot_read(

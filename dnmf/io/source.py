@@ -18,7 +18,9 @@ class MatrixSource:
     Attributes
     ----------
     array : dask.array.Array, shape (n_samples, n_features)
-        Lazy, 2-D, float32 or float64. Opening it read metadata only.
+        Lazy, 2-D, float32 or float64. Opening it read metadata only (for sparse stores, also
+        ``indptr``). When ``sparse``, its blocks are ``scipy.sparse.csr_matrix`` row panels
+        holding all columns.
     path : str or None
         The path or URL as the user gave it; ``None`` for in-memory inputs.
     var : str or None
@@ -33,6 +35,16 @@ class MatrixSource:
     stored_chunks : tuple of int or None
         The storage layout's own chunk shape (HDF5/zarr/NetCDF chunking); ``None`` when the
         data is contiguous or in memory. The chunk plan rechunks in whole multiples of it.
+        ``None`` for sparse stores too: a CSR matrix can be cut at any row.
+    sparse : bool
+        X's blocks are ``scipy.sparse.csr_matrix`` (never densified by dnmf's reading).
+    nnz : int or None
+        Stored entries of a sparse X; ``None`` when X is dense, or sparse but only known
+        through a dask array (counting would compute it).
+    stored_nbytes : int or None
+        For sparse stores, the bytes reading X once takes: the stored values and column
+        indices of the ``nnz`` entries plus ``indptr``, in their stored dtypes. ``None`` for
+        dense X.
     """
 
     array: da.Array
@@ -42,6 +54,9 @@ class MatrixSource:
     stored_dtype: str
     notes: tuple[str, ...] = ()
     stored_chunks: tuple[int, ...] | None = None
+    sparse: bool = False
+    nnz: int | None = None
+    stored_nbytes: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -57,6 +72,10 @@ class MatrixSource:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of X: in memory when dense; read from storage when sparse (see
+        ``stored_nbytes``), the dense size when that is unknown."""
+        if self.sparse and self.stored_nbytes is not None:
+            return int(self.stored_nbytes)
         return int(self.array.nbytes)
 
     def describe(self) -> dict[str, Any]:
@@ -66,9 +85,10 @@ class MatrixSource:
         -------
         dict
             ``{"path", "var", "format", "shape", "chunks", "dtype"}``; ``shape`` and
-            ``chunks`` (the block shape, i.e. the largest block) are lists of int.
+            ``chunks`` (the block shape, i.e. the largest block) are lists of int. A sparse
+            X adds ``"sparse": "csr"``, ``"nnz"`` (int or None) and ``"nbytes"``.
         """
-        return {
+        desc: dict[str, Any] = {
             "path": self.path,
             "var": self.var,
             "format": self.format,
@@ -76,3 +96,6 @@ class MatrixSource:
             "chunks": [int(c) for c in self.array.chunksize],
             "dtype": str(self.array.dtype),
         }
+        if self.sparse:
+            desc.update(sparse="csr", nnz=self.nnz, nbytes=self.nbytes)
+        return desc

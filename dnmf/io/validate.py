@@ -4,6 +4,9 @@ Each block is summarised by a small numpy function (:func:`_block_stats`); summa
 combined across the blocks of a row panel (zero rows need every column) and tree-reduced down
 each column of blocks (zero columns need every row). Everything runs in a single
 ``dask.compute``, so X is read exactly once.
+
+Sparse blocks (``scipy.sparse``, see :mod:`dnmf.io.sparse`) are summarised from their stored
+values and column indices only (:func:`_sparse_block_stats`), never densified.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Any, NamedTuple
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 
 from dnmf.errors import InputError
+from dnmf.io.sparse import scipy_dask_array
 
 __all__ = ["ValidationReport", "check_rank", "validate"]
 
@@ -60,6 +65,12 @@ class ValidationReport:
         First block holding an Inf (for messages when NaN is allowed).
     first_negative_at, first_nonfinite_at, first_inf_at : tuple of int or None
         ``(row, column)`` in X of the first such entry (row-major order).
+
+    Notes
+    -----
+    For sparse X the counts are over the stored values (after summing duplicate entries);
+    the implicit zeros count toward ``min_value``/``max_value`` wherever a block is not full,
+    so the report equals that of the same matrix stored dense.
     """
 
     shape: tuple[int, int]
@@ -188,8 +199,10 @@ def _first_at(mask: np.ndarray, offset: Chunk) -> Chunk:
     return (int(r) + offset[0], int(c) + offset[1])
 
 
-def _block_stats(block: np.ndarray, offset: Chunk = (0, 0)) -> _BlockStats:
+def _block_stats(block: Any, offset: Chunk = (0, 0)) -> _BlockStats:
     """Summarise one block of X (pure numpy; runs on the workers)."""
+    if sp.issparse(block):
+        return _sparse_block_stats(block, offset)
     block = np.asarray(block)
     n_nan = n_inf = 0
     first_nonfinite_at = first_inf_at = first_negative_at = None
@@ -226,6 +239,77 @@ def _block_stats(block: np.ndarray, offset: Chunk = (0, 0)) -> _BlockStats:
         total=float(values.sum(dtype=np.float64)),
         row_nonzero=block.any(axis=1),
         col_nonzero=block.any(axis=0),
+    )
+
+
+def _sparse_block_stats(block: Any, offset: Chunk = (0, 0)) -> _BlockStats:
+    """Summarise one sparse block from its stored values, as :func:`_block_stats` would the
+    same block dense (pure numpy and scipy; never densifies).
+
+    Duplicate entries are summed first (on a copy, only for blocks not in canonical form), so
+    every stored value is one entry of X. Positions come from ``indptr`` (row) and
+    ``indices`` (column) of the first stored entry that matches, which is the row-major first
+    once the indices are sorted.
+    """
+    csr = block.tocsr()
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()  # also sorts the indices of each row
+    n_rows, n_cols = csr.shape
+    indptr = csr.indptr
+    data = csr.data[: indptr[-1]]
+    indices = csr.indices[: indptr[-1]]
+    has_implicit_zeros = data.size < n_rows * n_cols
+
+    def first_at(mask: np.ndarray) -> Chunk:
+        k = int(np.argmax(mask))
+        row = int(np.searchsorted(indptr, k, side="right")) - 1
+        return (row + offset[0], int(indices[k]) + offset[1])
+
+    n_nan = n_inf = 0
+    first_nonfinite_at = first_inf_at = first_negative_at = None
+    values = data
+    if data.dtype.kind in "fc":
+        finite = np.isfinite(data)
+        n_finite = int(np.count_nonzero(finite))
+        if n_finite != data.size:
+            n_nan = int(np.count_nonzero(np.isnan(data)))
+            n_inf = data.size - n_finite - n_nan
+            values = data[finite]
+            first_nonfinite_at = first_at(~finite)
+            if n_inf:
+                first_inf_at = first_at(np.isinf(data))
+    elif data.dtype.kind == "b":
+        values = data.astype(np.uint8)
+    n_negative = int(np.count_nonzero(values < 0)) if values.size else 0
+    if n_negative:
+        first_negative_at = first_at(data < 0)  # NaN < 0 is False
+    extremes = [float(values.min()), float(values.max())] if values.size else []
+    if has_implicit_zeros:
+        extremes.append(0.0)
+    min_value = min(extremes, default=math.nan)
+    max_value = max(extremes, default=math.nan)
+    nonzero = data != 0  # NaN != 0: a NaN entry makes its row and column non-zero, as dense
+    if nonzero.all():
+        row_nonzero = np.diff(indptr) > 0
+        col_nonzero = np.bincount(indices, minlength=n_cols) > 0
+    else:
+        ends = np.concatenate(([0], np.cumsum(nonzero)))
+        row_nonzero = ends[indptr[1:]] > ends[indptr[:-1]]
+        col_nonzero = np.bincount(indices[nonzero], minlength=n_cols) > 0
+    return _BlockStats(
+        first_negative_at=first_negative_at,
+        first_nonfinite_at=first_nonfinite_at,
+        first_inf_at=first_inf_at,
+        n_negative=n_negative,
+        min_value=min_value,
+        max_value=max_value,
+        n_nan=n_nan,
+        n_inf=n_inf,
+        sq_norm=_sum_squares(values),
+        total=float(values.sum(dtype=np.float64)),
+        row_nonzero=row_nonzero,
+        col_nonzero=col_nonzero[:n_cols],
     )
 
 
@@ -270,7 +354,9 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
     Parameters
     ----------
     X : dask.array.Array, shape (n_samples, n_features)
-        Lazy input (a :class:`~dnmf.io.MatrixSource` or numpy array is accepted too).
+        Lazy input (a :class:`~dnmf.io.MatrixSource`, numpy array or ``scipy.sparse``
+        matrix is accepted too). Blocks may be ``scipy.sparse`` matrices: they are summarised
+        from their stored values, never densified.
     scheduler : optional
         Anything ``dask.compute(scheduler=...)`` accepts: ``None`` (the configured default),
         a name such as ``"threads"`` or ``"sync"``, or a ``distributed.Client``.
@@ -300,6 +386,8 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
     (0, 24.0, [])
     """
     array = getattr(X, "array", X)  # a MatrixSource
+    if sp.issparse(array):
+        array = scipy_dask_array(array)
     if not isinstance(array, da.Array):
         array = da.asarray(array)
     if array.ndim != 2:

@@ -202,3 +202,29 @@ WRITERS: dict[str, Writer] = {
 def written(request: pytest.FixtureRequest, tmp_path: Path, X: np.ndarray, memory_prefix: str):
     """Every supported on-disk (or in-URL) layout of X: (source, var, format, reported var)."""
     return WRITERS[request.param](tmp_path, X, memory_prefix)
+
+
+# --- sparse (CSR) inputs --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def M() -> Any:
+    """A 60 x 9 CSR matrix, float64, ~30% dense, with zero rows (3, 10, 40-44), a zero column
+    (4) and an explicitly stored zero (row 10's only entry): the reference every sparse
+    layout must equal."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(5)
+    dense = rng.gamma(2.0, 1.0, size=(60, 9)) * (rng.random((60, 9)) < 0.3)
+    dense[:, 4] = 0.0
+    dense[~dense.any(axis=1), 2] = 1.0  # no zero rows but the planted ones
+    dense[3] = 0.0
+    dense[40:45] = 0.0
+    dense[10] = 0.0
+    dense[10, 0] = 1.5
+    m = sp.csr_matrix(dense)
+    m.data[m.indptr[10]] = 0.0  # an explicit zero: stored, yet row 10 is all zero
+    dense[10, 0] = 0.0
+    assert (m.toarray() == dense).all() and m.nnz > 100
+    assert (~dense.any(axis=1)).sum() == 7 and (~dense.any(axis=0)).sum() == 1
+    return m
