@@ -92,6 +92,7 @@ class FitResult:
     scheduler: str = ""
     missing: str = "error"
     w_sum_to_one: bool = False
+    regularization: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_components(self) -> int:
@@ -449,6 +450,7 @@ def factorize(
             seconds_per_iteration=state.seconds_per_iteration, stop_reason=state.stop_reason,
             notes=notes, scheduler=ctx.describe(), missing="mask" if masked else "error",
             w_sum_to_one=bool(w_sum_to_one),
+            regularization={"alpha_W": alpha_W, "alpha_H": alpha_H, "l1_ratio": l1_ratio},
         )
         if out is not None:
             result.wall_time_s = time.perf_counter() - t_start
@@ -689,6 +691,7 @@ def _store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
         "input": input_desc,
         "missing": result.missing,
         "w_sum_to_one": result.w_sum_to_one,
+        **result.regularization,
         "chunk_plan": result.plan.as_dict() if result.plan else None,
         "wall_time_s": result.wall_time_s,
         "seconds_per_iteration": result.seconds_per_iteration,
@@ -848,7 +851,9 @@ def load(path: str | os.PathLike) -> Any:
                 init=attrs["init"], random_state=attrs["seed"],
                 beta_loss=attrs.get("beta_loss", "frobenius"),
                 missing=attrs.get("missing", "error"),
-                w_sum_to_one=bool(attrs.get("w_sum_to_one", False)))
+                w_sum_to_one=bool(attrs.get("w_sum_to_one", False)),
+                alpha_W=attrs.get("alpha_W", 0.0), alpha_H=attrs.get("alpha_H", "same"),
+                l1_ratio=attrs.get("l1_ratio", 0.0))
     model.components_ = H
     model.n_components_ = H.shape[0]
     model.n_features_in_ = H.shape[1]

@@ -207,3 +207,44 @@ def test_auto_solver_is_mu_for_other_losses_and_missing(counts, hidden):
     assert dnmf.factorize(hidden[0], 5, missing="mask", max_iter=3,
                           scheduler="threads").solver == "mu"
     assert dnmf.factorize(counts[0], 4, max_iter=3, scheduler="threads").solver == "hals"
+
+
+@pytest.fixture(scope="module")
+def sparse_counts(tmp_path_factory):
+    """A 2,000 x 300 CSR count matrix at density 2% in a Zarr store, and its dense copy."""
+    import scipy.sparse as sp
+
+    from dnmf.io.sparse import save_csr
+
+    rng = np.random.default_rng(8)
+    X = sp.random(2000, 300, density=0.02, random_state=8, format="csr", dtype=np.float64)
+    X.data = rng.poisson(3.0, X.nnz) + 1.0
+    path = tmp_path_factory.mktemp("sparse") / "x.zarr"
+    save_csr(path, X, chunk_nnz=4000)
+    return str(path), X.toarray()
+
+
+@pytest.mark.parametrize("loss", ["frobenius", "kullback-leibler"])
+def test_sparse_x_agrees_with_the_dense_path(sparse_counts, loss):
+    path, dense = sparse_counts
+    kw = dict(beta_loss=loss, init="random", random_state=0, max_iter=30, tol=0,
+              scheduler="threads")
+    sparse = dnmf.factorize(path, 5, **kw)
+    panels = dnmf.io.open_matrix(path, chunks=300).array  # 7 CSR panels
+    many = dnmf.factorize(panels, 5, **kw)
+    assert many.plan.n_panels == 7
+    ref = dnmf.factorize(dense, 5, **kw)
+    np.testing.assert_allclose(many.H, ref.H, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sparse.H, ref.H, rtol=1e-6, atol=1e-9)
+    assert sparse.reconstruction_err == pytest.approx(ref.reconstruction_err, rel=1e-8)
+    assert sparse.relative_error == pytest.approx(ref.relative_error, rel=1e-8)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(missing="mask"), "not supported for sparse X"),
+    (dict(beta_loss=0.5), "sparse X supports the frobenius and kullback-leibler"),
+    (dict(beta_loss="itakura-saito"), "sparse X supports"),
+])
+def test_sparse_x_refuses_what_it_cannot_do(sparse_counts, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        dnmf.factorize(sparse_counts[0], 5, scheduler="threads", max_iter=2, **kwargs)

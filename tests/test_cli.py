@@ -293,3 +293,96 @@ def test_interrupt_exits_130_keeps_a_checkpoint_and_resume_finishes(tmp_path, si
     assert "resumed from the checkpoint at iteration" in resumed.stdout
     ds = xr.open_zarr(out)
     assert ds.attrs["status"] == "complete" and ds.attrs["n_iter"] == done + 3
+
+
+# --- losses, regularisation, missing values, sum-to-one; transform and reconstruct ----------
+
+
+@pytest.fixture
+def counts_zarr(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.poisson(3.0 * rng.random((300, 3)) @ rng.random((3, 20))).astype("float32")
+    path = tmp_path / "counts.zarr"
+    zarr.create_array(str(path), shape=X.shape, chunks=(100, 20), dtype="float32")[...] = X
+    return path
+
+
+def test_fit_with_a_loss_and_regularisation_records_them(tmp_path, counts_zarr):
+    out = tmp_path / "kl.zarr"
+    res = runner.invoke(app, ["fit", str(counts_zarr), "-k", "3", "-o", str(out), "--loss",
+                              "kullback-leibler", "--alpha-w", "0.01", "--l1-ratio", "1",
+                              "--seed", "0", "--max-iter", "20", "-q"])
+    assert res.exit_code == 0, res.output
+    attrs = zarr.open_group(str(out), mode="r").attrs
+    assert attrs["beta_loss"] == "kullback-leibler" and attrs["solver"] == "mu"
+    assert attrs["alpha_W"] == 0.01 and attrs["l1_ratio"] == 1.0 and attrs["alpha_H"] == "same"
+    model = dnmf.load(out)
+    assert model.beta_loss == "kullback-leibler" and model.alpha_W == 0.01
+
+
+def test_masked_fit_then_reconstruct_fills_the_missing(tmp_path):
+    X = make_planted(300, 20, 3, dtype="float32")[0]
+    X[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan
+    src = tmp_path / "nan.zarr"
+    zarr.create_array(str(src), shape=X.shape, chunks=(100, 20), dtype="float32")[...] = X
+    refused = run_cli("fit", str(src), "-k", "3", "-o", str(tmp_path / "r.zarr"))
+    assert refused.returncode == 1 and "NaN" in refused.stderr and "--missing mask" in (
+        refused.stderr)
+    res = runner.invoke(app, ["fit", str(src), "-k", "3", "-o", str(tmp_path / "m.zarr"),
+                              "--missing", "mask", "--seed", "0", "--max-iter", "50", "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["reconstruct", str(tmp_path / "m.zarr"), "-o",
+                              str(tmp_path / "filled.zarr"), "--only-missing", str(src)])
+    assert res.exit_code == 0, res.output
+    n_missing = int(np.isnan(X).sum())
+    assert f"{n_missing:,} missing entries filled" in res.output
+    filled = zarr.open_group(str(tmp_path / "filled.zarr"), mode="r")["X"][...]
+    assert not np.isnan(filled).any()
+    np.testing.assert_array_equal(filled[~np.isnan(X)], X[~np.isnan(X)])
+
+
+def test_explicit_mask_and_sum_to_one(tmp_path, counts_zarr):
+    mask = tmp_path / "mask.npy"
+    np.save(mask, (np.random.default_rng(2).random((300, 20)) > 0.1).astype(np.uint8))
+    out = tmp_path / "s.zarr"
+    res = runner.invoke(app, ["fit", str(counts_zarr), "-k", "3", "-o", str(out), "--mask",
+                              str(mask), "--sum-to-one", "--seed", "0", "--max-iter", "100",
+                              "-q"])
+    assert res.exit_code == 0, res.output
+    ds = xr.open_zarr(out)
+    assert ds.attrs["missing"] == "mask" and ds.attrs["w_sum_to_one"] is True
+    assert np.abs(ds["W"].values.sum(axis=1) - 1).max() < 2e-2
+
+
+def test_transform_writes_a_store_with_the_models_h(tmp_path, counts_zarr):
+    model = tmp_path / "model.zarr"
+    assert runner.invoke(app, ["fit", str(counts_zarr), "-k", "3", "-o", str(model),
+                               "--seed", "0", "--max-iter", "50", "-q"]).exit_code == 0
+    out = tmp_path / "t.zarr"
+    res = runner.invoke(app, ["transform", str(model), str(counts_zarr), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    fitted, new = dnmf.load(model), dnmf.load(out)
+    np.testing.assert_array_equal(new.components_, fitted.components_)
+    assert new.attrs_["transform_of"] == str(model)
+    X = zarr.open_array(str(counts_zarr), mode="r")[...]
+    err_new = np.linalg.norm(X - np.asarray(new.W_) @ new.components_)
+    err_fit = np.linalg.norm(X - np.asarray(fitted.W_) @ fitted.components_)
+    assert err_new <= err_fit * (1 + 1e-4)  # exact NNLS rows are at least as good
+    again = run_cli("transform", str(model), str(counts_zarr), "-o", str(out))
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--loss", "kullback-leibler", "--solver", "hals"], "supports only the Frobenius"),
+    (["--loss", "itakura-saito"], "needs X > 0"),
+    (["--loss", "poisson"], "unknown loss"),
+    (["--missing", "mask", "--solver", "anls"], "missing values need multiplicative"),
+    (["--alpha-h", "lots"], "--alpha-h must be a number"),
+])
+def test_variant_errors_are_one_line(tmp_path, counts_zarr, args, message):
+    out = tmp_path / "o.zarr"
+    proc = run_cli("fit", str(counts_zarr), "-k", "3", "-o", str(out), *args)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not out.exists()

@@ -119,7 +119,8 @@ class ValidationReport:
             first = (_where(self.first_nonfinite_at, self.first_nonfinite_chunk) if n_nan
                      else _where(self.first_inf_at, self.first_inf_chunk))
             if n_nan:
-                fix = 'fill or drop them (or use missing="mask" for NaN)'
+                fix = ('fill or drop them, or leave NaN out of the fit with --missing mask '
+                       '(missing="mask")')
             elif allow_nan:
                 fix = "replace them (with NaN to mask them)"
             else:

@@ -139,7 +139,7 @@ def test_messages(planted_bad):
         "clip or shift the data first",
         "X has 1 NaN and 2 Inf entries, the first at row 3, column 6 in chunk (0, 1); NMF "
         "needs finite values — "
-        'fill or drop them (or use missing="mask" for NaN)',
+        'fill or drop them, or leave NaN out of the fit with --missing mask (missing="mask")',
     ]
     assert report.problems(allow_nan=True)[1] == (
         "X has 2 Inf entries, the first at row 3, column 6 in chunk (0, 1); NMF needs finite "
