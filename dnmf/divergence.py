@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.special import xlogy
 
 from dnmf.kernels import EPSILON, array_namespace, nnls_bpp
 
@@ -120,24 +121,68 @@ def beta_divergence(X: Array, WH: Array, beta: float, observed: Array | None = N
 
 
 def _powers(X: Array, WH: Array, beta: float, observed: Array | None,
-            eps: float) -> tuple[Array, Array]:
-    """``(M * X * WH^(β-2), M * WH^(β-1))``: the two element-wise factors of both updates."""
-    xp = array_namespace(WH)
-    if beta == 2.0:
-        num = _masked(X, observed)
-        den = WH if observed is None else xp.where(observed, WH, 0)
-        return num, den
-    safe = xp.maximum(WH, WH.dtype.type(eps))
-    if beta == 1.0:
-        num = X / safe
-        den = None  # M @ H.T: the row sums of H (or masked sums)
-    else:
-        num = X * safe ** (beta - 2.0)
-        den = (safe if beta < 1.0 else WH) ** (beta - 1.0)
-    if observed is not None:
-        num = xp.where(observed, num, 0)
-        den = observed.astype(WH.dtype) if den is None else xp.where(observed, den, 0)
+            eps: float) -> tuple[Array, Array | None]:
+    """``(M * X * WH^(β-2), M * WH^(β-1))``: the two element-wise factors of both updates.
+
+    ``den`` is ``None`` for unmasked KL (all ones: ``den @ H.T`` is the row sums of H). X is
+    zero at missing entries (:func:`observed_entries`), so ``num`` needs no mask where it is a
+    multiple of X. ``WH`` may be overwritten.
+    """
+    num, den, _ = element_terms(X, WH, beta, observed, eps, with_loss=False)
     return num, den
+
+
+def element_terms(X: Array, WH: Array, beta: float, observed: Array | None, eps: float,
+                  *, with_loss: bool = True) -> tuple[Array, Array | None, float | None]:
+    """``(num, den, loss)``: the update factors of :func:`_powers` and the β-divergence.
+
+    One pass of element-wise work per term, in X's dtype with float64 sums; ``WH`` is
+    overwritten. X must be zero at missing entries and ``observed`` mark the observed ones.
+    """
+    f64 = np.float64
+    loss = None
+    if beta == 2.0:
+        den = WH if observed is None else np.where(observed, WH, 0)
+        if with_loss:
+            diff = X - den
+            loss = float(np.square(diff, out=diff).sum(dtype=f64))
+        return X, den, loss
+    if beta == 1.0:
+        total_wh = float((WH if observed is None else np.where(observed, WH, 0)).sum(dtype=f64))
+        ratio = np.maximum(WH, WH.dtype.type(eps), out=WH)
+        np.divide(X, ratio, out=ratio)  # 0 wherever X is 0, missing entries included
+        den = None if observed is None else observed.astype(WH.dtype)
+        if with_loss:
+            loss = float(xlogy(X, ratio).sum(dtype=f64)) - float(X.sum(dtype=f64)) + total_wh
+        return ratio, den, loss
+    if beta == 0.0:
+        den = np.maximum(WH, WH.dtype.type(eps), out=WH)
+        np.reciprocal(den, out=den)
+        ratio = X * den
+        if observed is not None:
+            den[~observed] = 0
+        num = ratio * den
+        if with_loss:
+            if observed is None:
+                logs = np.log(ratio).sum(dtype=f64)
+                n = ratio.size
+            else:
+                logs = np.log(ratio, where=observed, out=np.zeros_like(ratio)).sum(dtype=f64)
+                n = int(np.count_nonzero(observed))
+            loss = float(ratio.sum(dtype=f64)) - float(logs) - n
+        return num, den, loss
+    y = np.maximum(WH, WH.dtype.type(eps), out=WH) if beta < 2.0 else WH
+    den = y ** (beta - 1.0)
+    num = X * (den / y if beta < 2.0 else y ** (beta - 2.0))
+    if observed is not None:
+        den[~observed] = 0
+    if with_loss:
+        x_beta = X**beta  # X is 0 at missing entries; β > 0 here unless X > 0 everywhere
+        if observed is not None and beta < 0:
+            x_beta[~observed] = 0
+        loss = float((x_beta.sum(dtype=f64) + (beta - 1.0) * (y * den).sum(dtype=f64)
+                      - beta * (X * den).sum(dtype=f64)) / (beta * (beta - 1.0)))
+    return num, den, loss
 
 
 def mu_ratio_step(F: Array, num: Array, den: Array, *, gamma: float = 1.0, l1: float = 0.0,
@@ -227,10 +272,11 @@ def beta_panel_step(
     Returns
     -------
     W_new : array (r, k)
-    (numH, denH, loss, residual, observed_sq, WtW) :
+    (numH, denH, loss, WtW) :
         float64 ``(k, n)`` numerator and denominator of the H update (``denH`` may be a
-        ``(k, 1)`` column to broadcast), the β-divergence of ``(W_new, H)`` on this panel, its
-        squared Frobenius residual, ``Σ M X²``, and ``W_new.T @ W_new``.
+        ``(k, 1)`` column to broadcast), the β-divergence of ``(W_new, H)`` on this panel, and
+        ``W_new.T @ W_new``. The Frobenius residual and ``Σ M X²`` (for the relative error) come
+        from :func:`panel_loss` at the end of a fit.
     """
     if hasattr(X, "tocsr"):
         if masked or observed is not None:
@@ -250,16 +296,15 @@ def beta_panel_step(
     if beta <= 1.0:  # scikit-learn's guard: tiny entries of W would stall in log/negative powers
         W_new[W_new < np.finfo(np.float64).eps] = 0
     WH = W_new @ H
-    num, den = _powers(X, WH, beta, observed, eps)
+    num, den, loss = element_terms(X, WH, beta, observed, eps)
+    # products in the data's precision (fast BLAS), sums over panels in float64
+    numH = np.asarray(W_new.T @ num, dtype=np.float64)
+    if den is None:
+        denH = W_new.sum(axis=0, dtype=np.float64)[:, None]
+    else:
+        denH = np.asarray(W_new.T @ den, dtype=np.float64)
     W64 = W_new.astype(np.float64)
-    numH = W64.T @ num
-    denH = (W64.sum(axis=0)[:, None] if den is None else W64.T @ den)
-    loss = beta_divergence(X, WH, beta, observed, eps)
-    residual = beta_divergence(X, WH, 2.0, observed) if beta != 2.0 else loss
-    Xo = X if observed is None else X[observed]
-    observed_sq = float(np.sum(np.square(Xo, dtype=np.float64)))
-    return W_new, (np.asarray(numH, dtype=np.float64), np.asarray(denH, dtype=np.float64),
-                   loss, residual, observed_sq, W64.T @ W64)
+    return W_new, (numH, denH, loss, W64.T @ W64)
 
 
 def _sparse_rows_dot(X: Any, W: Array, H: Array, block: int = 1 << 20) -> np.ndarray:
@@ -298,20 +343,13 @@ def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2
     W_new = mu_ratio_step(W, numW, denW, l1=l1, l2=l2, eps=eps)
     W_new[W_new < np.finfo(np.float64).eps] = 0
     R, wh = ratio(W_new)
+    numH = np.asarray((R.T @ W_new).T, dtype=np.float64)
+    denH = W_new.sum(axis=0, dtype=np.float64)[:, None]
+    x = X.data
     W64 = W_new.astype(np.float64)
-    numH = np.asarray((R.T @ W64).T)
-    denH = W64.sum(axis=0)[:, None]
-    x = X.data.astype(np.float64)
-    pos = x > 0
-    H64 = np.asarray(H, dtype=np.float64)
-    loss = float(np.sum(x[pos] * np.log(x[pos] / wh[pos])) - x.sum()
-                 + W64.sum(axis=0) @ H64.sum(axis=1))
-    WtX = np.asarray((X.T @ W64).T)
-    WtW = W64.T @ W64
-    observed_sq = float(x @ x)
-    residual = max(observed_sq - 2.0 * float(np.vdot(WtX, H64))
-                   + float(np.vdot(WtW, H64 @ H64.T)), 0.0)
-    return W_new, (numH, denH, loss, residual, observed_sq, WtW)
+    loss = float(xlogy(x, x / wh).sum(dtype=np.float64) - x.sum(dtype=np.float64)
+                 + W64.sum(axis=0) @ np.asarray(H, dtype=np.float64).sum(axis=1))
+    return W_new, (numH, denH, loss, W64.T @ W64)
 
 
 def panel_loss(X: Array, W: Array, H: Array, *, beta: float, observed: Array | None = None,

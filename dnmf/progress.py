@@ -5,6 +5,7 @@ Knows nothing of how the fit runs: it is a callback fed :class:`dnmf.solvers.Ite
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import IO, Any
@@ -29,9 +30,11 @@ def _eta(seconds: float, remaining: int) -> str:
 def format_iteration(info: IterationInfo) -> str:
     """One line: iteration, loss, relative error, s/iteration, GB/s read, ETA at this rate."""
     rate = f"{info.bytes_read / info.seconds / 1e9:5.2f} GB/s" if info.bytes_read else "in memory"
+    # β-divergences: the relative (Frobenius) error is only known at the end
+    rel = "" if math.isnan(info.relative_error) else f"rel.err {info.relative_error:.6f}  "
     return (
         f"iter {info.iteration:>5}/{info.max_iter}  loss {info.loss:.6e}  "
-        f"rel.err {info.relative_error:.6f}  {info.seconds:6.2f} s/it  {rate}  "
+        f"{rel}{info.seconds:6.2f} s/it  {rate}  "
         f"ETA {_eta(info.seconds, info.max_iter - info.iteration)}"
     )
 

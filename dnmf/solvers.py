@@ -124,9 +124,12 @@ class _BetaRowPanelStep(_RowPanelStep):
             beta=self.beta, masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one,
         )
         W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
-        numH, denH, loss, residual, observed_sq, WtW = self.ctx.result_of(partials)
+        numH, denH, loss, WtW = self.ctx.result_of(partials)
         H64 = divergence.update_h_beta(H64, numH, denH, beta=self.beta, l1=l1_h, l2=l2_h)
-        self.relative_error = _ratio(residual, observed_sq)
+        # the Frobenius residual is only computed at the end (see final) for other losses;
+        # masked Frobenius: ||X||^2 of the validation pass covers the entries that are not NaN
+        self.relative_error = (_ratio(loss, self.sq_norm) if self.beta == 2.0 and self.mask is None
+                               else float("nan"))
         return W_next, H64, WtW, H64 @ H64.T, float(loss)
 
     def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
