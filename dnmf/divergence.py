@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import xlogy
 
 from dnmf.kernels import EPSILON, array_namespace, nnls_bpp
 
@@ -132,6 +131,18 @@ def _powers(X: Array, WH: Array, beta: float, observed: Array | None,
     return num, den
 
 
+def _x_log(X: Array, ratio: Array) -> float:
+    """``Σ X log(ratio)`` with ``0 log 0 = 0``, where ``ratio`` is 0 only where X is 0.
+
+    A float32 log of a clipped copy (``0 * log(tiny)`` is 0) is several times faster than
+    ``scipy.special.xlogy``; the sum is in float64.
+    """
+    logs = np.maximum(ratio, np.finfo(ratio.dtype).tiny)
+    np.log(logs, out=logs)
+    logs *= X
+    return float(logs.sum(dtype=np.float64))
+
+
 def element_terms(X: Array, WH: Array, beta: float, observed: Array | None, eps: float,
                   *, with_loss: bool = True) -> tuple[Array, Array | None, float | None]:
     """``(num, den, loss)``: the update factors of :func:`_powers` and the β-divergence.
@@ -153,7 +164,7 @@ def element_terms(X: Array, WH: Array, beta: float, observed: Array | None, eps:
         np.divide(X, ratio, out=ratio)  # 0 wherever X is 0, missing entries included
         den = None if observed is None else observed.astype(WH.dtype)
         if with_loss:
-            loss = float(xlogy(X, ratio).sum(dtype=f64)) - float(X.sum(dtype=f64)) + total_wh
+            loss = _x_log(X, ratio) - float(X.sum(dtype=f64)) + total_wh
         return ratio, den, loss
     if beta == 0.0:
         den = np.maximum(WH, WH.dtype.type(eps), out=WH)
@@ -347,7 +358,7 @@ def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2
     denH = W_new.sum(axis=0, dtype=np.float64)[:, None]
     x = X.data
     W64 = W_new.astype(np.float64)
-    loss = float(xlogy(x, x / wh).sum(dtype=np.float64) - x.sum(dtype=np.float64)
+    loss = float(_x_log(x, x / wh) - x.sum(dtype=np.float64)
                  + W64.sum(axis=0) @ np.asarray(H, dtype=np.float64).sum(axis=1))
     return W_new, (numH, denH, loss, W64.T @ W64)
 
