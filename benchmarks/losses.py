@@ -148,9 +148,10 @@ def sparse_csr(rows: int, cols: int, density: float, *, seed: int = 0) -> tuple[
 
     path = DATA / f"csr-{rows}x{cols}-{density:g}.zarr"
     rng = np.random.default_rng(seed)
-    X = sp.random(rows, cols, density=density, random_state=seed, format="csr",
-                  dtype=np.float32)
-    X.data = (rng.poisson(2.0, X.nnz) + 1).astype(np.float32)
+    nnz = int(rows * cols * density)  # scipy.sparse.random draws from all positions: slow
+    X = sp.csr_matrix(((rng.poisson(2.0, nnz) + 1).astype(np.float32),
+                       (rng.integers(0, rows, nnz), rng.integers(0, cols, nnz))),
+                      shape=(rows, cols))
     if not (path / "zarr.json").exists():
         DATA.mkdir(parents=True, exist_ok=True)
         save_csr(path, X, overwrite=True)

@@ -434,7 +434,7 @@ def factorize(
         reorder = not np.array_equal(order, np.arange(rank))
         H = state.H[order] if reorder else state.H
         if not isinstance(H, da.Array):
-            H = np.ascontiguousarray(H)
+            H = np.ascontiguousarray(H, dtype=Xp.dtype)
         W = state.W[:, order] if reorder else state.W
         loss = state.final_loss
         rel = state.final_relative_error

@@ -82,8 +82,8 @@ def _plan_printer(progress: Any) -> Any:
 def fit(
     input: Annotated[str, typer.Argument(help="Zarr/HDF5/NetCDF/.npy path or fsspec URL of X.")],
     rank: Annotated[int, typer.Option("-k", "--rank", help="Number of components k.")],
-    out: Annotated[Path | None, typer.Option("-o", "--out", help="Result store to write (Zarr).")
-                   ] = None,
+    out: Annotated[str | None, typer.Option(
+        "-o", "--out", help="Result store to write (Zarr): a path or an fsspec URL.")] = None,
     var: VarOpt = None,
     solver: Annotated[Solver, typer.Option(
         help="hals (= cd), mu or anls; auto = hals for frobenius on complete data, else mu.")
@@ -186,7 +186,8 @@ def _fit_only(common: dict) -> dict:
 def transform(
     model: Annotated[str, typer.Argument(help="A result store written by dnmf fit.")],
     input: Annotated[str, typer.Argument(help="Rows to transform (same columns as the fit).")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Result store to write (Zarr).")],
+    out: Annotated[str, typer.Option(
+        "-o", "--out", help="Result store to write (Zarr): a path or an fsspec URL.")],
     var: VarOpt = None,
     scheduler: SchedulerOpt = "auto",
     workers: WorkersOpt = None,
@@ -209,7 +210,8 @@ def transform(
 @app.command()
 def reconstruct(
     result: Annotated[str, typer.Argument(help="A result store written by dnmf fit.")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Zarr store for W·H (array X).")],
+    out: Annotated[str, typer.Option(
+        "-o", "--out", help="Zarr store for W·H (array X): a path or an fsspec URL.")],
     only_missing: Annotated[str | None, typer.Option(
         "--only-missing", help="The fitted input: keep its values, fill only its NaN.")] = None,
     var: VarOpt = None,

@@ -9,6 +9,7 @@ module knows nothing of NMF.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -102,7 +103,10 @@ class ExecutionContext:
     def compute(self, *collections: Any) -> list[Any]:
         """Compute collections in one scheduler call and return their values."""
         if self.client is not None:
-            return list(self.client.compute(list(collections), sync=True))
+            try:
+                return list(self.client.compute(list(collections), sync=True))
+            except Exception as exc:
+                raise _detached(exc) from None
         return list(dask.compute(*collections, scheduler=self.kind))
 
     def result_of(self, persisted: Any) -> Any:
@@ -112,7 +116,10 @@ class ExecutionContext:
 
             futures = futures_of(persisted)
             if len(futures) == 1:
-                return futures[0].result()
+                try:
+                    return futures[0].result()
+                except Exception as exc:
+                    raise _detached(exc) from None
             return self.compute(persisted)[0]
         # persisted in-process: the value sits in the graph under the collection's key
         from dask.base import is_dask_collection
@@ -175,6 +182,19 @@ def _accepts_n_workers(client: Any) -> bool:
         return False
 
 
+def _detached(exc: BaseException) -> BaseException:
+    """A copy of a task's exception without the traceback frames that hold on to futures.
+
+    Re-raising the exception object a Future holds attaches dnmf's frames (with the run's
+    futures in their locals) to it; the client would keep the failed run's futures alive and a
+    rerun with the same client could get the old error back.
+    """
+    clone = copy.copy(exc)
+    clone.__traceback__ = None
+    exc.__traceback__ = None
+    return clone
+
+
 @contextlib.contextmanager
 def execution_context(
     scheduler: Any = "auto",
@@ -232,6 +252,9 @@ def execution_context(
             processes=True,
             memory_limit=planned.memory_per_worker,
             dashboard_address=":0",
+            # a failing task's traceback would break the CLI's one-line errors
+            silence_logs=logging.DEBUG if os.environ.get("DNMF_DEBUG") == "1"
+            else logging.CRITICAL,
         )
         local_client = Client(cluster, set_as_default=False)
         try:

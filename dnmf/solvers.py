@@ -97,7 +97,9 @@ class _RowPanelStep:
         return W_next, H64, WtW, H64 @ H64.T, loss
 
     def public_h(self, H64: np.ndarray) -> np.ndarray:
-        return H64.astype(self.X.dtype)
+        # float64, as the loop keeps it: checkpoints store it so a resumed run is exact; the
+        # API casts the final H to X's dtype
+        return H64
 
     def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
         """The loss and relative error of the final factors (exact already here)."""

@@ -43,3 +43,89 @@ def local_client():
     yield client
     client.close()
     cluster.close()
+
+
+def dask_cli_cluster(directory, n_workers: int, *, memory_limit: str = "1GB"):
+    """Start ``dask scheduler`` and ``n_workers`` ``dask worker`` processes (1 thread each) on
+    127.0.0.1, on free ports the OS picks; yield the scheduler's address once every worker is
+    connected; stop them all afterwards, even when the test failed.
+
+    A generator for fixtures: ``yield from dask_cli_cluster(tmp_path, 2)``. Each process runs in
+    its own session, so a worker a nanny leaves behind is killed with its process group.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    directory = Path(directory)
+    scheduler_file = directory / "scheduler.json"
+    bin_dir = Path(sys.executable).parent
+    dask_cli = ([str(bin_dir / "dask")] if (bin_dir / "dask").exists()
+                else [sys.executable, "-m", "dask"])
+    procs: list[subprocess.Popen] = []
+    logs: list[Path] = []
+
+    # the scheduler and the workers unpickle dnmf's tasks: make this checkout importable
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+
+    def start(name: str, *args: str) -> None:
+        log = directory / f"{name}.log"
+        logs.append(log)
+        with open(log, "wb") as fh:
+            procs.append(subprocess.Popen([*dask_cli, *args], stdout=fh, env=env,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+
+    def log_tails() -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+                         for p in logs if p.exists())
+
+    try:
+        start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0",
+              "--no-dashboard", "--scheduler-file", str(scheduler_file))
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert procs[0].poll() is None, f"dask scheduler exited\n{log_tails()}"
+            assert time.monotonic() < deadline, f"dask scheduler did not start\n{log_tails()}"
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for i in range(n_workers):
+            start(f"worker-{i}", "worker", address, "--nthreads", "1", "--memory-limit",
+                  memory_limit, "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}")
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            try:
+                client.wait_for_workers(n_workers, timeout=90)
+            except TimeoutError as exc:
+                raise AssertionError(f"workers did not connect\n{log_tails()}") from exc
+        yield address
+    finally:
+        for proc in reversed(procs):  # workers first, then the scheduler
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+            try:  # anything the process left in its session (a nanny's worker)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture
+def loopback_two_workers(tmp_path):
+    """A real ``dask scheduler`` and two ``dask worker --nthreads 1`` processes on 127.0.0.1
+    (random free ports); yields the scheduler's ``tcp://`` address; torn down after."""
+    directory = tmp_path / "dask-cluster"
+    directory.mkdir()
+    yield from dask_cli_cluster(directory, 2)

@@ -248,3 +248,41 @@ def test_sparse_x_agrees_with_the_dense_path(sparse_counts, loss):
 def test_sparse_x_refuses_what_it_cannot_do(sparse_counts, kwargs, message):
     with pytest.raises(InputError, match=message):
         dnmf.factorize(sparse_counts[0], 5, scheduler="threads", max_iter=2, **kwargs)
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5": VmHWM restarts from the current RSS
+        f.write("5")
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("loss", ["frobenius", "kullback-leibler"])
+def test_sparse_fit_on_a_cluster_stays_far_below_the_dense_size(tmp_path, local_client, loss):
+    """20,000 x 50,000 at density 1e-3: 4 GB dense in float32, 8 MB as CSR. The workers' peak
+    resident memory (measured in the worker processes) stays a fraction of the dense size."""
+    import scipy.sparse as sp
+
+    from dnmf.io.sparse import save_csr
+
+    rng = np.random.default_rng(0)
+    nnz = 1_000_000  # scipy.sparse.random would draw from all 1e9 positions: slow
+    X = sp.csr_matrix(((rng.poisson(2.0, nnz) + 1).astype(np.float32),
+                       (rng.integers(0, 20_000, nnz), rng.integers(0, 50_000, nnz))),
+                      shape=(20_000, 50_000))
+    path = tmp_path / "csr.zarr"
+    save_csr(path, X)
+    dense_bytes = 20_000 * 50_000 * 4
+    local_client.run(_reset_peak_rss)
+    result = dnmf.factorize(str(path), 10, beta_loss=loss, init="random", random_state=0,
+                            max_iter=3, tol=0, client=local_client)
+    peak = max(local_client.run(_peak_rss).values())
+    assert result.n_iter == 3 and np.isfinite(result.reconstruction_err)
+    assert peak < dense_bytes / 8, f"peak worker RSS {peak / 1e6:.0f} MB"

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,46 +13,19 @@ import pytest
 import xarray as xr
 import zarr
 
+from tests.conftest import dask_cli_cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
 def loopback_cluster(tmp_path):
-    """A real `dask scheduler` and one `dask worker` process on 127.0.0.1, torn down after."""
-    scheduler_file = tmp_path / "scheduler.json"
-    bin_dir = Path(sys.executable).parent
-    dask_cli = [str(bin_dir / "dask")] if (bin_dir / "dask").exists() else [
-        sys.executable, "-m", "dask"]
-    procs = [subprocess.Popen(
-        [*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(scheduler_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
-            assert time.monotonic() < deadline, "dask scheduler did not start"
-            time.sleep(0.2)
-        procs.append(subprocess.Popen(
-            [*dask_cli, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
-             "--nthreads", "1", "--memory-limit", "1GB", "--no-dashboard"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
-        address = json.loads(scheduler_file.read_text())["address"]
-        from distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(1, timeout=60)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    """A real ``dask scheduler`` and one ``dask worker`` process on 127.0.0.1 (able to import
+    dnmf from this checkout), torn down after."""
+    directory = tmp_path / "dask-cluster"
+    directory.mkdir()
+    yield from dask_cli_cluster(directory, 1)
 
 
 def test_cluster_example_against_scheduler_address(tmp_path, loopback_cluster):

@@ -68,6 +68,13 @@ def fingerprint(X: da.Array, scheduler: Any = None) -> dict[str, Any]:
             "sample_hash": digest.hexdigest()}
 
 
+def _store(out: str | os.PathLike) -> str:
+    """The path zarr opens: a local path for ``file://`` URLs (fsspec's local file system
+    creates no parent directories), the URL otherwise."""
+    local = _local_path(out)
+    return str(local) if local is not None else os.fspath(out)
+
+
 def start(out: str | os.PathLike, *, overwrite: bool) -> None:
     """Create OUT (status ``running``) for the first checkpoint, replacing it if allowed."""
     path = _local_path(out)
@@ -77,7 +84,7 @@ def start(out: str | os.PathLike, *, overwrite: bool) -> None:
         trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    root = zarr.open_group(os.fspath(out), mode="w", zarr_format=3)
+    root = zarr.open_group(_store(out), mode="w", zarr_format=3)
     root.attrs.update({"schema_version": SCHEMA_VERSION, "status": "running"})
 
 
@@ -88,7 +95,7 @@ def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
 
     Returns the slot's W, lazily read back from the store.
     """
-    root = zarr.open_group(os.fspath(out), mode="r+")
+    root = zarr.open_group(_store(out), mode="r+")
     group = root.require_group(GROUP)
     current = group.attrs.get("current")
     slot = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
@@ -96,14 +103,17 @@ def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
     _write_arrays(target, W, H, scheduler)
     target.attrs.update(jsonable({"iteration": iteration, "loss_history": loss_history,
                                    "seconds_per_iteration": seconds_per_iteration}))
-    group.attrs.update(jsonable({"current": slot, "iteration": iteration, "params": params,
-                                  "fingerprint": fingerprint}))
+    # one write of zarr.json: a kill between per-key updates would leave "current" without
+    # its params
+    group.attrs.put({**group.attrs.asdict(),
+                     **jsonable({"current": slot, "iteration": iteration, "params": params,
+                                 "fingerprint": fingerprint})})
     return da.from_zarr(target["W"])
 
 
 def mark(out: str | os.PathLike, status: str) -> None:
     """Set the store's ``status`` (``running``, ``interrupted``)."""
-    zarr.open_group(os.fspath(out), mode="r+").attrs["status"] = status
+    zarr.open_group(_store(out), mode="r+").attrs["status"] = status
 
 
 def read(out: str | os.PathLike) -> Checkpoint:
@@ -119,7 +129,7 @@ def read(out: str | os.PathLike) -> Checkpoint:
             f"nothing to resume: {out} does not exist — run without --resume to start"
         )
     try:
-        root = zarr.open_group(os.fspath(out), mode="r")
+        root = zarr.open_group(_store(out), mode="r")
     except Exception as exc:  # noqa: BLE001 - any unreadable store is the same user error
         raise InputError(f"cannot resume from {out}: not a dnmf result store ({exc})") from exc
     status = root.attrs.get("status")
@@ -169,10 +179,10 @@ def check_compatible(ckpt: Checkpoint, params: dict, fp: dict, *, max_iter: int)
 def finish(out: str | os.PathLike, *, W: da.Array, H: Any, attrs: dict,
            scheduler: Any = None) -> None:
     """Write the final W and H, the metadata, ``status = complete`` (last), drop the checkpoint."""
-    root = zarr.open_group(os.fspath(out), mode="r+")
+    root = zarr.open_group(_store(out), mode="r+")
     _write_arrays(root, W, H, scheduler)
     root.attrs.update({**jsonable(attrs), "schema_version": SCHEMA_VERSION})
     root.attrs["status"] = "complete"
     if GROUP in root:
         del root[GROUP]
-    consolidate(os.fspath(out))
+    consolidate(_store(out))

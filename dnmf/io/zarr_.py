@@ -1,12 +1,17 @@
 """Zarr inputs (format 2 and 3), local or behind any fsspec URL.
 
-Raw zarr arrays go straight to :func:`dask.array.from_zarr`. Arrays that xarray wrote with
-CF packing (``scale_factor``, ``_FillValue``, ...) are read through xarray so the values are
-the ones they stand for.
+Raw zarr arrays are read chunk by chunk through :class:`ZarrChunkReader`, which turns a chunk
+that fails to decode (a garbled or truncated chunk file) into an :class:`~dnmf.errors.InputError`
+naming the array, the chunk, its rows and the fix. Arrays that xarray wrote with CF packing
+(``scale_factor``, ``_FillValue``, ...) are read through xarray so the values are the ones they
+stand for.
+
+A chunk file that is *missing* is not an error to zarr: it reads as the array's fill value.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any
 
@@ -30,7 +35,7 @@ from dnmf.io._common import (
 from dnmf.io.netcdf import CF_ATTRS, _open_dataset, from_xarray_dataset
 from dnmf.io.source import MatrixSource
 
-__all__ = ["ZARR_MARKERS", "from_zarr_array", "open_zarr"]
+__all__ = ["ZARR_MARKERS", "ZarrChunkReader", "from_zarr_array", "open_zarr"]
 
 #: Metadata documents that mark a directory as a zarr store (v3, then v2).
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -118,6 +123,7 @@ def open_zarr(
         dtype=dtype,
         chunks=chunks,
         name_token=(loc.original, component, loc.stamp()),
+        label=loc.original if component is None else f"array {component!r} in {loc.original}",
     )
     notes = source.notes
     if component is None and _is_cf_packed(arr):
@@ -161,8 +167,13 @@ def from_zarr_array(
     dtype: str | np.dtype[Any] | None = None,
     chunks: Any = None,
     name_token: Any = None,
+    label: str | None = None,
 ) -> MatrixSource:
-    """Wrap an opened ``zarr.Array`` lazily (format ``"zarr-array"``, no path)."""
+    """Wrap an opened ``zarr.Array`` lazily (format ``"zarr-array"``, no path).
+
+    ``label`` names the array in the error raised for a chunk that cannot be decoded
+    (default: the array's store path).
+    """
     shape = check_shape(tuple(arr.shape))
     stored = _np_dtype(arr)
     target, notes = float_dtype(stored, dtype)
@@ -177,8 +188,14 @@ def from_zarr_array(
         name_token = (str(arr.store_path),)
         if isinstance(arr.store, zarr.storage.MemoryStore):
             name_token += (id(arr),)
-    array = da.from_zarr(
-        arr, chunks=chunks, name="zarr-" + tokenize(name_token, str(arr.metadata), chunks)
+    reader = ZarrChunkReader(arr, label or str(arr.store_path))
+    array = da.from_array(
+        reader,
+        chunks=chunks,
+        name="zarr-" + tokenize(name_token, str(arr.metadata), chunks),
+        asarray=True,
+        fancy=False,
+        meta=np.empty((0,) * reader.ndim, dtype=reader.dtype),
     )
     if array.dtype != target:
         array = array.astype(target)
@@ -191,3 +208,83 @@ def from_zarr_array(
         notes=notes,
         stored_chunks=stored_chunks,
     )
+
+
+class ZarrChunkReader:
+    """The zarr array behind X's Dask graph: a chunk that cannot be decoded becomes an
+    :class:`~dnmf.errors.InputError` naming the array, the chunk and the fix.
+
+    A block of X's graph may span several stored chunks (or shards). When reading it fails with
+    anything but an I/O error (``OSError``: network, permissions — those are re-raised as they
+    are), each stored chunk of the block is read on its own; the first one that fails is the
+    damaged one, and the error names its index, its rows (and columns, when X is stored in
+    column tiles), its file inside the store, and the decoder's complaint. When no single chunk
+    fails, the original exception is re-raised unchanged.
+
+    Picklable (a ``zarr.Array`` and a string), so it travels to worker processes with the
+    graph; so does the ``InputError`` it raises, which the client re-raises as is.
+    """
+
+    def __init__(self, arr: zarr.Array, label: str) -> None:
+        self.arr = arr
+        self.label = label
+        self.shape = tuple(int(n) for n in arr.shape)
+        self.ndim = len(self.shape)
+        self.dtype = _np_dtype(arr)
+        shards = getattr(arr, "shards", None)
+        self.unit = "shard" if shards else "chunk"
+        self.stored_chunks = tuple(int(c) for c in (shards or arr.chunks))
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.arr[key]
+        except (OSError, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - codecs raise RuntimeError, ValueError, ...
+            damaged = self._find_damaged(key)
+            if damaged is None:
+                raise
+            raise damaged from err
+
+    def _find_damaged(self, key: Any) -> InputError | None:
+        """Read each stored chunk under ``key`` alone; an error for the first that fails."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        ranges = []
+        if len(key) != self.ndim:
+            return None
+        for k, size, chunk in zip(key, self.shape, self.stored_chunks, strict=True):
+            if not isinstance(k, slice):
+                return None
+            start, stop, _ = k.indices(size)
+            if stop <= start:
+                return None
+            ranges.append(range(start // chunk, (stop - 1) // chunk + 1))
+        for index in itertools.product(*ranges):
+            where = tuple(slice(i * c, min((i + 1) * c, n))
+                          for i, c, n in zip(index, self.stored_chunks, self.shape, strict=True))
+            try:
+                self.arr[where]
+            except (OSError, MemoryError):
+                return None
+            except Exception as err:  # noqa: BLE001
+                return InputError(self._message(index, where, err))
+        return None
+
+    def _message(self, index: tuple[int, ...], where: tuple[slice, ...], err: Exception) -> str:
+        rows = where[0]
+        span = f"rows {rows.start:,}-{rows.stop - 1:,}"
+        if self.ndim > 1 and self.stored_chunks[1] < self.shape[1]:
+            span += f", columns {where[1].start:,}-{where[1].stop - 1:,}"
+        try:
+            key = self.arr.metadata.encode_chunk_key(index)
+            path = f"{self.arr.path}/{key}" if self.arr.path else key
+            span += f"; file {path}"
+        except Exception:  # noqa: BLE001 - naming the file is a courtesy
+            pass
+        problem = " ".join(str(err).split()) or type(err).__name__
+        return (
+            f"cannot decode {self.unit} {index} of {self.label} ({span}): "
+            f"{type(err).__name__}: {problem} — the {self.unit} file is damaged or truncated; "
+            "restore it from a backup or re-create the store"
+        )
