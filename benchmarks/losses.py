@@ -34,7 +34,7 @@ from benchmarks.run import DATA, RESULTS, machine
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"rows": 100_000, "cols": 500, "k": 10, "iters": 4, "sk": (5_000, 500, 10, 30),
               "sparse": (20_000, 50_000, 1e-3, 10, 4), "memory_limit": "1GB"},
-    "full": {"rows": 500_000, "cols": 500, "k": 20, "iters": 5, "sk": (20_000, 500, 20, 50),
+    "full": {"rows": 500_000, "cols": 500, "k": 20, "iters": 5, "sk": (20_000, 500, 20, 30),
              "sparse": (200_000, 50_000, 1e-3, 10, 5), "memory_limit": "2GB"},
 }
 LOSSES = [("frobenius", "hals", "error"), ("frobenius", "mu", "error"),

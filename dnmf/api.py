@@ -225,6 +225,7 @@ def factorize(
     workers: int | None = None,
     memory_limit: str | int | None = None,
     persist_x: bool | str = "auto",
+    persist_w: bool | str = "auto",
     max_panel_bytes: int | None = None,
     min_panel_bytes: int | None = None,
     scheme: str = "auto",
@@ -282,6 +283,10 @@ def factorize(
     workers, memory_limit : LocalCluster size
     persist_x : bool or "auto"
         Keep X in worker memory (no store reads per iteration) when it fits.
+    persist_w : bool or "auto"
+        Keep W in worker memory between iterations (``"auto"``: when it takes at most 20% of
+        it), else stream it through a Zarr scratch store next to ``out`` (or in the temporary
+        directory) that is removed at the end.
     max_panel_bytes, min_panel_bytes : int, optional
         Bounds on the size of a row panel: larger stored chunks are split, smaller ones merged
         (``min_panel_bytes=0`` keeps the stored row chunks as they are).
@@ -352,7 +357,9 @@ def factorize(
                               memory_limit=memory_limit, client=client)
         )
         stack.enter_context(ctx.activate())
-        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes, scheme)
+        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes, scheme,
+                         persist_w)
+        w_scratch = _w_scratch(out, stack) if plan.w_in_store else None
         if plan.is_2d and (beta != 2.0 or masked or w_sum_to_one):
             raise InputError(
                 "β-divergences, missing values and sum-to-one need full-width row panels, but "
@@ -424,6 +431,7 @@ def factorize(
                 seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
                 checkpoint=writer, checkpoint_every=checkpoint_every,
                 beta=beta, masked=masked, mask=mask_p, sum_to_one=bool(w_sum_to_one),
+                w_scratch=w_scratch,
             )
         except Interrupted as exc:
             if writer is not None:
@@ -593,9 +601,36 @@ def dry_run(
     return DryRun(source=source, plan=plan, where=where, solver=solver_name, init=init_name)
 
 
+def _w_scratch(out: Any, stack: contextlib.ExitStack) -> str:
+    """A scratch directory for W streamed through Zarr, removed when the fit's context ends.
+
+    Next to ``out`` when given (workers can see it: they write ``out`` too), else in the
+    temporary directory (a LocalCluster's workers share it).
+    """
+    import shutil
+
+    local = None if out is None else _local_dir(out)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=f".{local.name}.w-scratch-", dir=local.parent)
+    else:
+        path = tempfile.mkdtemp(prefix="dnmf-w-scratch-")
+    stack.callback(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _local_dir(out: Any) -> Any:
+    from pathlib import Path
+
+    text = os.fspath(out)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):]).absolute()
+    return None if "://" in text else Path(text).absolute()
+
+
 def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | str,
               max_panel_bytes: int | None, min_panel_bytes: int | None,
-              scheme: str = "auto") -> ChunkPlan:
+              scheme: str = "auto", persist_w: bool | str = "auto") -> ChunkPlan:
     # on a cluster, at least two panels per worker thread, so that none idles
     min_panels = 2 * ctx.n_workers * ctx.threads_per_worker if ctx.is_distributed else 1
     return plan_chunks(
@@ -605,6 +640,7 @@ def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | s
         min_panel_bytes=min_panel_bytes, min_panels=min_panels,
         stored_rows=source.stored_chunks[0] if source.stored_chunks else None, scheme=scheme,
         sparse_nbytes=source.nbytes if getattr(source, "sparse", False) else None,
+        persist_w=persist_w,
     )
 
 
@@ -664,6 +700,9 @@ def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list
         # persisted on the user's cluster, which stays up: compute it with that client
         notes.append(f"{name} stays persisted on your cluster: use client.compute or pass out=")
         (W,) = ctx.persist(W)
+        from distributed import wait
+
+        wait(W)  # W may come from a scratch store that is removed when the fit returns
         return W
     tmp = tempfile.mkdtemp(prefix=f"dnmf-{name}-")
     path = os.path.join(tmp, f"{name}.zarr")

@@ -7,6 +7,7 @@ otherwise (a rechunk that still reads each stored chunk once per iteration), and
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import dask.array as da
@@ -22,6 +23,11 @@ MAX_PANEL_BYTES = 128 * 2**20
 MIN_PANEL_BYTES = 2 * 2**20
 #: ``persist_x="auto"`` keeps X in worker memory when it takes at most this share of it.
 PERSIST_FRACTION = 0.4
+#: ``persist_w="auto"`` keeps W in worker memory when it takes at most this share of it (an
+#: iteration holds the old and the new W); otherwise W is streamed through a Zarr store.
+W_PERSIST_FRACTION = 0.2
+W_IN_STORE = "streamed to and from a Zarr scratch store every iteration (too large for the " \
+             "workers' memory)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class ChunkPlan:
     memory_per_worker: int
     w_location: str
     col_chunks: tuple[int, ...] = ()
+    w_in_store: bool = False
+    sparse: bool = False
 
     @property
     def is_2d(self) -> bool:
@@ -80,6 +88,12 @@ class ChunkPlan:
                 f"{self.n_panels} x {len(self.col_chunks)} blocks of up to "
                 f"{max(self.row_chunks):,} x {max(self.col_chunks):,} "
                 f"({self.panel_bytes / mib:,.1f} MiB); H stays chunked on the workers"
+            )
+        elif self.sparse:
+            head = (
+                f"scheme: {self.scheme}, {self.n_panels} CSR panel(s) of up to "
+                f"{max(self.row_chunks):,} rows x {self.shape[1]:,} columns (sparse, never "
+                "densified)"
             )
         else:
             head = (
@@ -112,6 +126,7 @@ class ChunkPlan:
             "persist_x": self.persist_x,
             "reads_per_iteration": self.reads_per_iteration,
             "task_bytes": self.task_bytes,
+            "w_in_store": self.w_in_store,
         }
 
 
@@ -149,7 +164,28 @@ def _merge_rows(chunks: tuple[int, ...], target: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def plan_chunks(
+def plan_chunks(X: da.Array, rank: int, *, persist_w: bool | str = "auto",
+                **kwargs: object) -> ChunkPlan:
+    """Choose the row panels of X for rank ``rank`` within a memory budget.
+
+    See :func:`_plan_chunks` for the parameters; ``persist_w`` decides where W lives between
+    iterations (row panels only): True keeps it in worker memory, False streams it through a
+    Zarr scratch store, ``"auto"`` keeps it in memory when it takes at most
+    :data:`W_PERSIST_FRACTION` of the workers' memory.
+    """
+    plan = _plan_chunks(X, rank, **kwargs)  # type: ignore[arg-type]
+    if plan.is_2d:
+        return plan
+    w_bytes = X.shape[0] * rank * np.dtype(X.dtype).itemsize
+    n_workers = int(kwargs.get("n_workers") or 1)  # type: ignore[call-overload]
+    total = plan.memory_per_worker * max(n_workers, 1)
+    in_store = (w_bytes > W_PERSIST_FRACTION * total) if persist_w == "auto" else not persist_w
+    if not in_store:
+        return plan
+    return dataclasses.replace(plan, w_in_store=True, w_location=W_IN_STORE)
+
+
+def _plan_chunks(
     X: da.Array,
     rank: int,
     *,
@@ -195,7 +231,6 @@ def plan_chunks(
     sparse_nbytes : int, optional
         X's blocks are ``scipy.sparse`` CSR matrices holding this many bytes in all: the row
         panels of the opened store (balanced by non-zeros) are kept, see :func:`_plan_sparse`.
-
     Raises
     ------
     InputError
@@ -305,7 +340,7 @@ def _plan_sparse(X: da.Array, rank: int, *, nbytes: int, budget: int,
         row_chunks=rows, stored_chunks=X.chunks, rechunk=note, persist_x=persist,
         reads_per_iteration=0 if persist else len(rows), task_bytes=task_bytes,
         memory_per_worker=memory_per_worker,
-        w_location="persisted in worker memory, chunked like X's rows",
+        w_location="persisted in worker memory, chunked like X's rows", sparse=True,
     )
 
 

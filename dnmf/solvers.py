@@ -74,15 +74,33 @@ class _RowPanelStep:
 
     def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
                  l1_w: float, l2_w: float, l1_h: float, l2_h: float,
-                 sum_to_one: bool = False) -> None:
+                 sum_to_one: bool = False, w_scratch: str | None = None) -> None:
         self.X, self.ctx, self.solver, self.sq_norm = X, ctx, solver, sq_norm
         self.regs = (l1_w, l2_w, l1_h, l2_h)
         self.sum_to_one = sum_to_one
+        self.w_store = None if w_scratch is None else _WStore(w_scratch, X)
 
     def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
-        (W,) = self.ctx.persist(W)
+        W = self.keep(W)
         H64 = np.asarray(H, dtype=np.float64)
         return W, H64, H64 @ H64.T
+
+    def keep(self, W: da.Array) -> da.Array:
+        """W between iterations: persisted on the workers, or written to the scratch store."""
+        if self.w_store is None:
+            (W,) = self.ctx.persist(W)
+            return W
+        return self.w_store.put(W, self.ctx)
+
+    def run(self, W_next: da.Array, partials: object) -> tuple[da.Array, object]:
+        """Compute one iteration's graph: W_next kept (see :meth:`keep`) and the partials."""
+        if self.w_store is None:
+            W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
+            return W_next, self.ctx.result_of(partials)
+        # one computation: each panel task feeds both its W rows' store and the partials
+        stored, slot = self.w_store.store(W_next)
+        _, value = self.ctx.compute(stored, partials)
+        return self.w_store.read(slot), value
 
     def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray) -> tuple:
         l1_w, l2_w, l1_h, l2_h = self.regs
@@ -90,8 +108,7 @@ class _RowPanelStep:
             self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w, l2_w=l2_w,
             sum_to_one=self.sum_to_one,
         )
-        W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
-        WtX, WtW = self.ctx.result_of(partials)
+        W_next, (WtX, WtW) = self.run(W_next, partials)
         H64 = kernels.update_h(H64, WtX, WtW, solver=self.solver, l1=l1_h, l2=l2_h)
         loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64)
         return W_next, H64, WtW, H64 @ H64.T, loss
@@ -104,6 +121,40 @@ class _RowPanelStep:
     def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
         """The loss and relative error of the final factors (exact already here)."""
         return loss, None
+
+
+class _WStore:
+    """W streamed through a Zarr scratch store: two slots, written in turn (an iteration reads
+    W from one slot while its tasks write the new W into the other)."""
+
+    def __init__(self, path: str, X: da.Array) -> None:
+        self.path, self.row_chunks = path, X.chunks[0]
+        self.rows = int(max(X.chunks[0]))
+        self.turn = 0
+
+    def _array(self, slot: str, W: da.Array) -> object:
+        import zarr
+
+        return zarr.open_array(f"{self.path}/{slot}", mode="a", shape=W.shape,
+                               chunks=(self.rows, W.shape[1]), dtype=W.dtype)
+
+    def store(self, W: da.Array) -> tuple[object, str]:
+        slot = "ab"[self.turn % 2]
+        self.turn += 1
+        aligned = W if all(c == self.rows for c in W.chunks[0][:-1]) else W.rechunk(
+            {0: self.rows})
+        return da.store(aligned, self._array(slot, W), lock=False, compute=False), slot
+
+    def read(self, slot: str) -> da.Array:
+        import zarr
+
+        arr = zarr.open_array(f"{self.path}/{slot}", mode="r")
+        return da.from_zarr(arr).rechunk((self.row_chunks, arr.shape[1]))
+
+    def put(self, W: da.Array, ctx: ExecutionContext) -> da.Array:
+        stored, slot = self.store(W)
+        ctx.compute(stored)
+        return self.read(slot)
 
 
 class _BetaRowPanelStep(_RowPanelStep):
@@ -125,8 +176,7 @@ class _BetaRowPanelStep(_RowPanelStep):
             self.X, W, H64.astype(self.X.dtype), solver="mu", l1_w=l1_w, l2_w=l2_w,
             beta=self.beta, masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one,
         )
-        W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
-        numH, denH, loss, WtW = self.ctx.result_of(partials)
+        W_next, (numH, denH, loss, WtW) = self.run(W_next, partials)
         H64 = divergence.update_h_beta(H64, numH, denH, beta=self.beta, l1=l1_h, l2=l2_h)
         # the Frobenius residual is only computed at the end (see final) for other losses;
         # masked Frobenius: ||X||^2 of the validation pass covers the entries that are not NaN
@@ -211,6 +261,7 @@ def iterate(
     masked: bool = False,
     mask: da.Array | None = None,
     sum_to_one: bool = False,
+    w_scratch: str | None = None,
 ) -> SolverState:
     """Alternate W and H updates until converged.
 
@@ -241,6 +292,9 @@ def iterate(
         only.
     sum_to_one : bool
         Rows of W sum to one (row panels only).
+    w_scratch : str, optional
+        Row panels: keep W between iterations in a Zarr store at this path (two slots written
+        in turn) instead of worker memory — for W larger than the workers' memory.
 
     Raises
     ------
@@ -256,10 +310,11 @@ def iterate(
             X, ctx, solver=solver, sq_norm=sq_norm, second_read=second_read, **regs)
     elif general:
         step = _BetaRowPanelStep(X, ctx, beta=beta, masked=masked, mask=mask, solver="mu",
-                                 sq_norm=sq_norm, sum_to_one=sum_to_one, **regs)
+                                 sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch,
+                                 **regs)
     else:
         step = _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, sum_to_one=sum_to_one,
-                             **regs)
+                             w_scratch=w_scratch, **regs)
     W, H_work, HHt = step.prepare(W, H)
     state = SolverState(
         W=W, H=step.public_h(H_work), WtW=np.zeros_like(HHt), HHt=HHt, n_iter=start_iteration,
@@ -287,7 +342,9 @@ def iterate(
                 if restart is not None:
                     # continue from W as stored: the scheduler can forget the iterations before
                     # it, and a lost chunk is recomputed from the store, not from iteration 1
-                    (W,) = ctx.persist(restart.rechunk(W.chunks))
+                    W = restart.rechunk(W.chunks)
+                    if w_scratch is None:
+                        (W,) = ctx.persist(W)
                     state.W = W
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):

@@ -129,3 +129,19 @@ def loopback_two_workers(tmp_path):
     directory = tmp_path / "dask-cluster"
     directory.mkdir()
     yield from dask_cli_cluster(directory, 2)
+
+
+def reset_peak_rss() -> None:
+    """Linux: restart this process's peak resident memory (VmHWM) from its current RSS; run on
+    workers with ``client.run(reset_peak_rss)``."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM), e.g. ``client.run(peak_rss)``."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0

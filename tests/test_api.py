@@ -179,3 +179,20 @@ def test_persisted_x_on_cluster_agrees_with_streaming(tmp_path, local_client, X)
     assert plans[0].persist_x and not plans[1].persist_x
     np.testing.assert_allclose(a.H, b.H, rtol=1e-6)
     assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("loss", ["frobenius", "kullback-leibler"])
+def test_w_streamed_through_zarr_gives_the_persisted_result(tmp_path, loss):
+    """persist_w=False: W lives in a Zarr scratch store between iterations (for W larger than
+    the workers' memory); the iterates are the same, and the scratch store is removed."""
+    X = make_planted(600, 30, 4, dtype="float64")[0]
+    Xd = da.from_array(X, chunks=(100, 30))
+    kw = dict(beta_loss=loss, init="random", random_state=0, max_iter=8, tol=0,
+              min_panel_bytes=0, scheduler="threads")
+    kept = dnmf.factorize(Xd, 4, **kw)
+    streamed = dnmf.factorize(Xd, 4, persist_w=False, out=tmp_path / "r.zarr",
+                              checkpoint_every=3, **kw)
+    assert streamed.plan.w_in_store and "Zarr scratch store" in streamed.plan.describe()[-1]
+    np.testing.assert_allclose(streamed.H, kept.H, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(streamed.W), np.asarray(kept.W), rtol=1e-10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # scratch removed

@@ -12,7 +12,7 @@ from sklearn.decomposition import NMF as SkNMF
 
 import dnmf
 from dnmf.errors import InputError
-from tests.conftest import make_planted
+from tests.conftest import make_planted, peak_rss, reset_peak_rss
 
 LOSSES = ["kullback-leibler", "itakura-saito", 0.5, 1.5, 3.0, "frobenius"]
 
@@ -250,19 +250,6 @@ def test_sparse_x_refuses_what_it_cannot_do(sparse_counts, kwargs, message):
         dnmf.factorize(sparse_counts[0], 5, scheduler="threads", max_iter=2, **kwargs)
 
 
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5": VmHWM restarts from the current RSS
-        f.write("5")
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 @pytest.mark.cluster
 @pytest.mark.parametrize("loss", ["frobenius", "kullback-leibler"])
 def test_sparse_fit_on_a_cluster_stays_far_below_the_dense_size(tmp_path, local_client, loss):
@@ -280,9 +267,9 @@ def test_sparse_fit_on_a_cluster_stays_far_below_the_dense_size(tmp_path, local_
     path = tmp_path / "csr.zarr"
     save_csr(path, X)
     dense_bytes = 20_000 * 50_000 * 4
-    local_client.run(_reset_peak_rss)
+    local_client.run(reset_peak_rss)
     result = dnmf.factorize(str(path), 10, beta_loss=loss, init="random", random_state=0,
                             max_iter=3, tol=0, client=local_client)
-    peak = max(local_client.run(_peak_rss).values())
+    peak = max(local_client.run(peak_rss).values())
     assert result.n_iter == 3 and np.isfinite(result.reconstruction_err)
     assert peak < dense_bytes / 8, f"peak worker RSS {peak / 1e6:.0f} MB"

@@ -108,8 +108,13 @@ class CountingContext(ExecutionContext):
         return super().compute(*collections)
 
 
-@pytest.mark.parametrize("solver", ["hals", "mu"])
-def test_iterate_makes_one_scheduler_round_trip_per_iteration(logged_zarr, solver):
+@pytest.mark.parametrize(("solver", "beta", "w_in_store"), [
+    ("hals", 2.0, False), ("mu", 2.0, False), ("mu", 1.0, False), ("hals", 2.0, True),
+    ("mu", 1.0, True)])
+def test_iterate_makes_one_scheduler_round_trip_per_iteration(logged_zarr, tmp_path, solver,
+                                                              beta, w_in_store):
+    """One computation and one read of each chunk of X per iteration — also for KL, and with
+    W streamed through a Zarr scratch store (its store and the partials in one computation)."""
     X, store, Xd = logged_zarr
     W = graph.random_w(Xd.chunks[0], 4, seed=0, scale=1.0, dtype=np.float32)
     H = np.random.default_rng(0).random((4, 30)).astype(np.float32)
@@ -117,7 +122,13 @@ def test_iterate_makes_one_scheduler_round_trip_per_iteration(logged_zarr, solve
     store.counter.clear()
     with CountComputes() as counter:
         state = iterate(Xd, W, H, sq_norm=float((X.astype(np.float64) ** 2).sum()),
-                        solver=solver, ctx=ctx, max_iter=5, tol=0.0)
+                        solver=solver, ctx=ctx, max_iter=5, tol=0.0, beta=beta,
+                        w_scratch=str(tmp_path / "w") if w_in_store else None)
+    if beta != 2.0:  # one more pass for the loss of the final (W, H)
+        assert store.counter["get"] == 6 * Xd.numblocks[0]
+        store.counter["get"] -= Xd.numblocks[0]
+        ctx.calls -= 1
+        counter.n -= 1
     assert state.n_iter == 5
     # one persist for the initial W, then one per iteration (persisted partials read back free)
     assert ctx.calls == 1 + 5
