@@ -19,7 +19,6 @@ Results go to ``benchmarks/results/losses-<profile>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import DATA, RESULTS, machine
+from benchmarks.run import DATA, machine, save_report
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"rows": 100_000, "cols": 500, "k": 10, "iters": 4, "sk": (5_000, 500, 10, 30),
@@ -259,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     report["out_of_core"] = out_of_core(cfg)
     report["sklearn"] = against_sklearn(*cfg["sk"])
     report["sparse"] = sparse(cfg)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"losses-{profile}.json").write_text(json.dumps(report, indent=2))
-    text = render(report)
-    (RESULTS / f"losses-{profile}.md").write_text(text)
-    print(text)
+    save_report(f"losses-{profile}", report, render(report))
     return 0
 
 

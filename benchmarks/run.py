@@ -79,6 +79,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def save_report(name: str, report: dict[str, Any], text: str) -> None:
+    """``results/<name>.json`` and ``.md``, and the table on stdout."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+
+
 def planted_zarr(rows: int, cols: int, k: int, *, seed: int = 0) -> Path:
     """A raw (uncompressed) float32 Zarr of planted rank-k data with 64 MiB row chunks."""
     import zarr
@@ -252,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         report["sklearn"].append(row)
         print(f"sklearn {rows}x{cols} k={k}: {row['sklearn_s']:.2f} s; dnmf to that loss "
               f"{row['dnmf_s_to_sklearn_loss']}", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{profile}.json").write_text(json.dumps(report, indent=2))
-    text = render(report)
-    (RESULTS / f"{profile}.md").write_text(text)
-    print(text)
+    save_report(profile, report, render(report))
     return 0
 
 

@@ -16,13 +16,12 @@ Results go to ``benchmarks/results/scaling-<profile>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any
 
 from benchmarks.losses import _peak_rss, _reset_peak, time_read
-from benchmarks.run import RESULTS, machine, planted_zarr
+from benchmarks.run import machine, planted_zarr, save_report
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"io": (250_000, 500, 10), "compute": (62_500, 500, 100), "iters": 3,
@@ -120,11 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine()}
     report["scaling"] = scaling(cfg)
     report["larger_than_memory"] = larger_than_memory(cfg)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"scaling-{profile}.json").write_text(json.dumps(report, indent=2))
-    text = render(report)
-    (RESULTS / f"scaling-{profile}.md").write_text(text)
-    print(text)
+    save_report(f"scaling-{profile}", report, render(report))
     return 0
 
 

@@ -29,7 +29,7 @@ from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
-from dnmf.io.result_store import check_output, open_result, write_result
+from dnmf.io.result_store import _local_path, check_output, open_result, write_result
 from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
 from dnmf.solvers import (
     SOLVER_ALIASES,
@@ -609,23 +609,15 @@ def _w_scratch(out: Any, stack: contextlib.ExitStack) -> str:
     """
     import shutil
 
-    local = None if out is None else _local_dir(out)
+    local = None if out is None else _local_path(out)
     if local is not None:
+        local = local.absolute()
         local.parent.mkdir(parents=True, exist_ok=True)
         path = tempfile.mkdtemp(prefix=f".{local.name}.w-scratch-", dir=local.parent)
     else:
         path = tempfile.mkdtemp(prefix="dnmf-w-scratch-")
     stack.callback(shutil.rmtree, path, ignore_errors=True)
     return path
-
-
-def _local_dir(out: Any) -> Any:
-    from pathlib import Path
-
-    text = os.fspath(out)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):]).absolute()
-    return None if "://" in text else Path(text).absolute()
 
 
 def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | str,

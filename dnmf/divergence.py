@@ -306,16 +306,35 @@ def beta_panel_step(
     W_new = mu_ratio_step(W, numW, denW, gamma=gamma, l1=l1, l2=l2, eps=eps)
     if beta <= 1.0:  # scikit-learn's guard: tiny entries of W would stall in log/negative powers
         W_new[W_new < np.finfo(np.float64).eps] = 0
-    WH = W_new @ H
-    num, den, loss = element_terms(X, WH, beta, observed, eps)
-    # products in the data's precision (fast BLAS), sums over panels in float64
-    numH = np.asarray(W_new.T @ num, dtype=np.float64)
-    if den is None:
-        denH = W_new.sum(axis=0, dtype=np.float64)[:, None]
-    else:
-        denH = np.asarray(W_new.T @ den, dtype=np.float64)
+    numH, denH, loss = _dense_h_terms(X, W_new, H, beta, observed, eps)
     W64 = W_new.astype(np.float64)
     return W_new, (numH, denH, loss, W64.T @ W64)
+
+
+def h_update_terms(X: Array, W: Array, H: Array, *, beta: float,
+                   eps: float = EPSILON) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(numH, denH, loss)`` of a panel for given rows ``W``: the float64 numerator and
+    denominator of the H update (``denH`` may be a ``(k, 1)`` column) and the β-divergence.
+
+    Dense panels (fully observed) or CSR panels with the KL loss.
+    """
+    if hasattr(X, "tocsr"):
+        if beta != 1.0:
+            raise ValueError("sparse panels support the Kullback-Leibler loss here")
+        return _sparse_h_terms(X.tocsr(), W, H, eps)
+    return _dense_h_terms(X, W, H, beta, None, eps)
+
+
+def _dense_h_terms(X: Array, W: Array, H: Array, beta: float, observed: Array | None,
+                   eps: float) -> tuple[np.ndarray, np.ndarray, float]:
+    num, den, loss = element_terms(X, W @ H, beta, observed, eps)
+    # products in the data's precision (fast BLAS), sums over panels in float64
+    numH = np.asarray(W.T @ num, dtype=np.float64)
+    if den is None:
+        denH = W.sum(axis=0, dtype=np.float64)[:, None]
+    else:
+        denH = np.asarray(W.T @ den, dtype=np.float64)
+    return numH, denH, loss
 
 
 def _sparse_rows_dot(X: Any, W: Array, H: Array, block: int = 1 << 20) -> np.ndarray:
@@ -339,28 +358,36 @@ def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2
     """
     if beta != 1.0:
         raise ValueError("sparse panels support the Kullback-Leibler loss here")
-    import scipy.sparse as sp
-
-    def ratio(Wc: Array) -> Any:
-        wh = np.maximum(_sparse_rows_dot(X, Wc, H), eps)
-        return sp.csr_matrix((X.data / wh, X.indices, X.indptr), shape=X.shape), wh
-
-    R, _ = ratio(W)
-    numW = np.asarray(R @ H.T)
+    numW = np.asarray(_sparse_ratio(X, W, H, eps)[0] @ H.T)
     denW = np.broadcast_to(H.sum(axis=1), W.shape)
     if sum_to_one:
         delta = sum_to_one_delta(H, beta, SUM_TO_ONE_WEIGHT_MU)
         numW, denW = augment_w_terms(numW, denW, W, beta, delta, eps)
     W_new = mu_ratio_step(W, numW, denW, l1=l1, l2=l2, eps=eps)
     W_new[W_new < np.finfo(np.float64).eps] = 0
-    R, wh = ratio(W_new)
-    numH = np.asarray((R.T @ W_new).T, dtype=np.float64)
-    denH = W_new.sum(axis=0, dtype=np.float64)[:, None]
-    x = X.data
+    numH, denH, loss = _sparse_h_terms(X, W_new, H, eps)
     W64 = W_new.astype(np.float64)
-    loss = float(_x_log(x, x / wh) - x.sum(dtype=np.float64)
-                 + W64.sum(axis=0) @ np.asarray(H, dtype=np.float64).sum(axis=1))
     return W_new, (numH, denH, loss, W64.T @ W64)
+
+
+def _sparse_ratio(X: Any, W: Array, H: Array, eps: float) -> tuple[Any, np.ndarray]:
+    """``X / (W H)`` at the non-zeros of the CSR panel X (a CSR matrix), and ``W H`` there."""
+    import scipy.sparse as sp
+
+    wh = np.maximum(_sparse_rows_dot(X, W, H), eps)
+    return sp.csr_matrix((X.data / wh, X.indices, X.indptr), shape=X.shape), wh
+
+
+def _sparse_h_terms(X: Any, W: Array, H: Array,
+                    eps: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """KL ``(numH, denH, loss)`` of a CSR panel, touching only its non-zeros."""
+    R, wh = _sparse_ratio(X, W, H, eps)
+    numH = np.asarray((R.T @ W).T, dtype=np.float64)
+    denH = W.sum(axis=0, dtype=np.float64)[:, None]
+    x = X.data
+    loss = float(_x_log(x, x / wh) - x.sum(dtype=np.float64)
+                 + W.sum(axis=0, dtype=np.float64) @ np.asarray(H, dtype=np.float64).sum(axis=1))
+    return numH, denH, loss
 
 
 def panel_loss(X: Array, W: Array, H: Array, *, beta: float, observed: Array | None = None,

@@ -49,18 +49,8 @@ def _frobenius_task(X: Any, H: np.ndarray, HHt: np.ndarray, *, l1: float, l2: fl
 def _beta_task(X: Any, H: np.ndarray, *, beta: float, l1: float, l2: float,
                max_iter: int, tol: float) -> tuple:
     W = divergence.transform_rows_beta(X, H, beta=beta, l1=l1, l2=l2, max_iter=max_iter, tol=tol)
-    if hasattr(X, "tocsr"):
-        _, (numH, denH, *_rest) = divergence._sparse_panel_step(
-            X.tocsr(), W, H, beta=beta, l1=0.0, l2=0.0, sum_to_one=False,
-            eps=divergence.EPSILON)
-        # the step above also moved W once more; its statistics are those of the moved W
-        return numH, denH
-    WH = W @ H
-    num, den = divergence._powers(X, WH, beta, None, divergence.EPSILON)
-    W64 = W.astype(np.float64)
-    numH = W64.T @ num
-    denH = W64.sum(axis=0)[:, None] if den is None else W64.T @ den
-    return np.asarray(numH, dtype=np.float64), np.asarray(denH, dtype=np.float64)
+    numH, denH, _ = divergence.h_update_terms(X, W, H, beta=beta)
+    return numH, denH
 
 
 def batch_statistics(X: da.Array, H: np.ndarray, *, beta: float, l1_w: float, l2_w: float,
