@@ -233,6 +233,104 @@ def reconstruct(
     _echo(f"{what}; written to {path} (array X)", quiet)
 
 
+class UnmixInit(StrEnum):
+    spa = "spa"
+    vca = "vca"
+    nndsvda = "nndsvda"
+    random = "random"
+
+
+@app.command()
+def unmix(
+    cube: Annotated[str, typer.Argument(
+        help="Hyperspectral cube: ENVI (.hdr), Zarr, NetCDF, HDF5 or GeoTIFF.")],
+    endmembers: Annotated[str, typer.Option(
+        "-k", "--endmembers", help="Number of endmembers, or auto (HySime estimate).")],
+    out: Annotated[str, typer.Option(
+        "-o", "--out", help="Result store to write (Zarr): a path or an fsspec URL.")],
+    var: VarOpt = None,
+    band_dim: Annotated[str | None, typer.Option(
+        "--band-dim", help="The band dimension, when it cannot be detected.")] = None,
+    bad_bands: Annotated[str | None, typer.Option(
+        "--bad-bands", help="auto (water absorption, <400 and >2450 nm) | none | a list of "
+                            "band indices, a-b index ranges and 1340-1460nm ranges "
+                            "(default: the input's bbl).")] = None,
+    init: Annotated[UnmixInit, typer.Option(help="Endmember initialisation.")] = UnmixInit.spa,
+    no_sum_to_one: Annotated[bool, typer.Option(
+        "--no-sum-to-one", help="Do not constrain abundances to sum to one.")] = False,
+    sparsity: Annotated[float, typer.Option(
+        help="L1 penalty on abundances (needs --no-sum-to-one).")] = 0.0,
+    plots: Annotated[Path | None, typer.Option(help="Directory for PNG plots.")] = None,
+    netcdf: Annotated[Path | None, typer.Option(
+        help="Also write the result as NetCDF to this file.")] = None,
+    max_iter: Annotated[int, typer.Option(help="Maximum iterations.")] = 200,
+    tol: Annotated[float, typer.Option(
+        help="Stop when the loss falls by less than this fraction in one iteration.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    scheduler: SchedulerOpt = "auto",
+    workers: WorkersOpt = None,
+    memory_limit: MemoryOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT."""
+    from dnmf.errors import InputError
+    from dnmf.hyperspectral.unmix import unmix as run_unmix
+    from dnmf.progress import FitProgress
+
+    if endmembers == "auto":
+        k: int | str = "auto"
+    else:
+        try:
+            k = int(endmembers)
+        except ValueError:
+            raise InputError(f"-k must be an integer or auto; got {endmembers!r}") from None
+
+    with FitProgress(quiet=quiet) as progress:
+        def on_prepared(pm: Any, n: int, estimate: Any) -> None:
+            progress.echo(
+                f"cube: {pm.shape[0]} x {pm.shape[1]} pixels ({pm.X.shape[0]:,} valid, "
+                f"{pm.n_nodata:,} no-data), {int(pm.keep.sum())} of {pm.keep.size} bands used")
+            if pm.n_negative_clipped:
+                progress.echo(f"note: {pm.n_negative_clipped:,} negative values clipped to 0")
+            if estimate is not None:
+                progress.echo(estimate.describe())
+            progress.echo(f"unmixing into {n} endmembers")
+
+        result = run_unmix(
+            cube, k, var=var, band_dim=band_dim, bad_bands=bad_bands, init=init.value,
+            sum_to_one=not no_sum_to_one, sparsity=sparsity, max_iter=max_iter, tol=tol,
+            seed=seed, scheduler=scheduler, workers=workers, memory_limit=memory_limit,
+            output=out, overwrite=overwrite, plots=plots, netcdf=netcdf, callback=progress,
+            on_prepared=on_prepared)
+    attrs = result.attrs
+    _echo(f"{attrs['n_endmembers']} endmembers after {attrs['n_iter']} iterations: relative "
+          f"error {attrs['relative_error']:.6f}, wall time {attrs['wall_time_s']:.1f} s; "
+          f"written to {out}" + (f"; plots in {plots}" if plots else ""), quiet)
+
+
+@app.command()
+def score(
+    result: Annotated[str, typer.Argument(help="A result store written by dnmf unmix.")],
+    truth: Annotated[str, typer.Option(
+        help="Reference: a Zarr/NetCDF dataset with endmembers_true (endmember, band) and "
+             "optionally abundances_true (endmember, y, x), e.g. from dnmf.datasets.")],
+    scheduler: SchedulerOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Spectral angles (after Hungarian matching) and abundance RMSE against a reference."""
+    from dnmf.cluster import execution_context
+    from dnmf.hyperspectral.metrics import format_score, open_dataset
+    from dnmf.hyperspectral.metrics import score as run_score
+
+    estimated, reference = open_dataset(result), open_dataset(truth)
+    with execution_context(scheduler, x_nbytes=int(estimated.nbytes)) as ctx, ctx.activate():
+        report = run_score(estimated, reference)
+    lines = format_score(report)
+    for line in lines[:2] if quiet else lines:  # --quiet: the two summary lines only
+        typer.echo(line)
+
+
 @app.command()
 def info(
     path: Annotated[str, typer.Argument(help="Zarr/HDF5/NetCDF/.npy path or URL.")],
@@ -253,14 +351,45 @@ def info(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the demo's stores.")
                    ] = Path("dnmf-demo"),
+    planted: Annotated[bool, typer.Option(
+        "--planted", help="Plain NMF of a planted low-rank matrix instead of unmixing.")
+                       ] = False,
     scheduler: Annotated[str, typer.Option(help="Where to run (default: a LocalCluster).")
                          ] = "local",
     workers: WorkersOpt = 2,
     memory_limit: MemoryOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of the planted data and the fit.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated data and the fit.")] = 0,
     quiet: QuietOpt = False,
 ) -> None:
-    """Make a planted data set, factorize it on a LocalCluster and score it against the truth."""
+    """Unmix a generated hyperspectral scene on a LocalCluster and score it against the truth."""
+    from dnmf import demo as demos
+    from dnmf.progress import FitProgress
+
+    if planted:
+        _planted_demo(out, scheduler, workers, memory_limit, seed, quiet)
+        return
+    rows, cols = demos.SCENE_SHAPE
+    _echo(f"demo: {rows} x {cols} scene of {demos.SCENE_ENDMEMBERS} measured spectra "
+          f"(earthlib) at {demos.SCENE_SNR_DB:g} dB, tiles {demos.SCENE_TILE}, in "
+          f"{out}/scene.zarr", quiet)
+    with FitProgress(quiet=quiet) as progress:
+        def on_prepared(pm: Any, n: int, estimate: Any) -> None:
+            progress.echo(f"cube: {pm.X.shape[0]:,} valid pixels, {pm.n_nodata:,} no-data, "
+                          f"{int(pm.keep.sum())} bands; unmixing into {n} endmembers")
+
+        res = demos.run_unmix_demo(out, scheduler=scheduler, workers=workers,
+                                   memory_limit=memory_limit, seed=seed, callback=progress,
+                                   on_prepared=on_prepared)
+    attrs = res.result.attrs
+    _echo(f"endmembers and abundance maps written to {res.result_path}; plots in "
+          f"{res.plots_dir}", quiet)
+    _echo(f"{attrs['n_iter']} iterations in {attrs['wall_time_s']:.1f} s: mean spectral angle "
+          f"{res.score['mean_sad_deg']:.2f} deg, abundance RMSE "
+          f"{res.score['abundance_rmse']:.4f} against the truth", quiet)
+
+
+def _planted_demo(out: Path, scheduler: str, workers: int | None, memory_limit: str | None,
+                  seed: int, quiet: bool) -> None:
     from dnmf.demo import DEMO_RANK, DEMO_SHAPE, run_demo
     from dnmf.progress import FitProgress
 

@@ -248,8 +248,8 @@ def test_missing_output_option_is_clear(good_zarr):
 
 
 @pytest.mark.cluster
-def test_demo_runs_on_a_local_cluster(tmp_path):
-    proc = run_cli("demo", "--out", str(tmp_path / "demo"), timeout=300)
+def test_planted_demo_runs_on_a_local_cluster(tmp_path):
+    proc = run_cli("demo", "--planted", "--out", str(tmp_path / "demo"), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "LocalCluster" in proc.stdout and "dashboard" in proc.stdout
     last = proc.stdout.strip().splitlines()[-1]

@@ -70,3 +70,16 @@ def test_quickstart_example(tmp_path):
     rel = float(proc.stdout.split("relative error ")[1].split()[0])
     assert rel < 0.05
     assert (tmp_path / "quickstart-data" / "result.zarr").exists()
+
+
+def test_unmix_scene_example(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "unmix_scene.py")], capture_output=True,
+        text=True, timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    sad = float(proc.stdout.split("mean spectral angle ")[1].split()[0])
+    rmse = float(proc.stdout.split("abundance RMSE ")[1].split()[0])
+    assert sad < 2.0 and rmse < 0.04, proc.stdout
+    assert "rgb_composite.png" in proc.stdout
+    assert xr.open_zarr(tmp_path / "unmix-scene" / "unmix.zarr").attrs["status"] == "complete"
