@@ -2,7 +2,8 @@
 
 ``X ~= W @ H`` with X (n_samples, n_features), W (n_samples, k), H (k, n_features), all
 non-negative: scikit-learn's orientation. Entry points: :class:`NMF` (estimator),
-:func:`factorize` (functional), :func:`load` (a result store), and the ``dnmf`` CLI.
+:func:`factorize` (functional), :func:`load` (a result store), :func:`select_rank` (a survey of
+the rank k), and the ``dnmf`` CLI.
 """
 
 from dnmf._version import __version__
@@ -15,11 +16,13 @@ __all__ = [
     "FitResult",
     "InputError",
     "OutputError",
+    "RankReport",
     "__version__",
     "dry_run",
     "factorize",
     "load",
     "matrix_info",
+    "select_rank",
 ]
 
 
@@ -32,4 +35,8 @@ def __getattr__(name: str):  # lazy: `import dnmf` stays cheap for the CLI's --h
         from dnmf import api
 
         return getattr(api, name)
+    if name in ("select_rank", "RankReport"):
+        from dnmf import rank
+
+        return getattr(rank, name)
     raise AttributeError(f"module 'dnmf' has no attribute {name!r}")

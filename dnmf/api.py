@@ -36,8 +36,10 @@ from dnmf.solvers import (
     SOLVERS,
     Interrupted,
     IterationInfo,
+    RestartsState,
     component_order,
     iterate,
+    iterate_restarts,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,26 @@ class FitResult:
     plan : ChunkPlan
     path : str or None
         The result store, when written.
+    n_restarts : int
+        Factorizations run (see ``n_restarts`` of :func:`factorize`); the result is the best:
+        ``n_iter``, ``converged``, ``loss_history`` and ``stop_reason`` are the kept restart's,
+        ``seconds_per_iteration`` has one entry per pass over X (all restarts at once).
+    best_restart : int
+        The restart kept: the lowest final loss.
+    restart_losses, restart_relative_errors : list of float
+        Final loss (as ``loss_history``) and relative error of every restart: their spread says
+        how much the starting point matters.
+    restart_n_iter : list of int
+        Iterations of each restart (each stops on its own ``tol``).
+    restart_seeds : list of int
+        The seed of each restart's random initialisation: restart ``r`` alone is
+        ``factorize(X, k, init="random", random_state=restart_seeds[r])`` (restart 0 uses
+        ``init`` when one was given).
+    restart_H : ndarray of shape (n_restarts, k, n_features)
+        H of every restart, components ordered by decreasing contribution (float64).
+    restart_W_norms : ndarray of shape (n_restarts, k)
+        ``||W_j||`` of those components: ``restart_W_norms[..., None] * restart_H`` is H for
+        W scaled to unit columns.
     """
 
     W: Any
@@ -93,6 +115,14 @@ class FitResult:
     missing: str = "error"
     w_sum_to_one: bool = False
     regularization: dict[str, Any] = field(default_factory=dict)
+    n_restarts: int = 1
+    best_restart: int = 0
+    restart_losses: list[float] = field(default_factory=list)
+    restart_relative_errors: list[float] = field(default_factory=list)
+    restart_n_iter: list[int] = field(default_factory=list)
+    restart_seeds: list[int] = field(default_factory=list)
+    restart_H: np.ndarray | None = None
+    restart_W_norms: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:
@@ -187,6 +217,13 @@ def regularization(alpha_W: float, alpha_H: float | str, l1_ratio: float,
     )
 
 
+def restart_seeds(seed: int, n_restarts: int) -> list[int]:
+    """The seed of each restart: ``seed`` itself for restart 0 (so one restart is the ordinary
+    fit), then seeds drawn from ``SeedSequence(seed).spawn(n_restarts - 1)``."""
+    children = np.random.SeedSequence(seed).spawn(max(n_restarts - 1, 0))
+    return [int(seed)] + [int(c.generate_state(1, dtype=np.uint32)[0]) for c in children]
+
+
 def _check_params(rank: Any, max_iter: Any, tol: Any, max_time: Any) -> None:
     if not isinstance(rank, numbers.Integral) or isinstance(rank, bool):
         raise InputError(f"rank (n_components) must be an integer; got {rank!r}")
@@ -209,6 +246,7 @@ def factorize(
     max_iter: int = 200,
     tol: float = 1e-4,
     random_state: Any = None,
+    n_restarts: int = 1,
     dtype: Any = None,
     W_init: Any = None,
     H_init: Any = None,
@@ -258,6 +296,18 @@ def factorize(
     tol : float
         Stop when the loss decreases by less than ``tol`` relative to the previous iteration.
     random_state : int, RandomState or None
+    n_restarts : int
+        Run this many factorizations from different starting points and keep the one with the
+        lowest final loss. They are batched: W and H of all restarts are stacked side by side
+        (``n_samples x n_restarts*k`` and ``n_restarts*k x n_features``) and every iteration
+        reads X once for all of them, so a restart costs compute, not I/O. Each restart stops
+        on its own ``tol``; the loop ends when all have (or ``max_iter``). With
+        ``n_restarts > 1`` the default init is ``"random"``, restart ``r`` seeded by
+        ``FitResult.restart_seeds[r]`` (``random_state`` itself for restart 0, then
+        ``SeedSequence(random_state).spawn``); an explicit ``init`` (e.g. ``"nndsvda"``) is
+        used by restart 0 and the others start at random. Every loss, missing values and
+        ``w_sum_to_one`` are batched the same way; the 2-D block scheme is not (an error).
+        The chunk plan budgets for the stacked factors (``n_restarts * k`` columns).
     dtype : {"float32", "float64"}, optional
         Compute dtype; default keeps X's floating dtype (integers become float32).
     W_init, H_init : array-like, optional
@@ -323,12 +373,19 @@ def factorize(
     """
     t_start = time.perf_counter()
     _check_params(rank, max_iter, tol, max_time)
+    if (not isinstance(n_restarts, numbers.Integral) or isinstance(n_restarts, bool)
+            or n_restarts < 1):
+        raise InputError(f"n_restarts must be an integer >= 1; got {n_restarts!r}")
+    n_restarts = int(n_restarts)
     if missing not in MISSING:
         raise InputError(f"missing must be 'error' or 'mask'; got {missing!r}")
     masked = missing == "mask" or mask is not None
     beta = resolve_beta(beta_loss)
     solver_name = resolve_solver(solver, beta, masked=masked)
-    init_name = resolve_init(init, has_custom=W_init is not None or H_init is not None)
+    has_custom = W_init is not None or H_init is not None
+    if n_restarts > 1 and init in (None, "auto") and not has_custom:
+        init = "random"  # restarts from one deterministic start would all be the same fit
+    init_name = resolve_init(init, has_custom=has_custom)
     if not isinstance(checkpoint_every, numbers.Integral) or checkpoint_every < 0:
         raise InputError(f"checkpoint_every must be an integer >= 0; got {checkpoint_every!r}")
     ckpt = None
@@ -340,6 +397,10 @@ def factorize(
         ckpt = checkpoint.read(out)
         if random_state is None:
             random_state = ckpt.params.get("seed")
+        if int(ckpt.params.get("n_restarts", 1)) != n_restarts:
+            raise InputError(
+                f"cannot resume: n_restarts was {ckpt.params.get('n_restarts', 1)}, now "
+                f"{n_restarts} — resume with the same parameters (only --max-iter may grow)")
     seed = resolve_seed(random_state)
     if out is not None and not resume:
         check_output(out, overwrite=overwrite)
@@ -357,8 +418,15 @@ def factorize(
                               memory_limit=memory_limit, client=client)
         )
         stack.enter_context(ctx.activate())
-        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes, scheme,
-                         persist_w)
+        # restarts are stacked: the panels carry n_restarts * k columns of W
+        plan = _plan_for(source, rank * n_restarts, ctx, persist_x, max_panel_bytes,
+                         min_panel_bytes, scheme, persist_w)
+        if plan.is_2d and n_restarts > 1:
+            raise InputError(
+                f"n_restarts={n_restarts} batches the restarts in full-width row panels, but one "
+                f"row of X with {n_restarts} x k columns of W does not fit a task "
+                f"({plan.describe()[0]}) — give the workers more memory (--memory-limit), use "
+                "fewer restarts, or run single fits with different random_state")
         w_scratch = _w_scratch(out, stack) if plan.w_in_store else None
         if plan.is_2d and (beta != 2.0 or masked or w_sum_to_one):
             raise InputError(
@@ -401,38 +469,68 @@ def factorize(
                       "alpha_W": alpha_W, "alpha_H": alpha_H, "l1_ratio": l1_ratio,
                       "dtype": str(Xp.dtype), "scheme": plan.scheme, "missing": missing,
                       "mask": None if mask_source is None else mask_source.path,
-                      "w_sum_to_one": bool(w_sum_to_one)}
+                      "w_sum_to_one": bool(w_sum_to_one), "n_restarts": n_restarts}
             writer = _CheckpointWriter(out, overwrite=overwrite, params=params,
                                        fingerprint=checkpoint.fingerprint(Xp, ctx.scheduler),
                                        scheduler=ctx.scheduler, started=resume)
         if ckpt is not None:
             checkpoint.check_compatible(ckpt, writer.params, writer.fingerprint,
                                         max_iter=max_iter)
-            W0 = ckpt.W.astype(Xp.dtype).rechunk((Xp.chunks[0], (rank,)))
+            W0 = ckpt.W.astype(Xp.dtype).rechunk((Xp.chunks[0], (rank * n_restarts,)))
             H0 = ckpt.H
             notes.append(f"resumed from the checkpoint at iteration {ckpt.iteration}")
         else:
             X_init = Xp if not masked else _filled(Xp, mask_p, x_mean)
-            W0, H0 = initialize(X_init, rank, init=init_name, seed=seed, x_mean=x_mean,
-                                W_init=W_init, H_init=H_init)
-            if w_sum_to_one and init_name != "custom":
-                # start feasible: rows of W summing to one, H carrying the scale
-                W0, H0 = _rows_to_simplex(W0, H0)
+            starts = []
+            for r, seed_r in enumerate(restart_seeds(seed, n_restarts)):
+                init_r = init_name if r == 0 else "random"
+                W_r, H_r = initialize(X_init, rank, init=init_r, seed=seed_r, x_mean=x_mean,
+                                      W_init=W_init, H_init=H_init)
+                if w_sum_to_one and init_r not in ("custom", "spa", "vca"):
+                    # start feasible: rows of W summing to one, H carrying the scale (SPA and
+                    # VCA start there already: H are pixels, W their abundances)
+                    W_r, H_r = _rows_to_simplex(W_r, H_r)
+                starts.append((W_r, H_r))
+            if n_restarts == 1:
+                W0, H0 = starts[0]
+            else:
+                W0 = da.concatenate([w for w, _ in starts], axis=1).rechunk(
+                    {1: rank * n_restarts})
+                H0 = np.concatenate([np.asarray(h, dtype=Xp.dtype) for _, h in starts])
+        stacked: RestartsState | None = None
         try:
-            state = iterate(
-                Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx,
-                max_iter=max_iter, tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w,
-                l1_h=l1_h, l2_h=l2_h,
-                bytes_per_iteration=plan.reads_per_iteration and (2 if plan.is_2d else 1)
-                * Xp.nbytes,
-                callback=callback, second_read=not (plan.persist_x or in_memory),
-                start_iteration=ckpt.iteration if ckpt else 0,
-                loss_history=ckpt.loss_history if ckpt else None,
-                seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
-                checkpoint=writer, checkpoint_every=checkpoint_every,
-                beta=beta, masked=masked, mask=mask_p, sum_to_one=bool(w_sum_to_one),
-                w_scratch=w_scratch,
-            )
+            if n_restarts > 1:
+                stacked = iterate_restarts(
+                    Xp, W0, H0, restarts=n_restarts, sq_norm=report.sq_norm,
+                    solver=solver_name, ctx=ctx, max_iter=max_iter, tol=tol, max_time=max_time,
+                    l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
+                    bytes_per_iteration=plan.reads_per_iteration and Xp.nbytes,
+                    callback=callback, start_iteration=ckpt.iteration if ckpt else 0,
+                    loss_history=ckpt.loss_history if ckpt else None,
+                    seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
+                    checkpoint=writer, checkpoint_every=checkpoint_every, beta=beta,
+                    masked=masked, mask=mask_p, sum_to_one=bool(w_sum_to_one),
+                    w_scratch=w_scratch)
+                best = _best_restart(stacked.final_losses)
+                state = stacked.solver_state(best)
+                notes.append(
+                    f"{n_restarts} restarts batched in {stacked.n_iter} passes over X; kept "
+                    f"restart {best} (lowest final loss)")
+            else:
+                state = iterate(
+                    Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx,
+                    max_iter=max_iter, tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w,
+                    l1_h=l1_h, l2_h=l2_h,
+                    bytes_per_iteration=plan.reads_per_iteration and (2 if plan.is_2d else 1)
+                    * Xp.nbytes,
+                    callback=callback, second_read=not (plan.persist_x or in_memory),
+                    start_iteration=ckpt.iteration if ckpt else 0,
+                    loss_history=ckpt.loss_history if ckpt else None,
+                    seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
+                    checkpoint=writer, checkpoint_every=checkpoint_every,
+                    beta=beta, masked=masked, mask=mask_p, sum_to_one=bool(w_sum_to_one),
+                    w_scratch=w_scratch,
+                )
         except Interrupted as exc:
             if writer is not None:
                 writer.interrupted(exc.state)
@@ -460,6 +558,7 @@ def factorize(
             w_sum_to_one=bool(w_sum_to_one),
             regularization={"alpha_W": alpha_W, "alpha_H": alpha_H, "l1_ratio": l1_ratio},
         )
+        _set_restarts(result, stacked, state, order, seed)
         if out is not None:
             result.wall_time_s = time.perf_counter() - t_start
             attrs = _store_attrs(result, source.describe())
@@ -478,6 +577,41 @@ def factorize(
                 result.H = _bring_back(H, ctx, True, notes, name="H")
     result.wall_time_s = time.perf_counter() - t_start
     return result
+
+
+def _best_restart(losses: list[float]) -> int:
+    """The restart with the lowest final loss (NaN never wins; the first on ties)."""
+    values = np.asarray(losses, dtype=np.float64)
+    return int(np.argmin(np.where(np.isnan(values), np.inf, values)))
+
+
+def _set_restarts(result: FitResult, stacked: RestartsState | None, state: Any,
+                  order: np.ndarray, seed: int) -> None:
+    """The per-restart fields of ``result`` (one restart: the fit itself)."""
+    if stacked is None:
+        result.restart_losses = [float(state.final_loss)]
+        result.restart_relative_errors = [float(result.relative_error)]
+        result.restart_n_iter = [int(state.n_iter)]
+        result.restart_seeds = [int(seed)]
+        if not isinstance(state.H, da.Array):
+            result.restart_H = np.asarray(state.H, dtype=np.float64)[order][None]
+            norms = np.sqrt(np.clip(np.diag(state.WtW), 0, None))
+            result.restart_W_norms = norms[order][None]
+        return
+    R = stacked.restarts
+    result.n_restarts = R
+    result.best_restart = _best_restart(stacked.final_losses)
+    result.restart_losses = [float(v) for v in stacked.final_losses]
+    result.restart_relative_errors = [float(v) for v in stacked.final_relative_errors]
+    result.restart_n_iter = [len(h) for h in stacked.loss_history]
+    result.restart_seeds = restart_seeds(seed, R)
+    Hs, norms = [], []
+    for r in range(R):
+        o = component_order(stacked.WtW[r], stacked.HHt[r])
+        Hs.append(stacked.H[stacked.block(r)][o])
+        norms.append(np.sqrt(np.clip(np.diag(stacked.WtW[r]), 0, None))[o])
+    result.restart_H = np.stack(Hs)
+    result.restart_W_norms = np.stack(norms)
 
 
 def _check_variant(source: Any, beta: float, masked: bool) -> None:
@@ -568,11 +702,12 @@ def dry_run(
     overwrite: bool = False,
     missing: str = "error",
     masked: bool = False,
+    n_restarts: int = 1,
 ) -> DryRun:
     """Check the parameters and the output, open X lazily and make the chunk plan; write nothing.
 
     A LocalCluster is planned for but not started; an address is connected to for its workers'
-    sizes.
+    sizes. Restarts are planned as :func:`factorize` runs them: ``n_restarts * rank`` columns.
     """
     from dnmf.cluster import parse_memory, planned_context, resolve_scheduler_name
 
@@ -592,12 +727,13 @@ def dry_run(
     if isinstance(name, str) and name in ("threads", "sync", "local"):
         ctx = planned_context(name, workers=workers, memory_limit=mem)
         where = ctx.describe() + (" (not started)" if name == "local" else "")
-        plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes, scheme)
+        plan = _plan_for(source, rank * n_restarts, ctx, persist_x, max_panel_bytes,
+                         min_panel_bytes, scheme)
     else:
         with execution_context(name, x_nbytes=source.nbytes) as ctx:
             where = ctx.describe()
-            plan = _plan_for(source, rank, ctx, persist_x, max_panel_bytes, min_panel_bytes,
-                             scheme)
+            plan = _plan_for(source, rank * n_restarts, ctx, persist_x, max_panel_bytes,
+                             min_panel_bytes, scheme)
     return DryRun(source=source, plan=plan, where=where, solver=solver_name, init=init_name)
 
 
@@ -726,6 +862,12 @@ def _store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
         "chunk_plan": result.plan.as_dict() if result.plan else None,
         "wall_time_s": result.wall_time_s,
         "seconds_per_iteration": result.seconds_per_iteration,
+        "n_restarts": result.n_restarts,
+        "best_restart": result.best_restart,
+        "restart_losses": result.restart_losses,
+        "restart_relative_errors": result.restart_relative_errors,
+        "restart_n_iter": result.restart_n_iter,
+        "restart_seeds": result.restart_seeds,
         "scaling": "unnormalised (scikit-learn's convention); components ordered by "
                    "decreasing ||W_j|| * ||H_j||",
     }
@@ -884,7 +1026,7 @@ def load(path: str | os.PathLike) -> Any:
                 missing=attrs.get("missing", "error"),
                 w_sum_to_one=bool(attrs.get("w_sum_to_one", False)),
                 alpha_W=attrs.get("alpha_W", 0.0), alpha_H=attrs.get("alpha_H", "same"),
-                l1_ratio=attrs.get("l1_ratio", 0.0))
+                l1_ratio=attrs.get("l1_ratio", 0.0), n_restarts=int(attrs.get("n_restarts", 1)))
     model.components_ = H
     model.n_components_ = H.shape[0]
     model.n_features_in_ = H.shape[1]

@@ -109,6 +109,9 @@ def fit(
     sum_to_one: Annotated[bool, typer.Option(
         "--sum-to-one", help="Rows of W sum to one (abundances).")] = False,
     init: Annotated[Init, typer.Option(help="Initialisation; auto = nndsvda.")] = Init.auto,
+    restarts: Annotated[int, typer.Option(
+        help="Runs from R seeds sharing each read of X; the lowest final loss is kept "
+             "(R > 1: random init unless --init is given, for the first run).")] = 1,
     max_iter: Annotated[int, typer.Option(help="Maximum iterations.")] = 200,
     tol: Annotated[float, typer.Option(
         help="Stop when the loss falls by less than this fraction in one iteration.")] = 1e-4,
@@ -129,6 +132,8 @@ def fit(
     quiet: QuietOpt = False,
 ) -> None:
     """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT (Zarr)."""
+    import numpy as np
+
     from dnmf import api
     from dnmf.errors import InputError
     from dnmf.progress import FitProgress
@@ -140,7 +145,7 @@ def fit(
     variant = dict(alpha_W=alpha_w, alpha_H=_alpha(alpha_h), l1_ratio=l1_ratio, mask=mask,
                    mask_var=mask_var, w_sum_to_one=sum_to_one)
     if dry_run:
-        plan = api.dry_run(input, rank, **common)
+        plan = api.dry_run(input, rank, n_restarts=restarts, **common)
         for line in plan.describe():
             typer.echo(line)
         typer.echo("dry run: nothing was read or written")
@@ -152,12 +157,18 @@ def fit(
             result = api.factorize(
                 input, rank, max_iter=max_iter, tol=tol, random_state=seed, max_time=max_time,
                 checkpoint_every=checkpoint_every, resume=resume, callback=progress,
-                on_plan=_plan_printer(progress), **_fit_only(common), **variant,
+                on_plan=_plan_printer(progress), n_restarts=restarts, **_fit_only(common),
+                **variant,
             )
     except KeyboardInterrupt as exc:  # typer would swallow the message (and the resume hint)
         _exit_with(str(exc) or "interrupted", 130)
     for note in result.notes:
         _echo(f"note: {note}", quiet)
+    if restarts > 1:
+        losses = np.asarray(result.restart_losses)
+        _echo(f"restarts: best {result.best_restart} of {restarts}; final losses "
+              f"{losses.min():.6e} .. {losses.max():.6e} (spread "
+              f"{(losses.max() - losses.min()) / losses.min():.2%} of the best)", quiet)
     state = "converged" if result.converged else f"stopped at {result.stop_reason}"
     _echo(
         f"{state} after {result.n_iter} iterations: relative error {result.relative_error:.6f}, "
@@ -231,6 +242,35 @@ def reconstruct(
                                               overwrite=overwrite, scheduler=scheduler)
     what = f"{n_filled:,} missing entries filled" if only_missing else "W·H"
     _echo(f"{what}; written to {path} (array X)", quiet)
+
+
+@app.command()
+def rank(
+    input: Annotated[str, typer.Argument(help="Zarr/HDF5/NetCDF/.npy path or fsspec URL of X.")],
+    ks: Annotated[str, typer.Option(help="Ranks to survey, A:B inclusive (e.g. 2:20).")],
+    runs: Annotated[int, typer.Option(
+        help="Runs (seeds) per k, sharing each read of X.")] = 10,
+    out: Annotated[str | None, typer.Option(
+        "-o", "--out", help="Report to write (Zarr), readable with xarray.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Directory for PNG plots.")] = None,
+    var: VarOpt = None,
+    heldout_fraction: Annotated[float, typer.Option(
+        help="Fraction of entries hidden for the held-out error.")] = 0.1,
+    max_iter: Annotated[int, typer.Option(help="Maximum iterations per fit.")] = 200,
+    tol: Annotated[float, typer.Option(help="Relative loss decrease to stop a fit.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    scheduler: SchedulerOpt = "auto",
+    workers: WorkersOpt = None,
+    memory_limit: MemoryOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Survey ranks A..B: error, consensus stability, silhouette and held-out error per k."""
+    from dnmf.rank import run_rank_cli
+
+    run_rank_cli(input, ks, runs, out, plots, seed, var=var, scheduler=scheduler,
+                 workers=workers, memory_limit=memory_limit, max_iter=max_iter, tol=tol,
+                 heldout_fraction=heldout_fraction, overwrite=overwrite, quiet=quiet)
 
 
 class UnmixInit(StrEnum):

@@ -30,6 +30,10 @@ class NMF(TransformerMixin, BaseEstimator):
     tol : float
         Relative decrease of the loss between iterations below which the fit stops.
     random_state : int, RandomState or None
+    n_restarts : int
+        Fit from this many starting points, batched so that they share every read of X, and
+        keep the lowest final loss (see :func:`dnmf.factorize`). With more than one, the
+        default init is random (restart 0 uses an explicit ``init``).
     alpha_W, alpha_H, l1_ratio : float
         Regularisation, with scikit-learn's meaning and scaling.
     missing : {"error", "mask"}
@@ -54,6 +58,10 @@ class NMF(TransformerMixin, BaseEstimator):
         ``||X - W H||_F``.
     relative_error_ : float
     loss_history_ : list of float
+    restart_losses_ : list of float
+        Final loss of every restart (one entry without restarts).
+    best_restart_ : int
+        The restart kept.
     result_ : dnmf.api.FitResult
 
     Examples
@@ -76,6 +84,7 @@ class NMF(TransformerMixin, BaseEstimator):
         max_iter: int = 200,
         tol: float = 1e-4,
         random_state: Any = None,
+        n_restarts: int = 1,
         alpha_W: float = 0.0,
         alpha_H: float | str = "same",
         l1_ratio: float = 0.0,
@@ -93,6 +102,7 @@ class NMF(TransformerMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.n_restarts = n_restarts
         self.alpha_W = alpha_W
         self.alpha_H = alpha_H
         self.l1_ratio = l1_ratio
@@ -130,7 +140,7 @@ class NMF(TransformerMixin, BaseEstimator):
         result = api.factorize(
             X, k, solver=self.solver, beta_loss=self.beta_loss, init=self.init,
             max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
-            W_init=W, H_init=H, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
+            n_restarts=self.n_restarts, W_init=W, H_init=H, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
             l1_ratio=self.l1_ratio, missing=self.missing, w_sum_to_one=self.w_sum_to_one,
             scheduler=self.scheduler, max_time=self.max_time, persist_x=self.persist_x, **params,
         )
@@ -142,6 +152,8 @@ class NMF(TransformerMixin, BaseEstimator):
         self.reconstruction_err_ = result.reconstruction_err
         self.relative_error_ = result.relative_error
         self.loss_history_ = result.loss_history
+        self.restart_losses_ = result.restart_losses
+        self.best_restart_ = result.best_restart
         self.W_ = result.W
         return result.W
 

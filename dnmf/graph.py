@@ -251,3 +251,263 @@ def random_w(
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     return da.Array(graph, name, chunks=(tuple(row_chunks), (k,)), dtype=dtype)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Restarts: R factorizations side by side, one read of X per iteration for all of them
+# ---------------------------------------------------------------------------------------------
+
+
+def stacked_panel_step(
+    X: Any,
+    W: Any,
+    H: Any,
+    HHt: Any,
+    observed: Any = None,
+    *,
+    restarts: int,
+    active: tuple[bool, ...],
+    solver: str,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    beta: float = 2.0,
+    masked: bool = False,
+    sum_to_one: bool = False,
+    impute: bool = False,
+) -> tuple[Any, tuple]:
+    """The row-panel task of ``restarts`` factorizations stacked side by side (pure numpy).
+
+    ``W = [W_1 ... W_R]`` (r, R k) and ``H = [H_1; ...; H_R]`` (R k, n): block ``b`` is one
+    independent factorization. The panel ``X_i`` is read once for all of them; each block is
+    updated by exactly the kernel a single fit runs (:func:`dnmf.kernels.update_w` with its own
+    k x k ``HHt[b]``, or :func:`dnmf.divergence.beta_panel_step`), so the result of block ``b``
+    equals a single fit of ``(W_b, H_b)``. Blocks whose ``active`` flag is False (converged)
+    are carried over unchanged.
+
+    Frobenius on fully observed data: ``X_i H^T`` for all blocks is one GEMM, and so is
+    ``W_new^T X_i``; per block only the k x k work (the HALS sweep, the MU step or the NNLS
+    solve) and ``W_b^T W_b``. Other β, missing values: the element-wise terms need each block's
+    own ``W_b H_b``, so the per-block work is that of a single fit (only the read is shared).
+
+    ``impute`` (Frobenius with missing values, any solver): EM imputation — each block fills
+    the missing entries with its own current model, ``Z_b = M X + (1 - M) W_b H_b``, and runs
+    the solver's ordinary update on ``Z_b``. ``||Z_b - W H||^2`` majorizes the masked loss and
+    touches it at the current factors, so the masked loss never rises; HALS or ANLS on the
+    filled panel converge in far fewer iterations than masked multiplicative updates
+    (Zhang et al., "Learning from incomplete ratings using non-negative matrix
+    factorization", SDM 2006, with MU inside).
+
+    Returns
+    -------
+    W_new : (r, R k), X's dtype
+    partials :
+        Frobenius: ``(WtX (R k, n), WtW (R, k, k))`` in float64; with ``impute`` also
+        ``sum(Z_b^2)`` (R,), for the surrogate loss. Otherwise ``(numH (R k, n), denH (R k, n)
+        or (R k, 1), loss (R,), WtW (R, k, k))``, see :func:`dnmf.divergence.beta_panel_step`;
+        the entries of inactive blocks are zeros.
+    """
+    k = W.shape[1] // restarts
+    blocks = [slice(b * k, (b + 1) * k) for b in range(restarts)]
+    W_new = np.array(W, copy=True)
+    WtW = np.zeros((restarts, k, k))
+    if impute and beta == 2.0:
+        Xz, ok = divergence.observed_entries(X, observed, masked)
+        if ok is not None:
+            return _imputed_panel_step(Xz, ok, W, H, HHt, blocks, active, solver=solver, l1=l1,
+                                       l2=l2, sum_to_one=sum_to_one)
+    if not (beta != 2.0 or masked or observed is not None):
+        XHt = np.asarray(X @ H.T)  # (r, R k): one product for every restart
+        for b, sl in enumerate(blocks):
+            if active[b]:
+                W_new[:, sl] = kernels.update_w(
+                    np.ascontiguousarray(W[:, sl]), XHt[:, sl], HHt[b], solver=solver, l1=l1,
+                    l2=l2, sum_to_one=sum_to_one)
+        WtX = (X.T @ W_new).T if hasattr(X, "tocsr") else W_new.T @ X
+        for b, sl in enumerate(blocks):
+            Wb = W_new[:, sl]
+            WtW[b] = Wb.T @ Wb
+        return W_new, (np.asarray(WtX, dtype=np.float64), WtW)
+    numH: list[Any] = [None] * restarts
+    denH: list[Any] = [None] * restarts
+    loss = np.zeros(restarts)
+    for b, sl in enumerate(blocks):
+        if not active[b]:
+            continue
+        Wb, (numH[b], denH[b], loss[b], WtW[b]) = divergence.beta_panel_step(
+            X, np.ascontiguousarray(W[:, sl]), np.ascontiguousarray(H[sl]), beta=beta, l1=l1,
+            l2=l2, observed=observed, masked=masked, sum_to_one=sum_to_one)
+        W_new[:, sl] = Wb
+    first = next(b for b in range(restarts) if active[b])
+    for b in range(restarts):
+        if numH[b] is None:
+            numH[b], denH[b] = np.zeros_like(numH[first]), np.zeros_like(denH[first])
+    return W_new, (np.concatenate(numH), np.concatenate(denH), loss, WtW)
+
+
+def _imputed_panel_step(X: Any, ok: Any, W: Any, H: Any, HHt: Any, blocks: list[slice],
+                        active: tuple[bool, ...], *, solver: str, l1: float, l2: float,
+                        sum_to_one: bool) -> tuple[Any, tuple]:
+    """The EM-imputation branch of :func:`stacked_panel_step` (X zero where not ``ok``)."""
+    restarts, k = len(blocks), blocks[0].stop
+    W_new = np.array(W, copy=True)
+    WtX = np.zeros((restarts * k, X.shape[1]))
+    WtW = np.zeros((restarts, k, k))
+    sq = np.zeros(restarts)
+    for b, sl in enumerate(blocks):
+        if not active[b]:
+            continue
+        Wb, Hb = np.ascontiguousarray(W[:, sl]), np.ascontiguousarray(H[sl])
+        Z = np.where(ok, X, Wb @ Hb)
+        Wb = kernels.update_w(Wb, np.asarray(Z @ Hb.T), HHt[b], solver=solver, l1=l1, l2=l2,
+                              sum_to_one=sum_to_one)
+        W_new[:, sl] = Wb
+        WtX[sl] = Wb.T @ Z
+        WtW[b] = Wb.T @ Wb
+        sq[b] = float(np.square(Z, dtype=np.float64).sum())
+    return W_new, (WtX, WtW, sq)
+
+
+def stacked_panel_loss(X: Any, W: Any, H: Any, observed: Any = None, *, restarts: int,
+                       beta: float, masked: bool = False) -> tuple[np.ndarray, ...]:
+    """``(β-divergence, squared Frobenius residual, Σ M X²)`` of each block on one panel:
+    arrays of shape (R,) (see :func:`dnmf.divergence.panel_loss`)."""
+    k = W.shape[1] // restarts
+    out = np.zeros((3, restarts))
+    for b in range(restarts):
+        sl = slice(b * k, (b + 1) * k)
+        out[:, b] = divergence.panel_loss(X, np.ascontiguousarray(W[:, sl]),
+                                          np.ascontiguousarray(H[sl]), beta=beta,
+                                          observed=observed, masked=masked)
+    return out[0], out[1], out[2]
+
+
+def block_grams(H: np.ndarray, restarts: int) -> np.ndarray:
+    """``(R, k, k)``: ``H_b H_b^T`` of each block of the stacked ``H`` (R k, n), in float64."""
+    k = H.shape[0] // restarts
+    H64 = np.asarray(H, dtype=np.float64)
+    return np.stack([H64[b * k:(b + 1) * k] @ H64[b * k:(b + 1) * k].T for b in range(restarts)])
+
+
+def _panels_graph(X: da.Array, W: da.Array, mask: da.Array | None, consts: dict[str, Any],
+                  func: Any, *, prefix: str, token: str, with_w: bool,
+                  split_every: int) -> tuple[da.Array | None, Delayed]:
+    """A task per row panel, ``func(X_i, W_i, *consts, mask_i)``, and the tree-reduced
+    partials; with ``with_w`` the task returns ``(W_new_i, partials)`` and W_new is an array."""
+    x_keys = _panel_keys(X)
+    w_keys = _panel_keys(W)
+    if X.chunks[0] != W.chunks[0]:
+        raise ValueError(f"W's row chunks {W.chunks[0]} differ from X's {X.chunks[0]}")
+    if mask is not None and mask.chunks != X.chunks:
+        raise ValueError(f"the mask's chunks {mask.chunks} differ from X's {X.chunks}")
+    m_keys = _panel_keys(mask) if mask is not None else [None] * len(x_keys)
+    const_name = f"{prefix}-consts-{token}"
+    const_layer = {(const_name, i): v for i, v in enumerate(consts.values())}
+    const_keys = [(const_name, i) for i in range(len(consts))]
+    task_name, sum_name = f"{prefix}-panel-{token}", f"{prefix}-partials-{token}"
+    task_layer = {
+        (task_name, i): (func, xk, wk, *const_keys, mk)
+        for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))
+    }
+    layers = {**X.__dask_graph__().layers, **W.__dask_graph__().layers,
+              const_name: const_layer, task_name: task_layer}
+    deps = {**X.__dask_graph__().dependencies, **W.__dask_graph__().dependencies,
+            const_name: set(), task_name: {X.name, W.name, const_name}}
+    if mask is not None:
+        layers.update(mask.__dask_graph__().layers)
+        deps.update(mask.__dask_graph__().dependencies)
+        deps[task_name] = deps[task_name] | {mask.name}
+    part_name = task_name
+    if with_w:
+        w_name, part_name = f"{prefix}-W-{token}", f"{prefix}-partial-{token}"
+        layers[w_name] = {(w_name, i, 0): (operator.getitem, (task_name, i), 0)
+                          for i in range(len(x_keys))}
+        layers[part_name] = {(part_name, i): (operator.getitem, (task_name, i), 1)
+                             for i in range(len(x_keys))}
+        deps[w_name] = deps[part_name] = {task_name}
+    sum_layer, final_key = tree_reduce_layer([(part_name, i) for i in range(len(x_keys))],
+                                             sum_name, kernels.sum_partials, split_every)
+    layers[sum_name] = sum_layer
+    deps[sum_name] = {part_name}
+    hlg = HighLevelGraph(layers, deps)
+    W_new = da.Array(hlg, w_name, chunks=W.chunks, dtype=X.dtype) if with_w else None
+    return W_new, Delayed(final_key, hlg, layer=sum_name)
+
+
+def restarts_iteration_graph(
+    X: da.Array,
+    W: da.Array,
+    H: np.ndarray,
+    *,
+    restarts: int,
+    active: Sequence[bool] | None = None,
+    solver: str,
+    l1_w: float = 0.0,
+    l2_w: float = 0.0,
+    beta: float = 2.0,
+    masked: bool = False,
+    mask: da.Array | None = None,
+    sum_to_one: bool = False,
+    impute: bool = False,
+    split_every: int = SPLIT_EVERY,
+) -> tuple[da.Array, Delayed]:
+    """One iteration of ``restarts`` factorizations stacked side by side: one read of X.
+
+    Parameters
+    ----------
+    X : dask array (n_samples, n_features), row panels
+    W : dask array (n_samples, R k), chunked like X's rows: ``[W_1 ... W_R]``
+    H : ndarray (R k, n_features): ``[H_1; ...; H_R]``, cast to X's dtype
+    restarts : int
+        R; ``W.shape[1]`` and ``H.shape[0]`` are multiples of it.
+    active : sequence of R bools, optional
+        Blocks to update (default all); the others are carried over unchanged.
+    solver, l1_w, l2_w, beta, masked, mask, sum_to_one
+        As :func:`iteration_graph`, for every block.
+    impute : bool
+        Missing values (Frobenius): EM imputation with ``solver`` instead of masked
+        multiplicative updates, see :func:`stacked_panel_step`.
+
+    Returns
+    -------
+    W_new : dask array (n_samples, R k)
+    partials : Delayed of the reduced partials of :func:`stacked_panel_step`.
+
+    Notes
+    -----
+    The k x k Gram matrix each block's W update sees is its own ``H_b H_b^T``: the
+    block-diagonal of the stacked ``H H^T``. This is what makes the stacked iteration R
+    independent ones (for the Frobenius loss, HALS, MU and ANLS with a block-diagonal Gram
+    matrix are exactly the per-block updates).
+    """
+    if W.shape[1] % restarts or H.shape[0] != W.shape[1]:
+        raise ValueError(f"W {W.shape} and H {H.shape} do not hold {restarts} equal blocks")
+    active = tuple(bool(a) for a in (active if active is not None else [True] * restarts))
+    if not any(active):
+        raise ValueError("no active restart to update")
+    H = np.ascontiguousarray(H, dtype=X.dtype)
+    HHt = block_grams(H, restarts)
+    general = beta != 2.0 or masked or mask is not None
+    token = tokenize(X.name, W.name, None if mask is None else mask.name, H, restarts, active,
+                     solver, l1_w, l2_w, beta, masked, sum_to_one, impute)
+    func = functools.partial(stacked_panel_step, restarts=restarts, active=active,
+                             solver=solver, l1=l1_w, l2=l2_w, beta=beta, masked=masked,
+                             sum_to_one=sum_to_one, impute=impute)
+    W_new, partials = _panels_graph(X, W, mask if general else None, {"H": H, "HHt": HHt}, func,
+                                    prefix="dnmf-restarts", token=token, with_w=True,
+                                    split_every=split_every)
+    assert W_new is not None
+    return W_new, partials
+
+
+def restarts_loss_graph(X: da.Array, W: da.Array, H: np.ndarray, *, restarts: int,
+                        beta: float, masked: bool = False, mask: da.Array | None = None,
+                        split_every: int = SPLIT_EVERY) -> Delayed:
+    """``(β-divergence (R,), squared Frobenius residual (R,), Σ M X² (R,))`` of each stacked
+    factorization: one read of X."""
+    H = np.ascontiguousarray(H, dtype=X.dtype)
+    token = tokenize(X.name, W.name, None if mask is None else mask.name, H, restarts, beta,
+                     masked)
+    func = functools.partial(stacked_panel_loss, restarts=restarts, beta=beta, masked=masked)
+    _, total = _panels_graph(X, W, mask, {"H": H}, func, prefix="dnmf-restarts-loss",
+                             token=token, with_w=False, split_every=split_every)
+    return total

@@ -381,3 +381,251 @@ def component_order(WtW: np.ndarray, HHt: np.ndarray) -> np.ndarray:
     Gram matrices (``||W_j||^2 = WtW[j, j]``, ``||H_j||^2 = HHt[j, j]``)."""
     contribution = np.sqrt(np.clip(np.diag(WtW), 0, None) * np.clip(np.diag(HHt), 0, None))
     return np.argsort(-contribution, kind="stable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Restarts: R factorizations batched into one pass over X per iteration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RestartsState:
+    """The outcome of :func:`iterate_restarts`: R factorizations stacked side by side.
+
+    ``W`` is ``[W_1 ... W_R]`` (n_samples, R k) and ``H`` is ``[H_1; ...; H_R]`` (R k,
+    n_features, float64); :meth:`block` gives restart ``r``'s columns/rows. ``n_iter`` counts
+    the passes over X; each restart's own iterations are ``len(loss_history[r])``.
+    """
+
+    W: da.Array
+    H: np.ndarray
+    WtW: np.ndarray  # (R, k, k), of each restart's final W
+    HHt: np.ndarray  # (R, k, k), of each restart's final H (float64)
+    restarts: int
+    n_iter: int
+    loss_history: list[list[float]] = field(default_factory=list)
+    seconds_per_iteration: list[float] = field(default_factory=list)
+    #: per restart: "" while it runs, then "tol" / "exact" (converged), "max_iter", "max_time"
+    stop_reasons: list[str] = field(default_factory=list)
+    stop_reason: str = ""
+    final_losses: list[float] = field(default_factory=list)
+    final_relative_errors: list[float] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return self.H.shape[0] // self.restarts
+
+    def block(self, r: int) -> slice:
+        return slice(r * self.k, (r + 1) * self.k)
+
+    @property
+    def converged(self) -> list[bool]:
+        return [s in ("tol", "exact") for s in self.stop_reasons]
+
+    def solver_state(self, r: int) -> SolverState:
+        """Restart ``r`` as an ordinary single-fit :class:`SolverState`."""
+        sl = self.block(r)
+        history = self.loss_history[r]
+        return SolverState(
+            W=self.W[:, sl], H=self.H[sl], WtW=self.WtW[r], HHt=self.HHt[r],
+            n_iter=len(history), converged=self.converged[r], loss_history=list(history),
+            seconds_per_iteration=list(self.seconds_per_iteration),
+            stop_reason=self.stop_reasons[r], final_loss=self.final_losses[r],
+            final_relative_error=self.final_relative_errors[r])
+
+
+def _converged(history: list[float], tol: float) -> str:
+    """The per-restart stopping test of :func:`_record`: "tol", "exact" or ""."""
+    if len(history) > 1 and tol > 0 and (history[-2] - history[-1]) <= tol * history[-2]:
+        return "tol"
+    if history and history[-1] == 0.0:
+        return "exact"
+    return ""
+
+
+class _RestartsRowPanelStep(_RowPanelStep):
+    """One iteration of R stacked factorizations (row panels): W (n, R k) on the workers, the
+    R blocks of H (float64) on the driver, each updated from its own reduced products."""
+
+    def __init__(self, X: da.Array, ctx: ExecutionContext, *, restarts: int, beta: float,
+                 masked: bool, mask: da.Array | None, impute: bool = False,
+                 **kwargs: object) -> None:
+        super().__init__(X, ctx, **kwargs)  # type: ignore[arg-type]
+        self.restarts, self.beta, self.masked, self.mask = restarts, beta, masked, mask
+        missing = masked or mask is not None
+        self.impute = impute and missing and beta == 2.0
+        #: multiplicative updates on the observed entries (β-divergences, missing values)
+        self.general = (beta != 2.0 or missing) and not self.impute
+        #: the final losses need one more pass (the history holds intermediate ones)
+        self.final_pass = beta != 2.0 or missing
+
+    def __call__(self, W: da.Array, H64: np.ndarray, active: list[bool]  # type: ignore[override]
+                 ) -> tuple[da.Array, np.ndarray, np.ndarray, np.ndarray]:
+        """``(W_next, H_next, WtW (R, k, k), loss (R,))``; inactive blocks are unchanged and
+        their WtW and loss entries are NaN."""
+        l1_w, l2_w, l1_h, l2_h = self.regs
+        R = self.restarts
+        k = H64.shape[0] // R
+        W_next, partials = graph.restarts_iteration_graph(
+            self.X, W, H64.astype(self.X.dtype), restarts=R, active=active,
+            solver="mu" if self.general else self.solver, l1_w=l1_w, l2_w=l2_w, beta=self.beta,
+            masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one, impute=self.impute)
+        W_next, parts = self.run(W_next, partials)
+        H_next = H64.copy()
+        losses = np.full(R, np.nan)
+        WtW = np.full((R, k, k), np.nan)
+        for r in range(R):
+            if not active[r]:
+                continue
+            sl = slice(r * k, (r + 1) * k)
+            if self.general:
+                numH, denH, loss, WtW_all = parts
+                H_next[sl] = divergence.update_h_beta(H64[sl], numH[sl], denH[sl],
+                                                      beta=self.beta, l1=l1_h, l2=l2_h)
+                losses[r] = loss[r]
+            else:
+                # with impute, ||Z||^2 of the filled data replaces ||X||^2: the loss is the
+                # EM surrogate, >= the masked loss of the new factors, <= that of the old ones
+                WtX, WtW_all, *sq = parts
+                H_next[sl] = kernels.update_h(H64[sl], WtX[sl], WtW_all[r], solver=self.solver,
+                                              l1=l1_h, l2=l2_h)
+                losses[r] = kernels.frobenius_loss(sq[0][r] if sq else self.sq_norm, WtX[sl],
+                                                   WtW_all[r], H_next[sl])
+            WtW[r] = WtW_all[r]
+        return W_next, H_next, WtW, losses
+
+    def final_all(self, W: da.Array, H64: np.ndarray,
+                  histories: list[list[float]]) -> tuple[list[float], list[float]]:
+        """Final loss and relative error of each restart (one more pass for β / masked)."""
+        if not self.final_pass:
+            losses = [h[-1] if h else float("nan") for h in histories]
+            return losses, [_ratio(v, self.sq_norm) if np.isfinite(v) else float("nan")
+                            for v in losses]
+        part = graph.restarts_loss_graph(self.X, W, H64, restarts=self.restarts,
+                                         beta=self.beta, masked=self.masked, mask=self.mask)
+        (total,) = self.ctx.compute(part)
+        loss, residual, observed_sq = total
+        return ([float(v) for v in loss],
+                [_ratio(float(r), float(s)) for r, s in zip(residual, observed_sq, strict=True)])
+
+
+def iterate_restarts(
+    X: da.Array,
+    W: da.Array,
+    H: object,
+    *,
+    restarts: int,
+    sq_norm: float,
+    solver: str,
+    ctx: ExecutionContext,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    max_time: float | None = None,
+    l1_w: float = 0.0,
+    l2_w: float = 0.0,
+    l1_h: float = 0.0,
+    l2_h: float = 0.0,
+    bytes_per_iteration: int = 0,
+    callback: Callable[[IterationInfo], None] | None = None,
+    start_iteration: int = 0,
+    loss_history: list[list[float]] | None = None,
+    seconds_per_iteration: list[float] | None = None,
+    checkpoint: Callable[[RestartsState], da.Array | None] | None = None,
+    checkpoint_every: int = 0,
+    beta: float = 2.0,
+    masked: bool = False,
+    mask: da.Array | None = None,
+    sum_to_one: bool = False,
+    w_scratch: str | None = None,
+    impute: bool = False,
+) -> RestartsState:
+    """R factorizations from R starting points, batched: one read of X per iteration for all.
+
+    ``W = [W_1 ... W_R]`` (n_samples, R k) and ``H = [H_1; ...; H_R]`` (R k, n_features) are
+    stacked; each iteration runs :func:`dnmf.graph.restarts_iteration_graph`, whose panel tasks
+    update every block with exactly the kernel of a single fit, and updates each block of H on
+    the driver from its own ``W_b^T X`` and ``W_b^T W_b``. Restart ``r``'s iterates are those of
+    :func:`iterate` started from ``(W_r, H_r)``.
+
+    Each restart stops on its own when its loss decreases by less than ``tol`` (relative) or
+    reaches 0: it is then frozen (no longer updated), so its result is the one a single fit
+    would stop at. The loop ends when every restart has stopped, after ``max_iter`` iterations,
+    or when ``max_time`` has passed. Row panels only (the 2-D block scheme is not batched).
+
+    Parameters are those of :func:`iterate`; ``loss_history`` is one list per restart (for a
+    resumed run) and ``checkpoint`` is called with the :class:`RestartsState`. The callback
+    receives the lowest current loss among the restarts. ``impute`` (Frobenius with missing
+    values): EM imputation with ``solver`` (hals, anls or mu on the filled data, see
+    :func:`dnmf.graph.stacked_panel_step`) instead of masked multiplicative updates; the
+    history then holds the EM surrogate loss (an upper bound of the masked loss, which never
+    rises) and the final losses are the exact masked ones.
+
+    Raises
+    ------
+    Interrupted
+        On KeyboardInterrupt, carrying the :class:`RestartsState` of the last complete
+        iteration.
+    """
+    if len(X.chunks[1]) > 1:
+        raise ValueError("restarts are batched in the row-panel scheme only")
+    step = _RestartsRowPanelStep(
+        X, ctx, restarts=restarts, beta=beta, masked=masked, mask=mask, solver=solver,
+        sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch, l1_w=l1_w, l2_w=l2_w,
+        l1_h=l1_h, l2_h=l2_h, impute=impute)
+    W, H64, _ = step.prepare(W, H)
+    k = H64.shape[0] // restarts
+    histories = [list(h) for h in (loss_history or [[] for _ in range(restarts)])]
+    if len(histories) != restarts:
+        raise ValueError(f"{len(histories)} loss histories for {restarts} restarts")
+    state = RestartsState(
+        W=W, H=H64, WtW=np.zeros((restarts, k, k)), HHt=graph.block_grams(H64, restarts),
+        restarts=restarts, n_iter=start_iteration, loss_history=histories,
+        seconds_per_iteration=list(seconds_per_iteration or []),
+        # resumed: a restart whose history is shorter than the passes had stopped before
+        stop_reasons=[_converged(h, tol) if len(h) == start_iteration
+                      else _converged(h, tol) or "tol" for h in histories],
+        stop_reason="max_iter")
+    t_start = time.perf_counter()
+    try:
+        for it in range(start_iteration + 1, max_iter + 1):
+            active = [not s for s in state.stop_reasons]
+            if not any(active):
+                break
+            t0 = time.perf_counter()
+            W, H64, WtW, losses = step(W, H64, active)
+            dt = time.perf_counter() - t0
+            state.W, state.H, state.n_iter = W, H64, it
+            state.seconds_per_iteration.append(dt)
+            for r in np.flatnonzero(active):
+                state.WtW[r] = WtW[r]
+                state.loss_history[r].append(float(losses[r]))
+                state.stop_reasons[r] = _converged(state.loss_history[r], tol)
+            state.HHt = graph.block_grams(H64, restarts)
+            best = int(np.nanargmin(losses))
+            if callback is not None:
+                rel = (_ratio(losses[best], sq_norm) if not step.general
+                       or (beta == 2.0 and mask is None) else float("nan"))
+                callback(IterationInfo(it, float(losses[best]), rel, dt, bytes_per_iteration,
+                                       max_iter))
+            if all(state.stop_reasons):
+                break
+            if max_time is not None and time.perf_counter() - t_start >= max_time:
+                state.stop_reason = "max_time"
+                break
+            if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 and (
+                    it < max_iter):
+                restart = checkpoint(state)
+                if restart is not None:
+                    W = restart.rechunk(W.chunks)
+                    if w_scratch is None:
+                        (W,) = ctx.persist(W)
+                    state.W = W
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(state) from exc  # type: ignore[arg-type]
+    state.stop_reasons = [s or state.stop_reason for s in state.stop_reasons]
+    state.stop_reason = "tol" if all(state.converged) else state.stop_reason
+    state.final_losses, state.final_relative_errors = step.final_all(
+        state.W, state.H, state.loss_history)
+    return state

@@ -110,7 +110,6 @@ def test_failed_run_leaves_no_output(tmp_path, X):
         (dict(rank=3, random_state=-4), "random_state must be >= 0"),
         (dict(rank=3, alpha_W=-1.0), "alpha_W must be a number >= 0"),
         (dict(rank=3, init="custom"), "needs W_init and H_init"),
-        (dict(rank=3, init="spa"), "endmember initialisation"),
     ],
 )
 def test_parameter_errors(X, kwargs, message):

@@ -386,3 +386,34 @@ def test_variant_errors_are_one_line(tmp_path, counts_zarr, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not out.exists()
+
+
+def test_fit_with_restarts_reports_their_spread(good_zarr, tmp_path):
+    out = tmp_path / "r.zarr"
+    proc = run_cli("fit", str(good_zarr), "-k", "3", "-o", str(out), "--restarts", "4",
+                   "--seed", "1", "--scheduler", "threads", "--max-iter", "50")
+    assert proc.returncode == 0, proc.stderr
+    assert "restarts: best " in proc.stdout and "of 4; final losses" in proc.stdout
+    attrs = xr.open_zarr(out).attrs
+    assert attrs["n_restarts"] == 4 and len(attrs["restart_losses"]) == 4
+    assert min(attrs["restart_losses"]) == attrs["restart_losses"][attrs["best_restart"]]
+
+
+def test_rank_survey_report_plots_and_last_line(tmp_path):
+    from tests.test_rank import planted
+
+    X = planted(600, 40, 3, seed=1).astype(np.float32)  # zero-mean noise: rank 3 exactly
+    src = _zarr(tmp_path, X, "x.zarr")
+    out, plots = tmp_path / "rank.zarr", tmp_path / "plots"
+    proc = run_cli("rank", src, "--ks", "2:4", "--runs", "3", "-o", str(out), "--plots",
+                   str(plots), "--scheduler", "threads", "--max-iter", "100")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "recommended k: 3"
+    report = xr.open_zarr(out)
+    assert report.attrs["recommended_k"] == 3 and report.attrs["criterion"] == "heldout_error"
+    assert list(report["k"].values) == [2, 3, 4]
+    for name in ("relative_error", "cophenetic", "dispersion", "silhouette", "heldout_error"):
+        assert np.isfinite(report[name].values).all(), name
+    assert len(list(plots.glob("*.png"))) >= 5
+    bad = run_cli("rank", src, "--ks", "5:2", "-o", str(tmp_path / "r2.zarr"))
+    assert bad.returncode == 1 and bad.stderr.startswith("error:")
