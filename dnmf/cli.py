@@ -60,6 +60,10 @@ WorkersOpt = Annotated[int | None, typer.Option(help="LocalCluster worker proces
 MemoryOpt = Annotated[str | None, typer.Option(help="Memory per LocalCluster worker, e.g. 2GB.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed (default: fresh, recorded).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing OUT.")]
+MaxIterOpt = Annotated[int, typer.Option(help="Maximum iterations.")]
+TolOpt = Annotated[float, typer.Option(
+    help="Stop when the loss falls by less than this fraction in one iteration.")]
 VarOpt = Annotated[str | None, typer.Option(
     help="Array/variable/dataset inside INPUT (a Zarr group, HDF5 file or NetCDF).")]
 
@@ -112,9 +116,8 @@ def fit(
     restarts: Annotated[int, typer.Option(
         help="Runs from R seeds sharing each read of X; the lowest final loss is kept "
              "(R > 1: random init unless --init is given, for the first run).")] = 1,
-    max_iter: Annotated[int, typer.Option(help="Maximum iterations.")] = 200,
-    tol: Annotated[float, typer.Option(
-        help="Stop when the loss falls by less than this fraction in one iteration.")] = 1e-4,
+    max_iter: MaxIterOpt = 200,
+    tol: TolOpt = 1e-4,
     seed: SeedOpt = None,
     dtype: Annotated[DType | None, typer.Option(help="Compute dtype (default: X's).")] = None,
     scheduler: SchedulerOpt = "auto",
@@ -126,7 +129,7 @@ def fit(
     resume: Annotated[bool, typer.Option(
         help="Continue an interrupted run in OUT (same input and options; --max-iter may "
              "grow).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the chunk plan and memory per worker; write nothing.")] = False,
     quiet: QuietOpt = False,
@@ -204,7 +207,7 @@ def transform(
     workers: WorkersOpt = None,
     memory_limit: MemoryOpt = None,
     seed: SeedOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """W for the rows of INPUT with the model's H fixed; OUT has the layout of a fit's store."""
@@ -230,7 +233,7 @@ def reconstruct(
     workers: WorkersOpt = None,
     memory_limit: MemoryOpt = None,
     seed: SeedOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write W·H chunk by chunk (e.g. to fill the missing entries of a masked fit)."""
@@ -256,13 +259,13 @@ def rank(
     var: VarOpt = None,
     heldout_fraction: Annotated[float, typer.Option(
         help="Fraction of entries hidden for the held-out error.")] = 0.1,
-    max_iter: Annotated[int, typer.Option(help="Maximum iterations per fit.")] = 200,
-    tol: Annotated[float, typer.Option(help="Relative loss decrease to stop a fit.")] = 1e-4,
+    max_iter: MaxIterOpt = 200,
+    tol: TolOpt = 1e-4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     scheduler: SchedulerOpt = "auto",
     workers: WorkersOpt = None,
     memory_limit: MemoryOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Survey ranks A..B: error, consensus stability, silhouette and held-out error per k."""
@@ -303,14 +306,13 @@ def unmix(
     plots: Annotated[Path | None, typer.Option(help="Directory for PNG plots.")] = None,
     netcdf: Annotated[Path | None, typer.Option(
         help="Also write the result as NetCDF to this file.")] = None,
-    max_iter: Annotated[int, typer.Option(help="Maximum iterations.")] = 200,
-    tol: Annotated[float, typer.Option(
-        help="Stop when the loss falls by less than this fraction in one iteration.")] = 1e-4,
+    max_iter: MaxIterOpt = 200,
+    tol: TolOpt = 1e-4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     scheduler: SchedulerOpt = "auto",
     workers: WorkersOpt = None,
     memory_limit: MemoryOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT."""

@@ -1,7 +1,11 @@
-"""Shared fixtures: planted low-rank data and a real 2-process LocalCluster."""
+"""Shared fixtures: planted low-rank data, a real 2-process LocalCluster, a compute counter."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import dask
 import numpy as np
 import pytest
 
@@ -145,3 +149,26 @@ def peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+class ComputeCounter:
+    """A dask scheduler that counts how often it is asked to compute (then runs in-thread).
+
+    Installed with ``dask.config.set(scheduler=...)`` it sees every ``compute``/``persist``,
+    the same idea as xarray's ``raise_if_dask_computes``.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return dask.get(dsk, keys, **kwargs)
+
+
+@pytest.fixture
+def count_computes() -> Iterator[ComputeCounter]:
+    """Route every dask compute in the test through a counter."""
+    counter = ComputeCounter()
+    with dask.config.set(scheduler=counter):
+        yield counter

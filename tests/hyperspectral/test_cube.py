@@ -8,9 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import dask
 import dask.array as da
 import h5py
 import numpy as np
@@ -29,24 +27,6 @@ WL = np.array([450.0, 550.5, 650.0, 1400.0, 2200.0])
 Y = 4100000.0 - 15.0 - 30.0 * np.arange(NY)
 X_ = 500000.0 + 15.0 + 30.0 * np.arange(NX)
 UTM = ["UTM", 1.0, 1.0, 500000.0, 4100000.0, 30.0, 30.0, 13, "North", "WGS-84", "units=Meters"]
-
-
-class ComputeCounter:
-    """A scheduler that counts compute calls (the idea of xarray's raise_if_dask_computes)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return dask.get(dsk, keys, **kwargs)
-
-
-@pytest.fixture
-def count_computes():
-    counter = ComputeCounter()
-    with dask.config.set(scheduler=counter):
-        yield counter
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -25,24 +24,6 @@ from dnmf.hyperspectral.prepare import (
 )
 
 NY, NX, NB = 9, 11, 6
-
-
-class ComputeCounter:
-    """A scheduler that counts compute calls (the idea of xarray's raise_if_dask_computes)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return dask.get(dsk, keys, **kwargs)
-
-
-@pytest.fixture
-def count_computes():
-    counter = ComputeCounter()
-    with dask.config.set(scheduler=counter):
-        yield counter
 
 
 def make_values(seed: int = 0, ny: int = NY, nx: int = NX, nb: int = NB) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Fixtures for the io tests: a small matrix, real files of every format, a compute counter."""
+"""Fixtures for the io tests: a small matrix and real files of every format."""
 
 from __future__ import annotations
 
@@ -7,36 +7,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import dask
 import fsspec
 import h5py
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
-
-
-class ComputeCounter:
-    """A dask scheduler that counts how often it is asked to compute (then runs in-thread).
-
-    Installed with ``dask.config.set(scheduler=...)`` it sees every ``compute``/``persist``,
-    the same idea as xarray's ``raise_if_dask_computes``.
-    """
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        return dask.get(dsk, keys, **kwargs)
-
-
-@pytest.fixture
-def count_computes() -> Iterator[ComputeCounter]:
-    """Route every dask compute in the test through a counter."""
-    counter = ComputeCounter()
-    with dask.config.set(scheduler=counter):
-        yield counter
 
 
 @pytest.fixture(scope="session")
