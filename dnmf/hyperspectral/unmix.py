@@ -24,11 +24,18 @@ import xarray as xr
 from dnmf import __version__
 from dnmf.api import factorize
 from dnmf.cluster import execution_context
-from dnmf.errors import InputError, OutputError
+from dnmf.errors import InputError
 from dnmf.hyperspectral.cube import open_cube
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
-from dnmf.io.result_store import _local_path, check_output, consolidate, jsonable, open_result
+from dnmf.io.result_store import (
+    _local_path,
+    check_output,
+    consolidate,
+    jsonable,
+    open_result,
+    write_atomically,
+)
 
 UNMIX_INITS = ("spa", "vca", "nndsvda", "random")
 
@@ -114,11 +121,8 @@ def unmix(
     keep = resolve_bad_bands(data, bad_bands)
     with execution_context(scheduler, x_nbytes=int(data.nbytes), workers=workers,
                            memory_limit=memory_limit, client=client) as ctx, ctx.activate():
-        pm = pixel_matrix(data, keep)
+        pm = pixel_matrix(data, keep)  # refuses a cube without one valid pixel
         n_valid = int(pm.X.shape[0])
-        if n_valid == 0:
-            raise InputError("every pixel of the cube is no-data (NaN or the no-data value) — "
-                             "check the no-data value and the bands kept")
         estimate = None
         if n_endmembers == "auto":
             estimate = estimate_endmembers(pm.X, max_endmembers=min(n_valid, int(keep.sum())))
@@ -272,8 +276,6 @@ def _unmix_attrs(fit_attrs: dict, data: xr.DataArray, pm: PixelMatrix, keep: np.
 
 
 def _write_zarr(dataset: xr.Dataset, output: Any, *, overwrite: bool) -> None:
-    from dnmf.io.result_store import write_atomically
-
     def write(path: str) -> None:
         ds = dataset.copy()
         ds.attrs["status"] = "running"
@@ -294,19 +296,11 @@ def _zarr_chunks(array: xr.DataArray) -> tuple[int, ...]:
 
 
 def _write_netcdf(dataset: xr.Dataset, path: Any, *, overwrite: bool) -> None:
-    """NetCDF next to the Zarr store, atomically; attrs NetCDF cannot hold become JSON text."""
+    """A NetCDF copy, written atomically; attrs NetCDF cannot hold become JSON text."""
     import json
 
-    target = Path(path).absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
     ds = dataset.copy()
     ds.attrs = {key: value if isinstance(value, str | int | float) and not isinstance(
         value, bool) else json.dumps(jsonable(value)) for key, value in ds.attrs.items()}
-    tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        if target.exists() and not overwrite:
-            raise OutputError(f"{target} exists — pass overwrite=True (--overwrite)")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(Path(path), lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"),
+                     overwrite=overwrite)

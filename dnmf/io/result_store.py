@@ -80,9 +80,10 @@ def write_result(
 def write_atomically(out: str | os.PathLike, write: Any, *, overwrite: bool = False) -> str:
     """Call ``write(store_path)`` on a hidden sibling of ``out``, then rename it into place.
 
-    A crash or an error leaves nothing at ``out`` (the partial directory is removed); an
-    existing ``out`` is replaced only with ``overwrite`` and only once the new one is whole.
-    Remote URLs are written in place (no atomic rename on object stores). Returns the path.
+    ``write`` may make a directory (a Zarr store) or a single file (NetCDF). A crash or an
+    error leaves nothing at ``out`` (the partial output is removed); an existing ``out`` is
+    replaced only with ``overwrite`` and only once the new one is whole. Remote URLs are
+    written in place (no atomic rename on object stores). Returns the path.
     """
     check_output(out, overwrite=overwrite)
     path = _local_path(out)
@@ -98,13 +99,20 @@ def write_atomically(out: str | os.PathLike, write: Any, *, overwrite: bool = Fa
             trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, trash)
             os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove(trash)
         else:
             os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
     return str(path)
+
+
+def _remove(path: Path) -> None:
+    """Delete a directory tree or a file, if there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _write_group(store: str, W: da.Array, H: Any, attrs: dict, scheduler: Any) -> None:

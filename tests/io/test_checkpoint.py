@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -133,3 +135,30 @@ def test_resume_refuses_complete_missing_and_contradictions(tmp_path, X):
         dnmf.factorize(data(X), 4, out=out, resume=True, max_iter=10, **KW)
     with pytest.raises(InputError, match="contradict"):
         dnmf.factorize(data(X), 4, out=out, resume=True, overwrite=True, **KW)
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_write_atomically_leaves_nothing_behind_on_failure_and_replaces_whole(tmp_path, kind):
+    from dnmf.io.result_store import write_atomically
+
+    out = tmp_path / ("out.zarr" if kind == "directory" else "out.nc")
+
+    def write(path, text="new"):
+        if kind == "directory":
+            Path(path).mkdir()
+            (Path(path) / "data").write_text(text)
+        else:
+            Path(path).write_text(text)
+
+    def broken(path):
+        write(path)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(out, broken)
+    assert list(tmp_path.iterdir()) == []  # no output and no partial sibling
+    write_atomically(out, lambda p: write(p, "first"))
+    write_atomically(out, lambda p: write(p, "second"), overwrite=True)
+    content = (out / "data") if kind == "directory" else out
+    assert content.read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the old one is gone too
