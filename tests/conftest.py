@@ -1,13 +1,19 @@
-"""Shared fixtures: planted low-rank data, a real 2-process LocalCluster, a compute counter."""
+"""Shared fixtures: planted low-rank data, a real 2-process LocalCluster, counters of computes
+and of store reads."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
+import zarr
+from zarr.storage import LocalStore, LoggingStore
 
 
 def make_planted(
@@ -172,3 +178,19 @@ def count_computes() -> Iterator[ComputeCounter]:
     counter = ComputeCounter()
     with dask.config.set(scheduler=counter):
         yield counter
+
+
+def logged_store(path: Path, X: np.ndarray, chunks: tuple[int, int]
+                 ) -> tuple[LoggingStore, da.Array]:
+    """Write X to a Zarr array at ``path`` and open it through a store that counts its reads
+    (``store.counter["get"]``), as a dask array of the stored chunks."""
+    zarr.create_array(LocalStore(path), shape=X.shape, chunks=chunks, dtype=X.dtype)[...] = X
+    store = LoggingStore(LocalStore(path, read_only=True), log_handler=logging.NullHandler())
+    return store, da.from_zarr(zarr.open_array(store, mode="r"))
+
+
+@pytest.fixture
+def logged_zarr(tmp_path) -> tuple[np.ndarray, LoggingStore, da.Array]:
+    """A planted 240 x 30 float32 X in 40-row chunks, read through a counting store."""
+    X, _, _ = make_planted(240, 30, 4, dtype="float32")
+    return (X, *logged_store(tmp_path / "x.zarr", X, (40, 30)))

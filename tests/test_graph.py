@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
 from dask.callbacks import Callback
-from zarr.storage import LocalStore, LoggingStore
+from zarr.storage import LocalStore
 
 from dnmf import graph, kernels
 from dnmf.cluster import ExecutionContext
@@ -27,16 +25,6 @@ class CountComputes(Callback):
 
     def _start(self, dsk):
         self.n += 1
-
-
-@pytest.fixture
-def logged_zarr(tmp_path):
-    X, _, _ = make_planted(240, 30, 4, dtype="float32")
-    path = tmp_path / "x.zarr"
-    arr = zarr.create_array(LocalStore(path), shape=X.shape, chunks=(40, 30), dtype="float32")
-    arr[...] = X
-    store = LoggingStore(LocalStore(path, read_only=True), log_handler=logging.NullHandler())
-    return X, store, da.from_zarr(zarr.open_array(store, mode="r"))
 
 
 @pytest.mark.parametrize("solver", ["hals", "mu", "anls"])

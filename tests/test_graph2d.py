@@ -3,20 +3,17 @@ iteration, H chunked on the workers."""
 
 from __future__ import annotations
 
-import logging
-
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from zarr.storage import LocalStore, LoggingStore
 
 import dnmf
 from dnmf import graph
 from dnmf.cluster import execution_context
 from dnmf.solvers import iterate
-from tests.conftest import make_planted
+from tests.conftest import logged_store, make_planted
 
 
 def fit(X, chunks, scheme, **kw):
@@ -49,10 +46,7 @@ def test_mu_loss_is_monotone_in_2d():
 
 def test_two_reads_of_each_block_per_iteration(tmp_path):
     X = make_planted(240, 40, 4, dtype="float32")[0]
-    path = tmp_path / "x.zarr"
-    zarr.create_array(LocalStore(path), shape=X.shape, chunks=(60, 20), dtype="float32")[...] = X
-    store = LoggingStore(LocalStore(path, read_only=True), log_handler=logging.NullHandler())
-    Xd = da.from_zarr(zarr.open_array(store, mode="r"))
+    store, Xd = logged_store(tmp_path / "x.zarr", X, (60, 20))
     W = graph.random_w(Xd.chunks[0], 4, seed=0, scale=1.0, dtype=np.float32)
     H = np.random.default_rng(0).random((4, 40)).astype(np.float32)
     with execution_context("threads") as ctx:

@@ -7,13 +7,10 @@ iteration whatever R is.
 
 from __future__ import annotations
 
-import logging
-
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from zarr.storage import LocalStore, LoggingStore
 
 import dnmf
 from dnmf.api import restart_seeds
@@ -39,20 +36,10 @@ def separate_fits(X, k, seeds, **kw):
             for s in seeds]
 
 
-@pytest.fixture
-def logged_zarr(tmp_path):
-    X, _, _ = make_planted(240, 30, 4, dtype="float32")
-    path = tmp_path / "x.zarr"
-    arr = zarr.create_array(LocalStore(path), shape=X.shape, chunks=(40, 30), dtype="float32")
-    arr[...] = X
-    store = LoggingStore(LocalStore(path, read_only=True), log_handler=logging.NullHandler())
-    return store, da.from_zarr(zarr.open_array(store, mode="r"))
-
-
 @pytest.mark.parametrize(("solver", "beta"), [("hals", 2.0), ("mu", 2.0), ("mu", 1.0)])
 def test_x_is_read_once_per_iteration_for_1_and_10_restarts(logged_zarr, solver, beta):
     """Store reads between consecutive iterations, counted through the public API."""
-    store, Xd = logged_zarr
+    _, store, Xd = logged_zarr
     per_iteration = {}
     for R in (1, 10):
         marks: list[int] = []
