@@ -18,7 +18,6 @@ Results go to ``benchmarks/results/losses-<profile>.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import DATA, machine, save_report
+from benchmarks.run import DATA, new_report, parse_profile, save_report
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"rows": 100_000, "cols": 500, "k": 10, "iters": 4, "sk": (5_000, 500, 10, 30),
@@ -248,13 +247,9 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    profile = "quick" if args.quick else "full"
+    _, profile = parse_profile(__doc__, argv)
     cfg = PROFILES[profile]
-    report: dict[str, Any] = {"profile": profile, "date": time.strftime("%Y-%m-%d"),
-                              "machine": machine()}
+    report = new_report(profile)
     report["out_of_core"] = out_of_core(cfg)
     report["sklearn"] = against_sklearn(*cfg["sk"])
     report["sparse"] = sparse(cfg)

@@ -18,14 +18,20 @@ and reports R=10 / R=1 and each against (a). The full profile uses the 4 GB stor
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import machine, planted_zarr, save_report, time_read
+from benchmarks.run import (
+    describe_store,
+    new_report,
+    parse_profile,
+    planted_zarr,
+    save_report,
+    time_read,
+)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"rows": 125_000, "cols": 500, "planted_k": 20, "k": 8, "iters": 4, "reads": 2,
@@ -84,23 +90,13 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the 0.25 GB profile (~1 minute)")
-    parser.add_argument("--solvers", nargs="*", default=None)
-    args = parser.parse_args(argv)
-    profile = "quick" if args.quick else "full"
+    args, profile = parse_profile(__doc__, argv, quick_help="the 0.25 GB profile (~1 minute)",
+                                  solvers=True)
     cfg = PROFILES[profile]
-    import zarr
     from distributed import Client, LocalCluster
 
     path = planted_zarr(cfg["rows"], cfg["cols"], cfg["planted_k"])
-    z = zarr.open_array(str(path))
-    report: dict[str, Any] = {
-        "profile": profile, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-        "k": cfg["k"], "path": str(path),
-        "x": {"shape": list(z.shape), "gb": z.nbytes / 1e9,
-              "chunks": f"{z.chunks[0]:,} x {z.chunks[1]}"},
-    }
+    report = new_report(profile, k=cfg["k"], path=str(path), x=describe_store(path))
     cores = os.cpu_count() or 1
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:

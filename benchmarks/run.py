@@ -79,6 +79,32 @@ def machine() -> dict[str, Any]:
     }
 
 
+def parse_profile(doc: str, argv: list[str] | None, *, quick_help: str | None = None,
+                  solvers: bool = False) -> tuple[argparse.Namespace, str]:
+    """The command line every benchmark shares: ``--quick`` (and ``--solvers``); the profile."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    if solvers:
+        parser.add_argument("--solvers", nargs="*", default=None)
+    args = parser.parse_args(argv)
+    return args, "quick" if args.quick else "full"
+
+
+def new_report(profile: str, **fields: Any) -> dict[str, Any]:
+    """A report's header: profile, date and the machine's description, then ``fields``."""
+    return {"profile": profile, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+            **fields}
+
+
+def describe_store(path: Path) -> dict[str, Any]:
+    """Shape, size and chunks of a Zarr array, for a report."""
+    import zarr
+
+    z = zarr.open_array(str(path))
+    return {"shape": list(z.shape), "gb": z.nbytes / 1e9,
+            "chunks": f"{z.chunks[0]:,} x {z.chunks[1]}"}
+
+
 def save_report(name: str, report: dict[str, Any], text: str) -> None:
     """``results/<name>.json`` and ``.md``, and the table on stdout."""
     RESULTS.mkdir(exist_ok=True)
@@ -214,22 +240,13 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the ~2 minute profile")
-    parser.add_argument("--solvers", nargs="*", default=None)
-    args = parser.parse_args(argv)
-    profile = "quick" if args.quick else "full"
+    args, profile = parse_profile(__doc__, argv, quick_help="the ~2 minute profile",
+                                  solvers=True)
     cfg = PROFILES[profile]
     from distributed import Client, LocalCluster
 
     path = planted_zarr(cfg["rows"], cfg["cols"], cfg["k"])
-    report: dict[str, Any] = {"profile": profile, "date": time.strftime("%Y-%m-%d"),
-                              "machine": machine(), "k": cfg["k"]}
-    import zarr
-
-    z = zarr.open_array(str(path))
-    report["x"] = {"shape": list(z.shape), "gb": z.nbytes / 1e9,
-                   "chunks": f"{z.chunks[0]:,} x {z.chunks[1]}"}
+    report = new_report(profile, k=cfg["k"], x=describe_store(path))
     cores = os.cpu_count() or 1
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:

@@ -15,13 +15,11 @@ Results go to ``benchmarks/results/scaling-<profile>.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from typing import Any
 
 from benchmarks.losses import _peak_rss, _reset_peak, time_read
-from benchmarks.run import machine, planted_zarr, save_report
+from benchmarks.run import new_report, parse_profile, planted_zarr, save_report
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"io": (250_000, 500, 10), "compute": (62_500, 500, 100), "iters": 3,
@@ -110,13 +108,9 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    profile = "quick" if args.quick else "full"
+    _, profile = parse_profile(__doc__, argv)
     cfg = PROFILES[profile]
-    report: dict[str, Any] = {"profile": profile, "date": time.strftime("%Y-%m-%d"),
-                              "machine": machine()}
+    report = new_report(profile)
     report["scaling"] = scaling(cfg)
     report["larger_than_memory"] = larger_than_memory(cfg)
     save_report(f"scaling-{profile}", report, render(report))

@@ -17,7 +17,6 @@ Results go to ``benchmarks/results/unmix-<profile>.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.losses import _peak_rss, _reset_peak
-from benchmarks.run import DATA, machine, save_report
+from benchmarks.run import DATA, new_report, parse_profile, save_report
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"big": (1200, 1200), "tile": (200, 200), "limit": "400MB", "iters": 5},
@@ -140,12 +139,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    profile = "quick" if args.quick else "full"
-    report: dict[str, Any] = {"profile": profile, "date": time.strftime("%Y-%m-%d"),
-                              "machine": machine()}
+    _, profile = parse_profile(__doc__, argv)
+    report = new_report(profile)
     report["accuracy"] = accuracy()
     report["larger_than_memory"] = larger_than_memory(PROFILES[profile])
     save_report(f"unmix-{profile}", report, render(report))
