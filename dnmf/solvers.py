@@ -10,6 +10,7 @@ reads).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from dnmf import divergence, graph, graph2d, kernels
 from dnmf.cluster import ExecutionContext
+from dnmf.io.zarr_ import read_version
 
 SOLVERS = ("hals", "mu", "anls")
 SOLVER_ALIASES = {"cd": "hals", "auto": "hals"}
@@ -131,6 +133,7 @@ class _WStore:
         self.path, self.row_chunks = path, X.chunks[0]
         self.rows = int(max(X.chunks[0]))
         self.turn = 0
+        self.run = uuid.uuid4().hex  # with the turn, names each slot's content (read_version)
 
     def _array(self, slot: str, W: da.Array) -> object:
         import zarr
@@ -149,7 +152,8 @@ class _WStore:
         import zarr
 
         arr = zarr.open_array(f"{self.path}/{slot}", mode="r")
-        return da.from_zarr(arr).rechunk((self.row_chunks, arr.shape[1]))
+        return read_version(arr, f"{self.run}-{self.turn}").rechunk(
+            (self.row_chunks, arr.shape[1]))
 
     def put(self, W: da.Array, ctx: ExecutionContext) -> da.Array:
         stored, slot = self.store(W)

@@ -29,6 +29,7 @@ from dnmf.io.result_store import (
     consolidate,
     jsonable,
 )
+from dnmf.io.zarr_ import read_version
 
 GROUP = "checkpoint"
 SLOTS = ("a", "b")
@@ -101,14 +102,16 @@ def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
     slot = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
     target = group.require_group(slot)
     _write_arrays(target, W, H, scheduler)
+    version = uuid.uuid4().hex  # names what the slot holds now (see read_version)
     target.attrs.update(jsonable({"iteration": iteration, "loss_history": loss_history,
-                                   "seconds_per_iteration": seconds_per_iteration}))
+                                   "seconds_per_iteration": seconds_per_iteration,
+                                   "version": version}))
     # one write of zarr.json: a kill between per-key updates would leave "current" without
     # its params
     group.attrs.put({**group.attrs.asdict(),
                      **jsonable({"current": slot, "iteration": iteration, "params": params,
                                  "fingerprint": fingerprint})})
-    return da.from_zarr(target["W"])
+    return read_version(target["W"], version)
 
 
 def mark(out: str | os.PathLike, status: str) -> None:
@@ -142,10 +145,12 @@ def read(out: str | os.PathLike) -> Checkpoint:
     group = root[GROUP]
     slot = group[group.attrs["current"]]
     H_arr = slot["H"]
-    H = da.from_zarr(H_arr) if H_arr.chunks[1] < H_arr.shape[1] else np.asarray(H_arr[...])
+    version = slot.attrs.get("version")
+    H = (read_version(H_arr, version) if H_arr.chunks[1] < H_arr.shape[1]
+         else np.asarray(H_arr[...]))
     return Checkpoint(
         iteration=int(slot.attrs["iteration"]),
-        W=da.from_zarr(slot["W"]),
+        W=read_version(slot["W"], version),
         H=H,
         loss_history=list(slot.attrs["loss_history"]),
         seconds_per_iteration=list(slot.attrs.get("seconds_per_iteration", [])),

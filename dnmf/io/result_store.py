@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from dnmf.errors import InputError, OutputError
+from dnmf.io.zarr_ import read_version
 
 SCHEMA_VERSION = 1
 
@@ -179,7 +180,7 @@ def open_result(path: str | os.PathLike) -> tuple[da.Array, np.ndarray, dict[str
     try:
         root = zarr.open_group(os.fspath(path), mode="r")
         attrs = dict(root.attrs)
-        W = da.from_zarr(root["W"])
+        W = read_version(root["W"])  # a store replaced by --overwrite is new content
         H = np.asarray(root["H"][...])
     except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as exc:
         raise InputError(f"{path} is not a dnmf result store ({exc}) — check the path") from exc

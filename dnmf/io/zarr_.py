@@ -12,6 +12,7 @@ A chunk file that is *missing* is not an error to zarr: it reads as the array's 
 from __future__ import annotations
 
 import itertools
+import uuid
 import warnings
 from typing import Any
 
@@ -35,7 +36,7 @@ from dnmf.io._common import (
 from dnmf.io.netcdf import CF_ATTRS, _open_dataset, from_xarray_dataset
 from dnmf.io.source import MatrixSource
 
-__all__ = ["ZARR_MARKERS", "ZarrChunkReader", "from_zarr_array", "open_zarr"]
+__all__ = ["ZARR_MARKERS", "ZarrChunkReader", "from_zarr_array", "open_zarr", "read_version"]
 
 #: Metadata documents that mark a directory as a zarr store (v3, then v2).
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -159,6 +160,18 @@ def _open_with_xarray(loc: Location, component: str, *, dtype: Any, chunks: Any)
         ds, name, loc, fmt="zarr", dtype=dtype, chunks=chunks, group=group or None
     )
     return source
+
+
+def read_version(arr: zarr.Array, version: str | None = None) -> da.Array:
+    """Lazily read a zarr array that dnmf rewrites in place (checkpoint slots, the scratch W).
+
+    ``dask.array.from_zarr`` names the graph after the array's path, so a slot written again
+    would get the same keys as its previous content, and a scheduler still holding those keys
+    (a retained future, a lost chunk's lineage) would hand back the old W, or overwrite the
+    held one with the new. ``version`` names the content instead (a fresh one when None).
+    """
+    version = uuid.uuid4().hex if version is None else version
+    return da.from_zarr(arr, name="from-zarr-" + tokenize(str(arr.store_path), version))
 
 
 def from_zarr_array(

@@ -162,3 +162,24 @@ def test_write_atomically_leaves_nothing_behind_on_failure_and_replaces_whole(tm
     content = (out / "data") if kind == "directory" else out
     assert content.read_text() == "second"
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the old one is gone too
+
+
+@pytest.mark.cluster
+def test_a_reused_slot_reads_back_its_new_content_on_a_cluster(tmp_path, local_client):
+    """Slots are rewritten in turn; each read-back must be a new graph key, or a scheduler that
+    still holds the old read (a retained future, a lost chunk's lineage) hands back stale W."""
+    from distributed import futures_of
+
+    from dnmf.io import checkpoint
+
+    out = tmp_path / "r.zarr"
+    checkpoint.start(out, overwrite=False)
+    kw = dict(loss_history=[], seconds_per_iteration=[], params={}, fingerprint={})
+    first_W = da.full((40, 3), 1.0, chunks=(20, 3))
+    first = checkpoint.write(out, W=first_W, H=np.ones((3, 5)), iteration=1, **kw)
+    held = local_client.persist(first)  # the scheduler keeps the slot's first content
+    local_client.gather(futures_of(held))  # read now, before the slot is rewritten
+    checkpoint.write(out, W=first_W * 2, H=np.ones((3, 5)), iteration=2, **kw)  # other slot
+    third = checkpoint.write(out, W=first_W * 3, H=np.ones((3, 5)), iteration=3, **kw)
+    np.testing.assert_array_equal(local_client.compute(third).result(), 3.0)
+    np.testing.assert_array_equal(local_client.compute(held).result(), 1.0)
