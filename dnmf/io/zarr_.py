@@ -12,6 +12,8 @@ A chunk file that is *missing* is not an error to zarr: it reads as the array's 
 from __future__ import annotations
 
 import itertools
+import mmap
+import os
 import uuid
 import warnings
 from typing import Any
@@ -36,7 +38,8 @@ from dnmf.io._common import (
 from dnmf.io.netcdf import CF_ATTRS, _open_dataset, from_xarray_dataset
 from dnmf.io.source import MatrixSource
 
-__all__ = ["ZARR_MARKERS", "ZarrChunkReader", "from_zarr_array", "open_zarr", "read_version"]
+__all__ = ["ZARR_MARKERS", "ZarrChunkReader", "from_zarr_array", "open_zarr", "owned_block",
+           "read_version"]
 
 #: Metadata documents that mark a directory as a zarr store (v3, then v2).
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -247,9 +250,14 @@ class ZarrChunkReader:
         shards = getattr(arr, "shards", None)
         self.unit = "shard" if shards else "chunk"
         self.stored_chunks = tuple(int(c) for c in (shards or arr.chunks))
+        self.raw = RawChunks.of(arr)
 
     def __getitem__(self, key: Any) -> Any:
         try:
+            if self.raw is not None:
+                block = self.raw.read(key)
+                if block is not None:
+                    return block
             return self.arr[key]
         except (OSError, MemoryError):
             raise
@@ -301,3 +309,120 @@ class ZarrChunkReader:
             f"{type(err).__name__}: {problem} — the {self.unit} file is damaged or truncated; "
             "restore it from a backup or re-create the store"
         )
+
+
+class RawChunks:
+    """Uncompressed chunks of a local zarr array, read as the bytes they are on disk.
+
+    A chunk with no codec but the byte layout is a C-order array in its file, padded to the
+    full chunk shape at the edges (zarr formats 2 and 3). Mapping the file and viewing it as an
+    array skips zarr-python's codec pipeline and its copies: on a 64 MiB chunk in the page
+    cache that is ~15 ms instead of ~90-200 ms, and a block that is one whole chunk is returned
+    without any copy (the page cache's pages are the array). Blocks spanning several chunks are
+    assembled into one new array. Anything else (compression, sharding, remote stores, a file
+    whose size is not the chunk's) is left to zarr, so damaged files still get
+    :class:`ZarrChunkReader`'s error.
+    """
+
+    def __init__(self, root: str, arr: zarr.Array, file_dtype: np.dtype[Any]) -> None:
+        self.root, self.arr = root, arr
+        self.file_dtype = file_dtype
+        self.chunks = tuple(int(c) for c in arr.chunks)
+        self.shape = tuple(int(n) for n in arr.shape)
+        self.nbytes = int(np.prod(self.chunks)) * file_dtype.itemsize
+        self.fill = arr.metadata.fill_value
+
+    @classmethod
+    def of(cls, arr: zarr.Array) -> RawChunks | None:
+        """The raw reader of ``arr``, or None when its chunks are not plain bytes on disk."""
+        try:
+            dtype = np.dtype(arr.dtype)
+        except TypeError:
+            return None
+        if not isinstance(arr.store, zarr.storage.LocalStore) or dtype.kind not in "biuf":
+            return None
+        if getattr(arr, "shards", None) or len(arr.shape) == 0:
+            return None
+        meta = arr.metadata
+        if meta.zarr_format == 3:
+            codecs = tuple(meta.codecs)
+            if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
+                return None
+            endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+            order = {"little": "<", "big": ">", None: "="}.get(endian)
+            if order is None:
+                return None
+            file_dtype = dtype.newbyteorder(order)
+        else:
+            if meta.compressor is not None or meta.filters or meta.order != "C":
+                return None
+            file_dtype = dtype
+        if file_dtype != dtype:  # byte-swapped on disk: zarr converts it
+            return None
+        return cls(str(arr.store.root), arr, file_dtype)
+
+    def _chunk(self, index: tuple[int, ...]) -> np.ndarray | None:
+        """Chunk ``index`` mapped from its file (read-only); None when the file is missing
+        (zarr reads the fill value there)."""
+        key = self.arr.metadata.encode_chunk_key(index)
+        path = os.path.join(self.root, self.arr.path, key) if self.arr.path else os.path.join(
+            self.root, key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - the map outlives the file object
+        except FileNotFoundError:
+            if self.fill is None:  # format 2 without a fill value: zarr decides
+                raise _NotRaw(path) from None
+            return None
+        with fh:
+            if os.fstat(fh.fileno()).st_size != self.nbytes:
+                raise _NotRaw(path)
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        return np.frombuffer(mapped, dtype=self.file_dtype).reshape(self.chunks)
+
+    def read(self, key: Any) -> np.ndarray | None:
+        """The block ``key`` (a tuple of unit-step slices), or None to let zarr read it."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) != len(self.shape) or not all(
+                isinstance(k, slice) and k.step in (None, 1) for k in key):
+            return None
+        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape, strict=True)]
+        if any(stop <= start for start, stop in bounds):
+            return None
+        ranges = [range(start // c, (stop - 1) // c + 1)
+                  for (start, stop), c in zip(bounds, self.chunks, strict=True)]
+        try:
+            if all(len(r) == 1 for r in ranges):  # one chunk: a view of it, no copy
+                index = tuple(r[0] for r in ranges)
+                chunk = self._chunk(index)
+                local = tuple(slice(start - i * c, stop - i * c)
+                              for (start, stop), i, c in zip(bounds, index, self.chunks,
+                                                             strict=True))
+                if chunk is None:
+                    return np.full([stop - start for start, stop in bounds], self.fill,
+                                   dtype=self.file_dtype)
+                return chunk[local]
+            out = np.empty([stop - start for start, stop in bounds], dtype=self.file_dtype)
+            for index in itertools.product(*ranges):
+                chunk = self._chunk(index)
+                src, dst = [], []
+                for (start, stop), i, c in zip(bounds, index, self.chunks, strict=True):
+                    lo, hi = max(start, i * c), min(stop, (i + 1) * c)
+                    src.append(slice(lo - i * c, hi - i * c))
+                    dst.append(slice(lo - start, hi - start))
+                out[tuple(dst)] = self.fill if chunk is None else chunk[tuple(src)]
+            return out
+        except _NotRaw:
+            return None
+
+
+def owned_block(block: Any) -> Any:
+    """``block`` in memory of its own: a view of a mapped chunk file (see :class:`RawChunks`)
+    is copied, anything else returned as is. For X kept in worker memory between iterations."""
+    if isinstance(block, np.ndarray) and not block.flags.writeable:  # mapped read-only
+        return block.copy()
+    return block
+
+
+class _NotRaw(Exception):
+    """A chunk file whose size is not the chunk's: zarr reads it (and names the damage)."""
