@@ -409,12 +409,27 @@ def panel_loss(X: Array, W: Array, H: Array, *, beta: float, observed: Array | N
         loss = float(np.sum(x[pos] * np.log(x[pos] / wh[pos])) - x.sum()
                      + W64.sum(axis=0) @ H64.sum(axis=1))
         return loss, residual, sq
+    if beta == 2.0 and observed is None and not masked:
+        residual, sq = _frobenius_by_blocks(X, W, H)
+        return residual, residual, sq
     X, observed = observed_entries(X, observed, masked)
     WH = W @ H
     loss = beta_divergence(X, WH, beta, observed, eps)
     residual = loss if beta == 2.0 else beta_divergence(X, WH, 2.0, observed)
     Xo = X if observed is None else X[observed]
     return loss, residual, float(np.sum(np.square(Xo, dtype=np.float64)))
+
+
+def _frobenius_by_blocks(X: Array, W: Array, H: Array, rows: int = 4096) -> tuple[float, float]:
+    """``(||X - W H||², ||X||²)`` of a dense panel, a few thousand rows at a time: the panel
+    task's memory stays that of the iteration's (no panel-sized ``W H``)."""
+    residual = sq = 0.0
+    for start in range(0, X.shape[0], rows):
+        Xb = X[start:start + rows]
+        Rb = Xb - W[start:start + rows] @ H
+        residual += float(np.sum(np.square(Rb, dtype=np.float64)))
+        sq += float(np.sum(np.square(Xb, dtype=np.float64)))
+    return residual, sq
 
 
 def update_h_beta(H: np.ndarray, numH: np.ndarray, denH: np.ndarray, *, beta: float,

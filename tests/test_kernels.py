@@ -99,14 +99,39 @@ def test_sum_partials_adds_panels_and_pairs(rng):
     np.testing.assert_allclose(again[1], total[1] + 1)
 
 
+@pytest.mark.parametrize("sweeps", [1, 5])
 @pytest.mark.parametrize("solver", ["hals", "mu", "anls"])
-def test_update_h_is_the_transposed_w_update(rng, solver):
+def test_update_h_is_the_transposed_w_update(rng, solver, sweeps):
     X = rng.random((25, 10))
     W = rng.random((25, 3))
     H = rng.random((3, 10))
-    got = kernels.update_h(H, W.T @ X, W.T @ W, solver=solver)
-    expected = kernels.update_w(H.T.copy(), X.T @ W, W.T @ W, solver=solver).T
+    got = kernels.update_h(H, W.T @ X, W.T @ W, solver=solver, inner_sweeps=sweeps)
+    expected = kernels.update_w(H.T.copy(), X.T @ W, W.T @ W, solver=solver,
+                                inner_sweeps=sweeps).T
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hals_sweeps_descend_and_l1_makes_one(rng):
+    X = rng.random((200, 30))
+    H = rng.random((4, 30))
+    W = rng.random((200, 4))
+    A, G = X @ H.T, H @ H.T
+
+    def objective(F):
+        return float(np.linalg.norm(X - F @ H) ** 2)
+
+    def sweeps(n, l1=0.0):
+        F = W
+        for _ in range(n):
+            F = kernels.hals_sweep(F, A, G, l1=l1)
+        return F
+
+    losses = [objective(sweeps(n)) for n in range(6)]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(losses, losses[1:], strict=False))
+    assert losses[5] < losses[1]
+    np.testing.assert_array_equal(kernels.hals_sweeps(W, A, G, sweeps=5), sweeps(5))
+    np.testing.assert_array_equal(kernels.hals_sweeps(W, A, G, sweeps=5, l1=0.5),
+                                  sweeps(1, l1=0.5))
 
 
 def test_frobenius_loss_from_grams_equals_direct(rng):
