@@ -30,6 +30,7 @@ from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
 from dnmf.io.result_store import _local_path, check_output, open_result, write_result
+from dnmf.io.zarr_ import owned_block
 from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
 from dnmf.solvers import (
     SOLVER_ALIASES,
@@ -442,7 +443,12 @@ def factorize(
         # submitted with two different specs upsets the distributed scheduler.
         (Xp,) = dask.optimize(Xp)
         if plan.persist_x or (in_memory and ctx.is_distributed):
-            # in-memory X goes to the workers once, not inside every iteration's graph
+            # in-memory X goes to the workers once, not inside every iteration's graph; a
+            # block of a raw Zarr chunk is a view of the mapped file: persisted, it is copied
+            # into memory that is the workers' own
+            if not in_memory and not getattr(source, "sparse", False):
+                Xp = Xp.map_blocks(owned_block, dtype=Xp.dtype, meta=Xp._meta,
+                                   name="dnmf-x-in-memory-" + Xp.name)
             (Xp,) = ctx.persist(Xp, optimize=False)
         if on_plan is not None:
             on_plan(plan, ctx)
@@ -759,16 +765,18 @@ def _w_scratch(out: Any, stack: contextlib.ExitStack) -> str:
 def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | str,
               max_panel_bytes: int | None, min_panel_bytes: int | None,
               scheme: str = "auto", persist_w: bool | str = "auto") -> ChunkPlan:
-    # on a cluster, at least two panels per worker thread, so that none idles
-    min_panels = 2 * ctx.n_workers * ctx.threads_per_worker if ctx.is_distributed else 1
+    # on a cluster (and for sparse X, whose products are single-threaded, in-process too) at
+    # least two panels per worker thread, so that none idles
+    sparse = getattr(source, "sparse", False)
+    min_panels = (2 * max(ctx.n_workers, 1) * ctx.threads_per_worker
+                  if ctx.is_distributed or sparse else 1)
     return plan_chunks(
         source.array, rank, memory_per_worker=ctx.memory_per_worker, n_workers=ctx.n_workers,
         threads_per_worker=ctx.threads_per_worker, persist_x=persist_x,
         x_in_memory=source.format == "numpy", max_panel_bytes=max_panel_bytes,
         min_panel_bytes=min_panel_bytes, min_panels=min_panels,
         stored_rows=source.stored_chunks[0] if source.stored_chunks else None, scheme=scheme,
-        sparse_nbytes=source.nbytes if getattr(source, "sparse", False) else None,
-        persist_w=persist_w,
+        sparse_nbytes=source.nbytes if sparse else None, persist_w=persist_w,
     )
 
 
