@@ -1,16 +1,22 @@
-"""dnmf benchmarks: seconds/iteration against one read of X, and against scikit-learn.
+"""dnmf benchmarks, core section: seconds/iteration against one read of X, and in memory.
 
-Run ``python -m benchmarks.run --quick`` (under 2 minutes) or ``python -m benchmarks.run``
-(the full profile: a 4 GB float32 raw Zarr). Everything is measured in one run, on one
-LocalCluster, and reported as ratios against baselines measured in the same run:
+Run ``python -m benchmarks.run --quick`` or ``python -m benchmarks.run`` (the full profile: a
+4 GB float32 raw Zarr); ``python -m benchmarks`` runs this with the other sections. Everything
+is reported as ratios against baselines measured in the same run:
 
-(a) one streaming read of X from Zarr through the same cluster (the I/O limit of a one-pass
-    iteration);
-(b) dnmf seconds/iteration for hals, mu and anls (median over iterations, first excluded);
-(c) scikit-learn's NMF on an in-memory matrix: seconds per iteration and time to its final loss,
-    against dnmf on the same matrix with its default (in-process) scheduler.
+(a) out of core, on one LocalCluster (one 1-thread worker process per core): one streaming read
+    of X through the cluster, two ways — plain dask + zarr-python (``da.from_zarr(path)``) and
+    dnmf's own reader (``dnmf.io.open_matrix(path).array``), each summed in float64 — taken
+    once to warm up, then before and after the fits (median); against them, dnmf seconds per
+    iteration (median over the iterations after the first, X streamed) for hals, mu (k = 10,
+    20, 100) and anls (k = 20), hals with X persisted in worker memory, a zstd-compressed copy
+    of the store with reads of its own, and a sweep of the row-panel size (``max_panel_bytes``
+    and ``min_panel_bytes`` of :func:`dnmf.factorize`);
+(b) in memory, time to reach scikit-learn's final loss against ``sklearn.decomposition.NMF``
+    and ``MiniBatchNMF`` (:mod:`benchmarks.inmemory`), with time-to-accuracy curves as a PNG.
 
-Results go to ``benchmarks/results/<profile>.json`` and ``.md`` with the machine description.
+``--parts`` runs one of the two. Results go to ``benchmarks/results/<profile>.json`` and
+``.md`` with the machine's description (and ``time-to-accuracy-<profile>.png``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import platform
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +36,29 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
+MIB = 2**20
+
+#: The issue's targets for dnmf seconds/iteration with X streamed, as a multiple of one read of
+#: X through the same scheduler (hals and mu; default row panels).
+OUT_OF_CORE_TARGETS = {10: 1.2, 20: 1.3}
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # rows x 500 float32; 64 MiB row panels (32,768 rows) as stored chunks, no compressor
-    "quick": {"rows": 125_000, "cols": 500, "k": 20, "iters": 4, "solvers": ["hals", "mu", "anls"],
-              "reads": 2, "persisted": True, "sk": [(20_000, 500, 20)]},
-    "full": {"rows": 2_000_000, "cols": 500, "k": 20, "iters": 6,
-             "solvers": ["hals", "mu", "anls"], "reads": 3, "persisted": True,
-             "sk": [(20_000, 500, 20), (100_000, 200, 10)]},
+    # rows x 500 float32 planted rank 20; 64 MiB row panels (33,554 rows) as stored chunks.
+    # ks: hals and mu at each; anls at anls_k only (exact NNLS: slow); zstd: (solver, k) fits
+    # on the compressed copy; panels_mib: hals at k = 20 with these row-panel sizes besides the
+    # stored 64 MiB
+    "quick": {"rows": 125_000, "cols": 500, "planted_k": 20, "ks": [10, 20], "iters": 4,
+              "reads": 2, "anls_k": 20, "anls_iters": 3, "persisted": True,
+              "zstd": [("hals", 20)], "panels_mib": [16]},
+    "full": {"rows": 2_000_000, "cols": 500, "planted_k": 20, "ks": [10, 20, 100], "iters": 6,
+             "reads": 3, "anls_k": 20, "anls_iters": 3, "persisted": True,
+             "zstd": [("hals", 10), ("hals", 20), ("mu", 20)], "panels_mib": [16, 256]},
 }
+PARTS = ("out-of-core", "in-memory")
 
 
 def machine() -> dict[str, Any]:
-    """CPU, cores, memory, BLAS and its threads, library versions."""
+    """CPU, cores, memory, BLAS and its threads, library versions, load average."""
     import dask
     import psutil
     import sklearn
@@ -76,6 +91,8 @@ def machine() -> dict[str, Any]:
         "scikit-learn": sklearn.__version__,
         "dnmf": dnmf.__version__,
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS")},
+        # other users of a shared machine show here: compare it with the cores
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -113,6 +130,17 @@ def save_report(name: str, report: dict[str, Any], text: str) -> None:
     print(text)
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """The machine's description as one Markdown line."""
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, "
+                     f"{b['num_threads']} threads)" for b in m["blas"])
+    load = m.get("load_average")
+    load_text = f"; load average at start {load[0]:.1f}" if load else ""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; BLAS {blas}; "
+            f"Python {m['python']}, numpy {m['numpy']}, dask {m['dask']}, zarr {m['zarr']}, "
+            f"scikit-learn {m['scikit-learn']}, dnmf {m['dnmf']}{load_text}.")
+
+
 def planted_zarr(rows: int, cols: int, k: int, *, seed: int = 0) -> Path:
     """A raw (uncompressed) float32 Zarr of planted rank-k data with 64 MiB row chunks."""
     import zarr
@@ -121,7 +149,7 @@ def planted_zarr(rows: int, cols: int, k: int, *, seed: int = 0) -> Path:
     if (path / "zarr.json").exists() and zarr.open_array(str(path)).attrs.get("complete"):
         return path
     DATA.mkdir(parents=True, exist_ok=True)
-    chunk_rows = max(1, (64 * 2**20) // (cols * 4))
+    chunk_rows = max(1, (64 * MIB) // (cols * 4))
     arr = zarr.create_array(str(path), shape=(rows, cols), chunks=(chunk_rows, cols),
                             dtype="float32", compressors=None, overwrite=True)
     rng = np.random.default_rng(seed)
@@ -136,147 +164,307 @@ def planted_zarr(rows: int, cols: int, k: int, *, seed: int = 0) -> Path:
     return path
 
 
+def zstd_copy(raw: Path, *, level: int = 3) -> Path:
+    """A zstd-compressed copy of the Zarr array ``raw`` (same chunks), made chunk by chunk."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    path = raw.with_name(raw.name.replace("-raw.zarr", "") + f"-zstd{level}.zarr")
+    if (path / "zarr.json").exists() and zarr.open_array(str(path)).attrs.get("complete"):
+        return path
+    src = zarr.open_array(str(raw), mode="r")
+    dst = zarr.create_array(str(path), shape=src.shape, chunks=src.chunks, dtype=src.dtype,
+                            compressors=ZstdCodec(level=level), overwrite=True)
+    step = src.chunks[0]
+    for start in range(0, src.shape[0], step):
+        dst[start:start + step] = src[start:start + step]
+    dst.attrs["complete"] = True
+    return path
+
+
+def store_info(path: Path) -> dict[str, Any]:
+    """:func:`describe_store` plus the compressor and the bytes on disk."""
+    import zarr
+
+    z = zarr.open_array(str(path), mode="r")
+    stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    compressors = [type(c).__name__ for c in z.compressors]
+    return {**describe_store(path), "path": str(path.relative_to(HERE.parent)),
+            "compressor": ", ".join(compressors) or "none", "stored_gb": stored / 1e9,
+            "n_chunks": int(np.prod(z.cdata_shape))}
+
+
 def time_read(path: Path, client: Any, repeats: int) -> float:
-    """Median seconds of one streaming read of X (a sum of every chunk) through ``client``."""
+    """Median seconds of one streaming read of X with dnmf's reader through ``client``."""
+    return statistics.median(read_once(path, client, "dnmf") for _ in range(repeats))
+
+
+READERS = {"zarr": "dask + zarr-python: da.from_zarr(path).sum(dtype='float64')",
+           "dnmf": "dnmf's reader: open_matrix(path).array.sum(dtype='float64')"}
+
+
+def read_once(path: Path, client: Any, reader: str) -> float:
+    """Seconds of one streaming read of X through ``client``: every chunk read and summed.
+
+    ``reader`` is ``"zarr"`` (plain ``dask.array.from_zarr``, the stored chunks) or ``"dnmf"``
+    (``dnmf.io.open_matrix(path).array``, the reader dnmf's fits use).
+    """
     import dask.array as da
 
     from dnmf.io import open_matrix
 
-    X = open_matrix(str(path)).array
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        client.compute(X.sum(dtype="float64"), sync=True)
-        times.append(time.perf_counter() - t0)
-    assert isinstance(X, da.Array)
-    return statistics.median(times)
-
-
-def time_dnmf(path: Path, client: Any, solver: str, k: int, iters: int,
-              persist_x: bool = False) -> dict[str, Any]:
-    import dnmf
-
-    # anls's exact NNLS costs ~1 s per 64 MiB panel at k = 20: fewer iterations suffice
-    result = dnmf.factorize(str(path), k, solver=solver, init="random", random_state=0,
-                            max_iter=iters if solver != "anls" else 3, tol=0.0, client=client,
-                            persist_x=persist_x)
-    per_iter = result.seconds_per_iteration[1:] or result.seconds_per_iteration
-    label = solver + (", X persisted in worker memory" if persist_x else "")
-    return {"solver": label, "s_per_iter": statistics.median(per_iter),
-            "relative_error": result.relative_error, "n_panels": result.plan.n_panels}
-
-
-def sklearn_vs_dnmf(rows: int, cols: int, k: int) -> dict[str, Any]:
-    """scikit-learn cd (nndsvda, tol 1e-4) vs dnmf hals to scikit-learn's final loss."""
-    from sklearn.decomposition import NMF as SkNMF
-
-    import dnmf
-
-    rng = np.random.default_rng(1)
-    X = (rng.gamma(1.0, 1.0, (rows, k)) @ rng.gamma(1.0, 1.0, (k, cols))
-         + 0.05 * np.abs(rng.standard_normal((rows, cols)))).astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        sk = SkNMF(k, solver="cd", init="nndsvda", tol=1e-4, max_iter=1000).fit(X)
-        sk_time = time.perf_counter() - t0
-    target = sk.reconstruction_err_ ** 2 * (1 + 1e-3)
-    reached: dict[str, float] = {}
+    if reader == "zarr":
+        X = da.from_zarr(str(path))
+    else:
+        X = open_matrix(str(path)).array
     t0 = time.perf_counter()
+    client.compute(X.sum(dtype="float64"), sync=True)
+    return time.perf_counter() - t0
 
-    def stop_at_target(info: Any) -> None:
-        if "t" not in reached and info.loss <= target:
-            reached["t"] = time.perf_counter() - t0
-            reached["iter"] = info.iteration
 
-    res = dnmf.factorize(X, k, solver="hals", init="nndsvda", tol=1e-4, max_iter=1000,
-                         random_state=0, callback=stop_at_target)
-    total = time.perf_counter() - t0
-    return {
-        "shape": [rows, cols], "k": k,
-        "sklearn_s": sk_time, "sklearn_iter": sk.n_iter_,
-        "sklearn_rel_err": float(sk.reconstruction_err_ / np.linalg.norm(X)),
-        "dnmf_s_to_sklearn_loss": reached.get("t"), "dnmf_iter_to_sklearn_loss": reached.get("iter"),
-        "dnmf_s": total, "dnmf_iter": res.n_iter, "dnmf_rel_err": res.relative_error,
-    }
+def read_baselines(stores: dict[str, Path], client: Any, repeats: int,
+                   reads: dict[str, dict[str, list[float]]]) -> None:
+    """``repeats`` reads of every store with both readers, interleaved, into ``reads``."""
+    for _ in range(repeats):
+        for name, path in stores.items():
+            for reader in READERS:
+                reads[name][reader].append(read_once(path, client, reader))
+
+
+def panel_options(panel_mib: int | None, stored_mib: float) -> dict[str, int]:
+    """``factorize`` keywords for row panels of ``panel_mib`` MiB (None: dnmf's default)."""
+    if panel_mib is None:
+        return {}
+    size = panel_mib * MIB
+    if panel_mib > stored_mib:  # merge stored chunks: both bounds at the size
+        return {"max_panel_bytes": size, "min_panel_bytes": size}
+    return {"max_panel_bytes": size, "min_panel_bytes": 0}  # split, or keep as stored
+
+
+def fit_specs(cfg: dict[str, Any], solvers: list[str] | None) -> list[dict[str, Any]]:
+    """The out-of-core fits of a profile, in the order they run."""
+    specs: list[dict[str, Any]] = []
+    for k in cfg["ks"]:
+        for solver in ("hals", "mu"):
+            specs.append({"store": "raw", "solver": solver, "k": k})
+        if k == cfg["anls_k"]:
+            specs.append({"store": "raw", "solver": "anls", "k": k, "iters": cfg["anls_iters"]})
+    if cfg.get("persisted"):
+        specs.append({"store": "raw", "solver": "hals", "k": 20, "persist_x": True})
+    for solver, k in cfg["zstd"]:
+        specs.append({"store": "zstd", "solver": solver, "k": k})
+    for mib in cfg["panels_mib"]:
+        specs.append({"store": "raw", "solver": "hals", "k": 20, "panel_mib": mib})
+    return [s for s in specs if solvers is None or s["solver"] in solvers]
+
+
+def time_fit(path: Path, client: Any, spec: dict[str, Any], iters: int,
+             stored_mib: float) -> dict[str, Any]:
+    """dnmf seconds per iteration of one fit: the median over the iterations after the first."""
+    import dnmf
+
+    persist_x = spec.get("persist_x", False)
+    result = dnmf.factorize(str(path), spec["k"], solver=spec["solver"], init="random",
+                            random_state=0, max_iter=spec.get("iters", iters), tol=0.0,
+                            client=client, persist_x=persist_x,
+                            **panel_options(spec.get("panel_mib"), stored_mib))
+    per_iter = result.seconds_per_iteration[1:] or result.seconds_per_iteration
+    plan = result.plan
+    row_bytes = plan.shape[1] * plan.itemsize
+    return {**spec, "persist_x": persist_x, "s_per_iter": statistics.median(per_iter),
+            "iterations_s": result.seconds_per_iteration, "spread": [min(per_iter), max(per_iter)],
+            "relative_error": result.relative_error, "n_panels": len(plan.row_chunks),
+            "panel_mib_planned": max(plan.row_chunks) * row_bytes / MIB,
+            "rechunk": plan.rechunk}
+
+
+def out_of_core(cfg: dict[str, Any], solvers: list[str] | None) -> dict[str, Any]:
+    """Reads of X (two readers, raw and zstd stores) and dnmf fits on one LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    raw = planted_zarr(cfg["rows"], cfg["cols"], cfg["planted_k"])
+    specs = fit_specs(cfg, solvers)
+    stores = {"raw": raw}
+    if any(s["store"] == "zstd" for s in specs):
+        stores["zstd"] = zstd_copy(raw)
+    info = {name: store_info(path) for name, path in stores.items()}
+    stored_mib = cfg["cols"] * 4 * min(cfg["rows"], zarr_chunk_rows(raw)) / MIB
+    reads: dict[str, dict[str, list[float]]] = {n: {r: [] for r in READERS} for n in stores}
+    cores = os.cpu_count() or 1
+    fits = []
+    with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        warm: dict[str, dict[str, list[float]]] = {n: {r: [] for r in READERS} for n in stores}
+        read_baselines(stores, client, 1, warm)  # worker imports, page cache
+        read_baselines(stores, client, cfg["reads"], reads)
+        for name in stores:
+            print(f"one read of X ({name}): " + ", ".join(
+                f"{r} {statistics.median(reads[name][r]):.2f} s" for r in READERS), flush=True)
+        # each fit between reads of its store (a read after one fit is the read before the
+        # next on the same store): its ratios follow the machine's speed at the time
+        after: tuple[str, dict[str, float]] | None = None
+        for spec in specs:
+            path = stores[spec["store"]]
+            before = (after[1] if after and after[0] == spec["store"]
+                      else {r: read_once(path, client, r) for r in READERS})
+            row = time_fit(path, client, spec, cfg["iters"], stored_mib)
+            after = (spec["store"], {r: read_once(path, client, r) for r in READERS})
+            row["adjacent_reads_s"] = {r: [before[r], after[1][r]] for r in READERS}
+            fits.append(row)
+            print(f"dnmf {fit_label(row)}: {row['s_per_iter']:.2f} s/iteration (reads around "
+                  "it: " + ", ".join(f"{r} {statistics.mean(v):.2f} s" for r, v in
+                                     row["adjacent_reads_s"].items()) + ")", flush=True)
+        read_baselines(stores, client, cfg["reads"], reads)
+    read_s = {n: {r: statistics.median(v) for r, v in per.items()} for n, per in reads.items()}
+    for row in fits:
+        base = {r: statistics.mean(v) for r, v in row["adjacent_reads_s"].items()}
+        row["ratio"] = {r: row["s_per_iter"] / base[r] for r in READERS}
+        row["ratio_to_run_median"] = {r: row["s_per_iter"] / read_s[row["store"]][r]
+                                      for r in READERS}
+        row["target"] = out_of_core_target(row)
+        if row["target"] is not None:
+            row["met"] = {r: row["ratio"][r] <= row["target"] for r in READERS}
+    return {"cluster": f"{cores} workers x 1 thread", "stores": info, "stored_panel_mib":
+            stored_mib, "warm_up_reads_s": warm, "reads_s": reads, "read_s": read_s,
+            "readers": READERS, "iterations": cfg["iters"], "fits": fits}
+
+
+def zarr_chunk_rows(path: Path) -> int:
+    import zarr
+
+    return int(zarr.open_array(str(path), mode="r").chunks[0])
+
+
+def out_of_core_target(row: dict[str, Any]) -> float | None:
+    """The issue's target for a fit, or None: hals and mu, X streamed, default panels."""
+    if row["solver"] in ("hals", "mu") and not row["persist_x"] and not row.get("panel_mib"):
+        return OUT_OF_CORE_TARGETS.get(row["k"])
+    return None
+
+
+def fit_label(row: dict[str, Any]) -> str:
+    label = f"{row['solver']} k={row['k']} ({row['store']})"
+    if row.get("persist_x"):
+        label += ", X persisted"
+    if row.get("panel_mib"):
+        label += f", {row['panel_mib']} MiB panels"
+    return label
+
+
+def headlines(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ratios the issue sets targets for, with the target and whether it is met."""
+    out = []
+    for row in report.get("out_of_core", {}).get("fits", []):
+        if row.get("target") is not None and row["store"] == "raw":
+            out.append({"what": f"out of core, dnmf {row['solver']} k={row['k']} s/iteration "
+                                "/ one read of X (dask+zarr; dnmf reader)",
+                        "ratio": row["ratio"]["zarr"], "ratio_dnmf_reader": row["ratio"]["dnmf"],
+                        "target": row["target"], "met": row["met"]["zarr"]})
+    for mat in report.get("in_memory", {}).get("matrices", []):
+        for row in mat["methods"]:
+            if row.get("target") is not None:
+                out.append({"what": f"in memory {mat['shape'][0]:,} x {mat['shape'][1]} "
+                                    f"k={mat['k']}, {row['method']} time to sklearn cd's loss / "
+                                    "sklearn cd time",
+                            "ratio": row["ratio"], "target": row["target"], "met": row["met"]})
+    return out
+
+
+def _yes(met: bool | None) -> str:
+    return "—" if met is None else ("yes" if met else "no")
+
+
+def render_out_of_core(ooc: dict[str, Any]) -> list[str]:
+    raw = ooc["stores"]["raw"]
+    lines = [
+        "#### Out of core",
+        "",
+        f"X = {raw['shape'][0]:,} x {raw['shape'][1]} float32, {raw['gb']:.2f} GB, "
+        f"{raw['chunks']} stored chunks ({ooc['stored_panel_mib']:.0f} MiB). LocalCluster "
+        f"{ooc['cluster']}; every fit and every read on it. X streamed from the store every "
+        "iteration (`persist_x=False`) unless said; random init; seconds per iteration are the "
+        f"median of the {ooc['iterations'] - 1} iterations after the first (anls: fewer), "
+        "range beside it. Each fit's ratios are to the mean of the reads of its store taken "
+        "just before and just after it (the machine's speed drifts on a shared machine); the "
+        "JSON also has them against the run's medians below.",
+        "",
+        "One read of X (every chunk read and summed in float64 on the workers), one warm-up "
+        f"read, then {len(next(iter(ooc['reads_s'].values()))['zarr']) // 2} before and as "
+        "many after all the fits; median (range):",
+        "",
+        "| store | on disk | (a) dask + zarr-python `from_zarr` | (b) dnmf reader "
+        "`open_matrix` |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, info in ooc["stores"].items():
+        cells = []
+        for reader in READERS:
+            v = ooc["reads_s"][name][reader]
+            cells.append(f"{ooc['read_s'][name][reader]:.2f} s ({min(v):.2f}–{max(v):.2f})")
+        lines.append(f"| {name} ({info['compressor']}) | {info['stored_gb']:.2f} GB | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "| store | solver | k | row panels | s / iteration (range) | × read (a) | "
+              "× read (b) | target (× read) | met? (a / b) |",
+              "|---|---|---:|---|---:|---:|---:|---:|---|"]
+    for r in ooc["fits"]:
+        solver = r["solver"] + (", X persisted" if r["persist_x"] else "")
+        panels = f"{r['n_panels']} x {r['panel_mib_planned']:.0f} MiB"
+        if r.get("panel_mib"):
+            panels += f" (asked {r['panel_mib']})"
+        target = f"≤ {r['target']:.1f}" if r["target"] is not None else "—"
+        met = (f"{_yes(r['met']['zarr'])} / {_yes(r['met']['dnmf'])}"
+               if r["target"] is not None else "—")
+        lines.append(f"| {r['store']} | {solver} | {r['k']} | {panels} | {r['s_per_iter']:.2f} "
+                     f"({r['spread'][0]:.2f}–{r['spread'][1]:.2f}) | {r['ratio']['zarr']:.2f} | "
+                     f"{r['ratio']['dnmf']:.2f} | {target} | {met} |")
+    return lines
 
 
 def render(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, "
-                     f"{b['num_threads']} threads)" for b in m["blas"])
-    lines = [
-        f"### Profile `{report['profile']}` — {report['date']}",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; BLAS {blas}; "
-        f"Python {m['python']}, numpy {m['numpy']}, dask {m['dask']}, zarr {m['zarr']}, "
-        f"scikit-learn {m['scikit-learn']}, dnmf {m['dnmf']}.",
-        "",
-        f"Out of core: X = {report['x']['shape'][0]:,} x {report['x']['shape'][1]} float32, "
-        f"{report['x']['gb']:.2f} GB raw Zarr, {report['x']['chunks']} chunks; k = {report['k']}; "
-        f"LocalCluster {report['cluster']}; X streamed from the store every iteration "
-        "(persist_x=False).",
-        "",
-        "| what | seconds | ratio to one read of X |",
-        "|---|---:|---:|",
-        f"| one read of X (sum of all chunks; median of {len(report['reads_s'])}, before and "
-        f"after) | {report['read_s']:.2f} | 1.00 |",
-    ]
-    for row in report["dnmf"]:
-        lines.append(f"| dnmf {row['solver']}, one iteration | {row['s_per_iter']:.2f} | "
-                     f"{row['s_per_iter'] / report['read_s']:.2f} |")
-    lines += ["", "In memory, against scikit-learn (`cd`, nndsvda, tol 1e-4); dnmf hals with its "
-              "default scheduler (in-process threads for small X), time to reach scikit-learn's "
-              "final loss (+0.1%):", "",
-              "| X | k | sklearn s (iters) | dnmf s to sklearn's loss (iters) | ratio |",
-              "|---|---:|---:|---:|---:|"]
-    for row in report["sklearn"]:
-        t = row["dnmf_s_to_sklearn_loss"]
-        ratio = f"{t / row['sklearn_s']:.2f}" if t else "not reached"
-        t_text = f"{t:.2f} ({row['dnmf_iter_to_sklearn_loss']})" if t else "—"
-        lines.append(f"| {row['shape'][0]:,} x {row['shape'][1]} | {row['k']} | "
-                     f"{row['sklearn_s']:.2f} ({row['sklearn_iter']}) | {t_text} | {ratio} |")
+    lines = [f"### Profile `{report['profile']}` — {report['date']}", "",
+             machine_line(report["machine"]), ""]
+    if "out_of_core" in report:
+        lines += render_out_of_core(report["out_of_core"]) + [""]
+    if "in_memory" in report:
+        from benchmarks.inmemory import render_in_memory
+
+        lines += render_in_memory(report["in_memory"]) + [""]
+    heads = report.get("headlines", [])
+    if heads:
+        met = sum(1 for h in heads if h["met"])
+        parts = ", ".join(f"{name.replace('_', ' ')} {report[name]['seconds']:.0f} s"
+                          for name in ("out_of_core", "in_memory") if name in report)
+        load = report.get("load_average_end")
+        lines.append(f"Targets met: {met} of {len(heads)}. Run time {report['seconds']:.0f} s "
+                     f"({parts})" + (f"; load average at the end {load[0]:.1f}" if load else "")
+                     + ".")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, profile = parse_profile(__doc__, argv, quick_help="the ~2 minute profile",
-                                  solvers=True)
-    cfg = PROFILES[profile]
-    from distributed import Client, LocalCluster
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the small profile (~3 minutes)")
+    parser.add_argument("--solvers", nargs="*", default=None,
+                        help="out of core: only these solvers (hals, mu, anls)")
+    parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
+    args = parser.parse_args(argv)
+    profile = "quick" if args.quick else "full"
+    t0 = time.perf_counter()
+    report = new_report(profile)
+    if "out-of-core" in args.parts:
+        t = time.perf_counter()
+        report["out_of_core"] = out_of_core(PROFILES[profile], args.solvers)
+        report["out_of_core"]["seconds"] = time.perf_counter() - t
+    if "in-memory" in args.parts:
+        from benchmarks import inmemory
 
-    path = planted_zarr(cfg["rows"], cfg["cols"], cfg["k"])
-    report = new_report(profile, k=cfg["k"], x=describe_store(path))
-    cores = os.cpu_count() or 1
-    with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
-        report["cluster"] = f"{cores} workers x 1 thread"
-        # the baseline is read before and after dnmf runs: its median absorbs drift in the
-        # machine's speed over the run
-        time_read(path, client, 1)  # warm-up: worker imports, page cache
-        first_reads = [time_read(path, client, 1) for _ in range(cfg["reads"])]
-        report["read_s"] = statistics.median(first_reads)
-        print(f"one read of X: {report['read_s']:.2f} s", flush=True)
-        report["dnmf"] = []
-        for solver in args.solvers or cfg["solvers"]:
-            row = time_dnmf(path, client, solver, cfg["k"], cfg["iters"])
-            report["dnmf"].append(row)
-            print(f"dnmf {solver}: {row['s_per_iter']:.2f} s/iteration", flush=True)
-        if cfg.get("persisted"):
-            row = time_dnmf(path, client, "hals", cfg["k"], cfg["iters"], persist_x=True)
-            report["dnmf"].append(row)
-            print(f"dnmf {row['solver']}: {row['s_per_iter']:.2f} s/iteration", flush=True)
-        last_reads = [time_read(path, client, 1) for _ in range(cfg["reads"])]
-        report["reads_s"] = first_reads + last_reads
-        report["read_s"] = statistics.median(first_reads + last_reads)
-        print(f"one read of X, median of {len(report['reads_s'])} before and after: "
-              f"{report['read_s']:.2f} s", flush=True)
-    report["sklearn"] = []
-    for rows, cols, k in cfg["sk"]:
-        row = sklearn_vs_dnmf(rows, cols, k)
-        report["sklearn"].append(row)
-        print(f"sklearn {rows}x{cols} k={k}: {row['sklearn_s']:.2f} s; dnmf to that loss "
-              f"{row['dnmf_s_to_sklearn_loss']}", flush=True)
+        t = time.perf_counter()
+        report["in_memory"] = inmemory.in_memory(inmemory.PROFILES[profile])
+        report["in_memory"]["plot"] = inmemory.plot(report["in_memory"], profile)
+        report["in_memory"]["seconds"] = time.perf_counter() - t
+    report["headlines"] = headlines(report)
+    report["seconds"] = time.perf_counter() - t0
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     save_report(profile, report, render(report))
     return 0
 

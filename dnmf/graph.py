@@ -64,7 +64,7 @@ def iteration_graph(
     solver: str,
     l1_w: float = 0.0,
     l2_w: float = 0.0,
-    inner_sweeps: int = kernels.W_INNER_SWEEPS,
+    inner_sweeps: int | None = None,
     beta: float = 2.0,
     masked: bool = False,
     mask: da.Array | None = None,
@@ -88,6 +88,8 @@ def iteration_graph(
         Observed entries (non-zero), chunked like X; read with X in the same task.
     sum_to_one : bool
         Rows of W sum to one (exact FCLS for Frobenius, augmented row for MU).
+    inner_sweeps : int, optional
+        HALS sweeps of each panel's W; default :func:`dnmf.kernels.w_inner_sweeps`.
 
     Returns
     -------
@@ -98,6 +100,8 @@ def iteration_graph(
     """
     x_keys = _panel_keys(X)
     w_keys = _panel_keys(W)
+    if inner_sweeps is None:
+        inner_sweeps = kernels.w_inner_sweeps(W.shape[1], X.shape[1])
     if X.chunks[0] != W.chunks[0]:
         raise ValueError(f"W's row chunks {W.chunks[0]} differ from X's {X.chunks[0]}")
     H = np.ascontiguousarray(H, dtype=X.dtype)
@@ -321,7 +325,8 @@ def stacked_panel_step(
             if active[b]:
                 W_new[:, sl] = kernels.update_w(
                     np.ascontiguousarray(W[:, sl]), XHt[:, sl], HHt[b], solver=solver, l1=l1,
-                    l2=l2, sum_to_one=sum_to_one)
+                    l2=l2, sum_to_one=sum_to_one,
+                    inner_sweeps=kernels.w_inner_sweeps(sl.stop - sl.start, X.shape[1]))
         WtX = (X.T @ W_new).T if hasattr(X, "tocsr") else W_new.T @ X
         for b, sl in enumerate(blocks):
             Wb = W_new[:, sl]
@@ -359,7 +364,8 @@ def _imputed_panel_step(X: Any, ok: Any, W: Any, H: Any, HHt: Any, blocks: list[
         Wb, Hb = np.ascontiguousarray(W[:, sl]), np.ascontiguousarray(H[sl])
         Z = np.where(ok, X, Wb @ Hb)
         Wb = kernels.update_w(Wb, np.asarray(Z @ Hb.T), HHt[b], solver=solver, l1=l1, l2=l2,
-                              sum_to_one=sum_to_one)
+                              sum_to_one=sum_to_one,
+                              inner_sweeps=kernels.w_inner_sweeps(Hb.shape[0], Hb.shape[1]))
         W_new[:, sl] = Wb
         WtX[sl] = Wb.T @ Z
         WtW[b] = Wb.T @ Wb

@@ -41,8 +41,8 @@ def _sum_arrays(*parts: Any) -> Any:
 
 
 def _update_w_from_parts(W: Any, XHt: Any, HHt: Any, *, solver: str, l1: float,
-                         l2: float) -> Any:
-    return kernels.update_w(W, XHt, HHt, solver=solver, l1=l1, l2=l2)
+                         l2: float, sweeps: int) -> Any:
+    return kernels.update_w(W, XHt, HHt, solver=solver, l1=l1, l2=l2, inner_sweeps=sweeps)
 
 
 def _wtx_part(W: Any, X: Any) -> Any:
@@ -113,7 +113,8 @@ def iteration_graph_2d(
     layers: dict[str, dict] = {name: {} for name in names.values()}
     hht_key = (names["hht"],)
     layers[names["hht"]][hht_key] = np.asarray(HHt, dtype=np.float64)
-    update_w = functools.partial(_update_w_from_parts, solver=solver, l1=l1_w, l2=l2_w)
+    update_w = functools.partial(_update_w_from_parts, solver=solver, l1=l1_w, l2=l2_w,
+                                 sweeps=kernels.w_inner_sweeps(W.shape[1], X.shape[1]))
     update_h = functools.partial(_update_h_block, solver=solver, l1=l1_h, l2=l2_h)
     # pass 1: XHt_i = sum_j X_ij H_j^T, then W_i
     for i in range(n_i):

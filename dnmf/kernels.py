@@ -84,6 +84,17 @@ W_INNER_SWEEPS = 3
 H_INNER_SWEEPS = 10
 
 
+def w_inner_sweeps(k: int, n_features: int) -> int:
+    """W's sweeps per iteration for X with ``n_features`` columns: :data:`W_INNER_SWEEPS` while
+    the products dominate a panel task (``n_features >= 10 k``), else 1.
+
+    The paper's rule weighs a sweep's O(rows k²) against the products' O(rows n k); numpy's
+    column-at-a-time sweep costs more than its flops, and measured on 2,000,000 x 500 float32
+    panels three sweeps took an iteration from 24 to 38 s at k = 100 (one read of X: 1.4 s).
+    """
+    return W_INNER_SWEEPS if n_features >= 10 * k else 1
+
+
 def hals_sweeps(F: Array, A: Array, G: Array, *, sweeps: int, l1: float = 0.0,
                 l2: float = 0.0) -> Array:
     """``sweeps`` HALS sweeps of ``F`` on the same products (see :func:`hals_sweep`); each
