@@ -403,7 +403,7 @@ def panel_step(
     solver: str,
     l1: float = 0.0,
     l2: float = 0.0,
-    inner_sweeps: int = W_INNER_SWEEPS,
+    inner_sweeps: int | None = None,
     sum_to_one: bool = False,
 ) -> tuple[Array, tuple[Array, Array]]:
     """The one-pass task of a row panel: update ``W_i``, then ``W_i.T X_i`` and ``W_i.T W_i``.
@@ -416,12 +416,16 @@ def panel_step(
         The current rows ``W_i``.
     H : array of shape (k, n), in X's dtype
     HHt : array of shape (k, k)
+    inner_sweeps : int, optional
+        HALS sweeps of W; default :func:`w_inner_sweeps` for these shapes.
 
     Returns
     -------
     W_new : array of shape (r, k), X's dtype
     (WtX, WtW) : float64 arrays of shape (k, n) and (k, k) computed with ``W_new``
     """
+    if inner_sweeps is None:
+        inner_sweeps = w_inner_sweeps(W.shape[1], X.shape[1])
     XHt = np.asarray(X @ H.T)
     W_new = update_w(W, XHt, HHt, solver=solver, l1=l1, l2=l2, inner_sweeps=inner_sweeps,
                      sum_to_one=sum_to_one)
