@@ -329,7 +329,8 @@ def _plan_sparse(X: da.Array, rank: int, *, nbytes: int, budget: int,
     wanted = max(min_panels, -(-nbytes // SPARSE_PANEL_BYTES))
     if len(rows) < wanted and n_samples >= 2 * wanted:
         rows = _split_rows(n_samples, -(-n_samples // wanted))
-        note = f"split into {len(rows)} panels so that every worker thread has work"
+        note = (f"split into {len(rows)} panels so that every worker thread has work and "
+                f"each holds at most about {SPARSE_PANEL_BYTES // 2**20} MiB of non-zeros")
     panel_share = nbytes * max(rows) / max(n_samples, 1)
     task_bytes = int(2 * panel_share + 4 * max(rows) * rank * itemsize
                      + 4 * rank * n_features * 8)
