@@ -23,6 +23,7 @@ import dask.array as da
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from dnmf import device as devices
 from dnmf import divergence, graph, kernels
 from dnmf._version import __version__
 from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
@@ -56,8 +57,8 @@ class FitResult:
     Attributes
     ----------
     W : ndarray or dask array of shape (n_samples, k)
-        numpy when X was a numpy array; otherwise a dask array (read from the result store when
-        ``out`` was given).
+        numpy when X was a numpy array or a ``scipy.sparse`` matrix; otherwise a dask array
+        (read from the result store when ``out`` was given).
     H : ndarray of shape (k, n_features)
     n_iter : int
     converged : bool
@@ -71,6 +72,8 @@ class FitResult:
     relative_error : float
         ``||X - W H||_F / ||X||_F`` (over the observed entries).
     plan : ChunkPlan
+    device : {"cpu", "gpu"}
+        Where the panel tasks ran (``device`` of :func:`factorize`).
     path : str or None
         The result store, when written.
     n_restarts : int
@@ -113,6 +116,7 @@ class FitResult:
     path: str | None = None
     notes: list[str] = field(default_factory=list)
     scheduler: str = ""
+    device: str = "cpu"
     missing: str = "error"
     w_sum_to_one: bool = False
     regularization: dict[str, Any] = field(default_factory=dict)
@@ -263,6 +267,7 @@ def factorize(
     client: Any = None,
     workers: int | None = None,
     memory_limit: str | int | None = None,
+    device: str = "cpu",
     persist_x: bool | str = "auto",
     persist_w: bool | str = "auto",
     max_panel_bytes: int | None = None,
@@ -329,15 +334,25 @@ def factorize(
         update, rows sum to 1 within about 1e-2.
     max_time : float, optional
         Wall-time budget in seconds for the iterations.
-    scheduler : {"auto", "threads", "sync", "local"}, address or Client
+    scheduler : {"auto", "threads", "sync", "local", "cuda"}, address or Client
+        ``"cuda"`` starts a ``dask_cuda.LocalCUDACluster`` (one worker per GPU); with
+        ``device="gpu"``, ``"auto"`` means in-process threads driving one GPU.
     client : distributed.Client, optional
     workers, memory_limit : LocalCluster size
+    device : {"cpu", "gpu"}
+        ``"gpu"``: the panel tasks run on CuPy blocks on a CUDA GPU (extra ``gpu``). X's blocks
+        go to the device as they are read, or once when X fits half the free device memory
+        (``persist_x``); W is created there once and stays there; only the k x n and k x k
+        partial sums come back, and H is updated on the host. Dense X, the hals and mu solvers
+        (any β, missing values), no ``w_sum_to_one`` and no restarts. The result's W is numpy
+        (or read from ``out``).
     persist_x : bool or "auto"
-        Keep X in worker memory (no store reads per iteration) when it fits.
+        Keep X in worker memory (no store reads per iteration) when it fits; with
+        ``device="gpu"``, in device memory.
     persist_w : bool or "auto"
         Keep W in worker memory between iterations (``"auto"``: when it takes at most 20% of
         it), else stream it through a Zarr scratch store next to ``out`` (or in the temporary
-        directory) that is removed at the end.
+        directory) that is removed at the end. With ``device="gpu"`` W stays in device memory.
     max_panel_bytes, min_panel_bytes : int, optional
         Bounds on the size of a row panel: larger stored chunks are split, smaller ones merged
         (``min_panel_bytes=0`` keeps the stored row chunks as they are).
@@ -383,6 +398,10 @@ def factorize(
     masked = missing == "mask" or mask is not None
     beta = resolve_beta(beta_loss)
     solver_name = resolve_solver(solver, beta, masked=masked)
+    dev = devices.resolve_device(device)
+    if dev == "gpu":
+        _check_gpu_params(solver_name, w_sum_to_one, n_restarts, persist_w)
+        persist_w = True  # W lives in device memory, not in the workers' (host) memory
     has_custom = W_init is not None or H_init is not None
     if n_restarts > 1 and init in (None, "auto") and not has_custom:
         init = "random"  # restarts from one deterministic start would all be the same fit
@@ -407,7 +426,9 @@ def factorize(
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
     check_rank(source.shape, rank)
-    _check_variant(source, beta, masked)
+    _check_variant(source, beta, masked, dev)
+    if dev == "gpu":
+        devices.import_cupy()  # before a cluster starts; the device itself is checked there
     mask_source = _open_mask(mask, mask_var, source.shape) if mask is not None else None
     l1_w, l2_w, l1_h, l2_h = regularization(alpha_W, alpha_H, l1_ratio, source.shape)
     in_memory = source.format == "numpy"
@@ -416,12 +437,15 @@ def factorize(
     with contextlib.ExitStack() as stack:
         ctx = stack.enter_context(
             execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
-                              memory_limit=memory_limit, client=client)
+                              memory_limit=memory_limit, client=client, gpu=dev == "gpu")
         )
         stack.enter_context(ctx.activate())
-        # restarts are stacked: the panels carry n_restarts * k columns of W
-        plan = _plan_for(source, rank * n_restarts, ctx, persist_x, max_panel_bytes,
-                         min_panel_bytes, scheme, persist_w)
+        if dev == "gpu":
+            notes.append(f"device: gpu, {devices.require_gpu(ctx.client)}")
+        # restarts are stacked: the panels carry n_restarts * k columns of W. On a GPU the
+        # plan's persist_x (host memory) is replaced by the device's own choice below.
+        plan = _plan_for(source, rank * n_restarts, ctx, False if dev == "gpu" else persist_x,
+                         max_panel_bytes, min_panel_bytes, scheme, persist_w)
         if plan.is_2d and n_restarts > 1:
             raise InputError(
                 f"n_restarts={n_restarts} batches the restarts in full-width row panels, but one "
@@ -429,6 +453,11 @@ def factorize(
                 f"({plan.describe()[0]}) — give the workers more memory (--memory-limit), use "
                 "fewer restarts, or run single fits with different random_state")
         w_scratch = _w_scratch(out, stack) if plan.w_in_store else None
+        if plan.is_2d and dev == "gpu":
+            raise InputError(
+                "device='gpu' runs full-width row panels, but one row of X does not fit a task "
+                f"({plan.describe()[0]}) — give the workers more memory (--memory-limit) or use "
+                "device='cpu'")
         if plan.is_2d and (beta != 2.0 or masked or w_sum_to_one):
             raise InputError(
                 "β-divergences, missing values and sum-to-one need full-width row panels, but "
@@ -478,7 +507,7 @@ def factorize(
                       "w_sum_to_one": bool(w_sum_to_one), "n_restarts": n_restarts}
             writer = _CheckpointWriter(out, overwrite=overwrite, params=params,
                                        fingerprint=checkpoint.fingerprint(Xp, ctx.scheduler),
-                                       scheduler=ctx.scheduler, started=resume)
+                                       scheduler=ctx.scheduler, started=resume, device=dev)
         if ckpt is not None:
             checkpoint.check_compatible(ckpt, writer.params, writer.fingerprint,
                                         max_iter=max_iter)
@@ -503,6 +532,15 @@ def factorize(
                 W0 = da.concatenate([w for w, _ in starts], axis=1).rechunk(
                     {1: rank * n_restarts})
                 H0 = np.concatenate([np.asarray(h, dtype=Xp.dtype) for _, h in starts])
+        # what the iterations read: X (and the mask) as planned, or their device blocks
+        X_fit, mask_fit = Xp, mask_p
+        bytes_read = plan.reads_per_iteration and (2 if plan.is_2d else 1) * Xp.nbytes
+        if dev == "gpu":
+            X_fit, mask_fit, W0, kept = _to_device(Xp, mask_p, W0, persist_x, ctx)
+            if kept:
+                bytes_read = 0
+                notes.append(f"X kept in device memory ({Xp.nbytes / 2**30:.2f} GiB): no reads "
+                             "of X per iteration")
         stacked: RestartsState | None = None
         try:
             if n_restarts > 1:
@@ -524,17 +562,15 @@ def factorize(
                     f"restart {best} (lowest final loss)")
             else:
                 state = iterate(
-                    Xp, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx,
+                    X_fit, W0, H0, sq_norm=report.sq_norm, solver=solver_name, ctx=ctx,
                     max_iter=max_iter, tol=tol, max_time=max_time, l1_w=l1_w, l2_w=l2_w,
-                    l1_h=l1_h, l2_h=l2_h,
-                    bytes_per_iteration=plan.reads_per_iteration and (2 if plan.is_2d else 1)
-                    * Xp.nbytes,
+                    l1_h=l1_h, l2_h=l2_h, bytes_per_iteration=bytes_read,
                     callback=callback, second_read=not (plan.persist_x or in_memory),
                     start_iteration=ckpt.iteration if ckpt else 0,
                     loss_history=ckpt.loss_history if ckpt else None,
                     seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
                     checkpoint=writer, checkpoint_every=checkpoint_every,
-                    beta=beta, masked=masked, mask=mask_p, sum_to_one=bool(w_sum_to_one),
+                    beta=beta, masked=masked, mask=mask_fit, sum_to_one=bool(w_sum_to_one),
                     w_scratch=w_scratch,
                 )
         except Interrupted as exc:
@@ -547,7 +583,9 @@ def factorize(
         H = state.H[order] if reorder else state.H
         if not isinstance(H, da.Array):
             H = np.ascontiguousarray(H, dtype=Xp.dtype)
-        W = state.W[:, order] if reorder else state.W
+        W = devices.to_host(state.W)  # a GPU's W comes back here (a no-op for numpy blocks)
+        W_order = order if reorder else None  # applied as W is gathered (_bring_back)
+        W = W[:, order] if reorder and out is not None else W
         loss = state.final_loss
         rel = state.final_relative_error
         if rel is None:
@@ -560,7 +598,8 @@ def factorize(
             solver=solver_name, beta_loss=divergence.beta_name(beta), init=init_name,
             seed=seed, plan=plan, wall_time_s=0.0,
             seconds_per_iteration=state.seconds_per_iteration, stop_reason=state.stop_reason,
-            notes=notes, scheduler=ctx.describe(), missing="mask" if masked else "error",
+            notes=notes, scheduler=ctx.describe(), device=dev,
+            missing="mask" if masked else "error",
             w_sum_to_one=bool(w_sum_to_one),
             regularization={"alpha_W": alpha_W, "alpha_H": alpha_H, "l1_ratio": l1_ratio},
         )
@@ -578,7 +617,9 @@ def factorize(
             if isinstance(H, da.Array):
                 result.H = stored_H
         else:
-            result.W = _bring_back(W, ctx, in_memory, notes)
+            # an in-memory input (numpy or scipy.sparse) gets numpy back, as from scikit-learn
+            result.W = _bring_back(W, ctx, in_memory or source.format == "scipy", notes,
+                                   columns=W_order)
             if isinstance(H, da.Array):
                 result.H = _bring_back(H, ctx, True, notes, name="H")
     result.wall_time_s = time.perf_counter() - t_start
@@ -620,8 +661,47 @@ def _set_restarts(result: FitResult, stacked: RestartsState | None, state: Any,
     result.restart_W_norms = np.stack(norms)
 
 
-def _check_variant(source: Any, beta: float, masked: bool) -> None:
-    """Refuse loss / missing-value combinations the input cannot support."""
+def _check_gpu_params(solver: str, w_sum_to_one: bool, n_restarts: int,
+                      persist_w: bool | str) -> None:
+    """Refuse, before any work, what ``device="gpu"`` does not run."""
+    if solver == "anls" or w_sum_to_one:
+        what = "solver='anls'" if solver == "anls" else "w_sum_to_one"
+        raise InputError(
+            f"{what} solves exact NNLS problems on the host and does not run with "
+            "device='gpu' — use solver='hals' or 'mu' without sum-to-one, or device='cpu'")
+    if n_restarts > 1:
+        raise InputError(
+            f"n_restarts={n_restarts} is not batched on the GPU — run single fits with "
+            "different random_state, or use device='cpu'")
+    if persist_w is False:
+        raise InputError(
+            "persist_w=False streams W through a Zarr store, but with device='gpu' W stays in "
+            "device memory — leave persist_w at 'auto', or use device='cpu'")
+
+
+def _to_device(Xp: da.Array, mask: da.Array | None, W0: da.Array, persist_x: bool | str,
+               ctx: ExecutionContext) -> tuple[da.Array, da.Array | None, da.Array, bool]:
+    """``(X, mask, W0, kept)`` with CuPy blocks: X's blocks go to the GPU as they are read, or
+    once for the fit (``kept``) when ``persist_x`` says so (``"auto"``: when X takes at most
+    half the devices' free memory); W0's blocks are moved once, at the first iteration."""
+    keep = (devices.fits_on_device(Xp.nbytes, ctx.client) if persist_x == "auto"
+            else bool(persist_x))
+    X_dev = devices.to_device(Xp)
+    mask_dev = None if mask is None else devices.to_device(mask)
+    if keep:
+        if mask_dev is None:
+            (X_dev,) = ctx.persist(X_dev, optimize=False)
+        else:
+            X_dev, mask_dev = ctx.persist(X_dev, mask_dev, optimize=False)
+    return X_dev, mask_dev, devices.to_device(W0), keep
+
+
+def _check_variant(source: Any, beta: float, masked: bool, device: str = "cpu") -> None:
+    """Refuse loss / missing-value / device combinations the input cannot support."""
+    if getattr(source, "sparse", False) and device == "gpu":
+        raise InputError(
+            "device='gpu' runs dense X only, and X is sparse — use device='cpu' (sparse X "
+            "keeps its products sparse there) or densify X")
     if getattr(source, "sparse", False):
         if masked:
             raise InputError(
@@ -709,6 +789,7 @@ def dry_run(
     missing: str = "error",
     masked: bool = False,
     n_restarts: int = 1,
+    device: str = "cpu",
 ) -> DryRun:
     """Check the parameters and the output, open X lazily and make the chunk plan; write nothing.
 
@@ -722,17 +803,22 @@ def dry_run(
     masked = masked or missing == "mask"
     solver_name = resolve_solver(solver, beta_loss, masked=masked)
     init_name = resolve_init(init, has_custom=False)
+    dev = devices.resolve_device(device)
+    if dev == "gpu":
+        _check_gpu_params(solver_name, False, n_restarts, "auto")
     if out is not None:
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
     check_rank(source.shape, rank)
-    _check_variant(source, resolve_beta(beta_loss), masked)
+    _check_variant(source, resolve_beta(beta_loss), masked, dev)
     mem = parse_memory(memory_limit)
     name = scheduler if not isinstance(scheduler, str) else resolve_scheduler_name(
-        scheduler, x_nbytes=source.nbytes, memory_limit=mem)
-    if isinstance(name, str) and name in ("threads", "sync", "local"):
+        scheduler, x_nbytes=source.nbytes, memory_limit=mem, gpu=dev == "gpu")
+    if isinstance(name, str) and name in ("threads", "sync", "local", "cuda"):
         ctx = planned_context(name, workers=workers, memory_limit=mem)
-        where = ctx.describe() + (" (not started)" if name == "local" else "")
+        where = ctx.describe() + (" (not started)" if name in ("local", "cuda") else "")
+        if dev == "gpu" and name != "cuda":
+            where += f"; device: gpu, {devices.require_gpu()}"
         plan = _plan_for(source, rank * n_restarts, ctx, persist_x, max_panel_bytes,
                          min_panel_bytes, scheme)
     else:
@@ -781,9 +867,12 @@ def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | s
 
 
 def _planned_array(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkPlan) -> Any:
-    """X in the plan's panels (or 2-D blocks): re-opened with them where X is a file, so that
-    each task reads its own region instead of splitting a larger read held in memory."""
+    """X in the plan's panels (or 2-D blocks): re-opened with them where X is a file or can be
+    cut at any row (CSR), so that each task reads its own region instead of splitting a larger
+    read held in memory (or, in memory, copying it)."""
     rows, cols = plan.row_chunks, plan.col_chunks or (source.shape[1],)
+    if source.in_row_panels is not None and len(cols) == 1:
+        return source.in_row_panels(tuple(rows))
 
     def regular(c: tuple[int, ...]) -> bool:
         return len(set(c[:-1])) <= 1 and c[-1] <= c[0]
@@ -798,9 +887,10 @@ class _CheckpointWriter:
     """Writes the checkpoints of one fit into its result store (``dnmf.io.checkpoint``)."""
 
     def __init__(self, out: Any, *, overwrite: bool, params: dict, fingerprint: dict,
-                 scheduler: Any, started: bool) -> None:
+                 scheduler: Any, started: bool, device: str = "cpu") -> None:
         self.out, self.overwrite, self.scheduler = out, overwrite, scheduler
         self.params, self.fingerprint, self.started = params, fingerprint, started
+        self.device = device
 
     def __call__(self, state: Any) -> da.Array:
         """Write a checkpoint; return its W, read back lazily (the loop restarts from it)."""
@@ -808,12 +898,12 @@ class _CheckpointWriter:
             checkpoint.start(self.out, overwrite=self.overwrite)
             self.started = True
         W = checkpoint.write(
-            self.out, W=state.W, H=state.H, iteration=state.n_iter,
+            self.out, W=devices.to_host(state.W), H=state.H, iteration=state.n_iter,
             loss_history=state.loss_history, seconds_per_iteration=state.seconds_per_iteration,
             params=self.params, fingerprint=self.fingerprint, scheduler=self.scheduler,
         )
         checkpoint.mark(self.out, "running")
-        return W
+        return devices.to_device(W) if self.device == "gpu" else W
 
     def interrupted(self, state: Any) -> None:
         """A final checkpoint of the last complete iteration, and status ``interrupted``."""
@@ -823,14 +913,18 @@ class _CheckpointWriter:
             checkpoint.mark(self.out, "interrupted")
 
     def finish(self, W: da.Array, H: Any, attrs: dict) -> None:
-        checkpoint.finish(self.out, W=W, H=H, attrs=attrs, scheduler=self.scheduler)
+        checkpoint.finish(self.out, W=devices.to_host(W), H=H, attrs=attrs,
+                          scheduler=self.scheduler)
 
 
 def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[str],
-                name: str = "W") -> Any:
-    """A factor (W, or a chunked H) in a form that outlives the execution context."""
+                name: str = "W", columns: np.ndarray | None = None) -> Any:
+    """A factor (W, or a chunked H) in a form that outlives the execution context, with its
+    columns taken in the order ``columns`` (all, as they are, when None)."""
+    if columns is not None and W.nbytes > W_IN_MEMORY_MAX_BYTES:
+        W = W[:, columns]
     if W.nbytes <= W_IN_MEMORY_MAX_BYTES:
-        values = ctx.compute(W)[0]
+        values = _gathered(W, ctx, columns)
         return values if in_memory else da.from_array(values, chunks=W.chunks)
     if ctx.kind == "client":
         # persisted on the user's cluster, which stays up: compute it with that client
@@ -849,6 +943,21 @@ def _bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list
     return da.from_zarr(path)
 
 
+def _gathered(W: da.Array, ctx: ExecutionContext, columns: np.ndarray | None) -> np.ndarray:
+    """W's row blocks copied into one array, columns reordered on the way: the peak is W's
+    blocks and the result, without the reordered blocks and a concatenation besides."""
+    if len(W.chunks[1]) > 1:  # a chunked H of the 2-D scheme: small, computed as is
+        return ctx.compute(W if columns is None else W[:, columns])[0]
+    blocks = ctx.compute(*W.to_delayed().ravel())
+    out = np.empty(W.shape, dtype=W.dtype)
+    start = 0
+    for block in blocks:
+        block = np.asarray(block)
+        out[start:start + block.shape[0]] = block if columns is None else block[:, columns]
+        start += block.shape[0]
+    return out
+
+
 def _store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
     return {
         "dnmf_version": __version__,
@@ -865,6 +974,7 @@ def _store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
         "loss_history": result.loss_history,
         "input": input_desc,
         "missing": result.missing,
+        "device": result.device,
         "w_sum_to_one": result.w_sum_to_one,
         **result.regularization,
         "chunk_plan": result.plan.as_dict() if result.plan else None,

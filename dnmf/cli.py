@@ -52,10 +52,16 @@ class DType(StrEnum):
     float64 = "float64"
 
 
+class Device(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 # Options every computing command shares (CONTRACT.md).
 SchedulerOpt = Annotated[str, typer.Option(
-    help="auto (threads for small X, else a LocalCluster) | threads | sync | local | "
-         "tcp://host:port (DASK_SCHEDULER_ADDRESS is honoured).")]
+    help="auto (threads for small X, else a LocalCluster) | threads | sync | local | cuda "
+         "(a dask-cuda LocalCUDACluster, one worker per GPU) | tcp://host:port "
+         "(DASK_SCHEDULER_ADDRESS is honoured).")]
 WorkersOpt = Annotated[int | None, typer.Option(help="LocalCluster worker processes.")]
 MemoryOpt = Annotated[str | None, typer.Option(help="Memory per LocalCluster worker, e.g. 2GB.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed (default: fresh, recorded).")]
@@ -123,6 +129,9 @@ def fit(
     scheduler: SchedulerOpt = "auto",
     workers: WorkersOpt = None,
     memory_limit: MemoryOpt = None,
+    device: Annotated[Device, typer.Option(
+        help="cpu, or gpu: the panel tasks on CuPy blocks on a CUDA GPU (hals/mu; extra "
+             "'gpu').")] = Device.cpu,
     max_time: Annotated[float | None, typer.Option(help="Wall-time budget in seconds.")] = None,
     checkpoint_every: Annotated[int, typer.Option(
         help="Checkpoint into OUT every N iterations (0: never).")] = 10,
@@ -144,7 +153,7 @@ def fit(
     common = dict(var=var, solver=solver.value, beta_loss=loss, init=init.value,
                   dtype=dtype.value if dtype else None, scheduler=scheduler, workers=workers,
                   memory_limit=memory_limit, out=out, overwrite=overwrite,
-                  missing=missing.value, masked=mask is not None)
+                  missing=missing.value, masked=mask is not None, device=device.value)
     variant = dict(alpha_W=alpha_w, alpha_H=_alpha(alpha_h), l1_ratio=l1_ratio, mask=mask,
                    mask_var=mask_var, w_sum_to_one=sum_to_one)
     if dry_run:

@@ -1,9 +1,10 @@
 """The scheduler layer: where the Dask graphs run.
 
 ``auto`` runs in-process threads when X is small and starts a LocalCluster of worker processes
-otherwise; an address (or ``DASK_SCHEDULER_ADDRESS``) connects to a running cluster; a
-``distributed.Client`` (passed in, or current inside ``with Client(...)``) is used as is. This
-module knows nothing of NMF.
+otherwise (in-process threads for a GPU fit: one process drives the GPU); ``cuda`` starts a
+``dask_cuda.LocalCUDACluster`` (one worker per GPU); an address (or ``DASK_SCHEDULER_ADDRESS``)
+connects to a running cluster; a ``distributed.Client`` (passed in, or current inside
+``with Client(...)``) is used as is. This module knows nothing of NMF.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import copy
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,22 @@ log = logging.getLogger(__name__)
 #: Below this many bytes of X, ``scheduler="auto"`` stays in-process (threads).
 AUTO_THREADS_MAX_BYTES = 1 << 30
 
-SCHEDULER_NAMES = ("auto", "threads", "sync", "local")
+SCHEDULER_NAMES = ("auto", "threads", "sync", "local", "cuda")
+
+
+def _threads_get() -> Any:
+    import dask.threaded
+
+    return dask.threaded.get
+
+
+def _sync_get() -> Any:
+    import dask.local
+
+    return dask.local.get_sync
+
+
+_IN_PROCESS_GET = {"threads": _threads_get, "sync": _sync_get}
 
 
 @dataclass
@@ -35,7 +52,7 @@ class ExecutionContext:
 
     Attributes
     ----------
-    kind : "threads" | "sync" | "local" | "address" | "client"
+    kind : "threads" | "sync" | "local" | "cuda" | "address" | "client"
     client : distributed.Client or None
     n_workers, threads_per_worker : int
     memory_per_worker : int
@@ -52,8 +69,15 @@ class ExecutionContext:
 
     @property
     def scheduler(self) -> Any:
-        """The value for ``dask.compute(..., scheduler=...)``."""
-        return self.client if self.client is not None else self.kind
+        """The value for ``dask.compute(..., scheduler=...)``.
+
+        In-process, dask's own ``get`` function rather than its name: dask resolves a name by
+        importing ``distributed`` to look for a client (~13 MB and a second of imports).
+        """
+        if self.client is not None:
+            return self.client
+        get = _IN_PROCESS_GET.get(self.kind)
+        return get() if get is not None else self.kind
 
     @property
     def total_memory(self) -> int:
@@ -68,6 +92,7 @@ class ExecutionContext:
             "threads": "in-process threads",
             "sync": "in-process, single thread",
             "local": "LocalCluster",
+            "cuda": "LocalCUDACluster",
             "address": "cluster",
             "client": "existing Client",
         }[self.kind]
@@ -86,7 +111,7 @@ class ExecutionContext:
             with self.client.as_current():
                 yield
         else:
-            with dask.config.set(scheduler=self.kind):
+            with dask.config.set(scheduler=self.scheduler):
                 yield
 
     def persist(self, *collections: Any, optimize: bool = True) -> list[Any]:
@@ -98,7 +123,8 @@ class ExecutionContext:
         """
         if self.client is not None:
             return list(self.client.persist(list(collections), optimize_graph=optimize))
-        return list(dask.persist(*collections, scheduler=self.kind, optimize_graph=optimize))
+        return list(dask.persist(*collections, scheduler=self.scheduler,
+                                 optimize_graph=optimize))
 
     def compute(self, *collections: Any) -> list[Any]:
         """Compute collections in one scheduler call and return their values."""
@@ -107,7 +133,7 @@ class ExecutionContext:
                 return list(self.client.compute(list(collections), sync=True))
             except Exception as exc:
                 raise _detached(exc) from None
-        return list(dask.compute(*collections, scheduler=self.kind))
+        return list(dask.compute(*collections, scheduler=self.scheduler))
 
     def result_of(self, persisted: Any) -> Any:
         """The value of an already persisted Delayed, without a new graph where possible."""
@@ -146,6 +172,8 @@ def parse_memory(size: str | int | None) -> int | None:
 
 
 def _current_client() -> Any:
+    if "distributed" not in sys.modules:  # no client can exist yet; importing costs ~13 MB
+        return None
     try:
         from distributed import default_client
 
@@ -203,22 +231,27 @@ def execution_context(
     workers: int | None = None,
     memory_limit: str | int | None = None,
     client: Any = None,
+    gpu: bool = False,
 ) -> Iterator[ExecutionContext]:
     """Resolve ``scheduler`` into a running :class:`ExecutionContext`.
 
     Parameters
     ----------
     scheduler : str or distributed.Client
-        ``"auto"``, ``"threads"``, ``"sync"``, ``"local"``, a ``tcp://host:port`` address, or
-        a Client.
+        ``"auto"``, ``"threads"``, ``"sync"``, ``"local"``, ``"cuda"`` (a
+        ``dask_cuda.LocalCUDACluster``), a ``tcp://host:port`` address, or a Client.
     x_nbytes : int, optional
         Size of X, for ``auto``.
     workers : int, optional
-        Workers of a LocalCluster (default: one per core) or threads in-process.
+        Workers of a LocalCluster (default: one per core), of a LocalCUDACluster (default: one
+        per GPU) or threads in-process.
     memory_limit : str or int, optional
-        Per-worker memory limit of a LocalCluster, e.g. ``"2GB"``.
+        Per-worker (host) memory limit of a LocalCluster or LocalCUDACluster, e.g. ``"2GB"``.
     client : distributed.Client, optional
         Used as is (takes precedence over ``scheduler``).
+    gpu : bool
+        The graphs run on a GPU: ``auto`` then means in-process threads whatever X's size (a
+        LocalCluster's processes would share one GPU).
 
     Yields
     ------
@@ -236,7 +269,8 @@ def execution_context(
         if current is not None:
             yield _context_from_client(current, "client")
             return
-    scheduler = resolve_scheduler_name(scheduler, x_nbytes=x_nbytes, memory_limit=mem_limit)
+    scheduler = resolve_scheduler_name(scheduler, x_nbytes=x_nbytes, memory_limit=mem_limit,
+                                       gpu=gpu)
     if scheduler in ("threads", "sync"):
         ctx = planned_context(scheduler, workers=workers, memory_limit=mem_limit)
         with dask.config.set(num_workers=ctx.threads_per_worker):
@@ -265,6 +299,12 @@ def execution_context(
             local_client.close()
             cluster.close()
         return
+    if scheduler == "cuda":
+        with _local_cuda_cluster(workers, mem_limit) as cuda_client:
+            ctx = _context_from_client(cuda_client, "cuda")
+            log.info("started LocalCUDACluster: %s", ctx.describe())
+            yield ctx
+        return
     if isinstance(scheduler, str) and "://" in scheduler:
         from distributed import Client
 
@@ -281,20 +321,64 @@ def execution_context(
             remote.close()
         return
     raise InputError(
-        f"unknown scheduler {scheduler!r}: use auto, threads, sync, local or an address like "
-        "tcp://127.0.0.1:8786"
+        f"unknown scheduler {scheduler!r}: use auto, threads, sync, local, cuda or an address "
+        "like tcp://127.0.0.1:8786"
     )
 
 
+def _cuda_gpus() -> int:
+    """The GPUs a LocalCUDACluster would use; InputError without dask-cuda or a device."""
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "--scheduler cuda needs dask-cuda, which is not installed — pip install "
+            "'dnmf[gpu]' (or pip install dask-cuda), or use --scheduler threads") from None
+    from dnmf.device import gpu_count
+
+    n_gpus = gpu_count()
+    if n_gpus < 1:
+        raise InputError(
+            "--scheduler cuda but no CUDA device is visible (CuPy sees none) — check the "
+            "NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or use --scheduler threads")
+    return n_gpus
+
+
+@contextlib.contextmanager
+def _local_cuda_cluster(workers: int | None, memory_limit: int | None) -> Iterator[Any]:
+    """A ``dask_cuda.LocalCUDACluster`` (one single-threaded worker per GPU) and its Client."""
+    n_gpus = _cuda_gpus()
+    import dask_cuda
+    from distributed import Client
+
+    kwargs: dict[str, Any] = {"threads_per_worker": 1, "dashboard_address": ":0",
+                              "silence_logs": logging.DEBUG if os.environ.get("DNMF_DEBUG") == "1"
+                              else logging.CRITICAL}
+    if workers:
+        kwargs["n_workers"] = min(int(workers), n_gpus)
+    if memory_limit:
+        kwargs["memory_limit"] = memory_limit
+    cluster = dask_cuda.LocalCUDACluster(**kwargs)
+    client = Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
 def resolve_scheduler_name(
-    scheduler: str, *, x_nbytes: int | None, memory_limit: int | None = None
+    scheduler: str, *, x_nbytes: int | None, memory_limit: int | None = None, gpu: bool = False
 ) -> str:
-    """What ``auto`` means for this X (a current Client aside): an address, threads or local."""
+    """What ``auto`` means for this X (a current Client aside): an address, threads or local
+    (threads for a GPU fit: one process drives the GPU; ``cuda`` spreads over several)."""
     if scheduler != "auto":
         return scheduler
     address = os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         return address
+    if gpu:
+        return "threads"
     if x_nbytes is not None and x_nbytes < AUTO_THREADS_MAX_BYTES and memory_limit is None:
         return "threads"
     return "local"
@@ -303,7 +387,8 @@ def resolve_scheduler_name(
 def planned_context(
     scheduler: str, *, workers: int | None = None, memory_limit: int | None = None
 ) -> ExecutionContext:
-    """The context ``threads``, ``sync`` or ``local`` would give, without starting anything.
+    """The context ``threads``, ``sync``, ``local`` or ``cuda`` would give, without starting
+    anything.
 
     Used by ``--dry-run`` to plan against a LocalCluster that is never started.
     """
@@ -314,10 +399,14 @@ def planned_context(
             kind=scheduler, n_workers=1, threads_per_worker=n,
             memory_per_worker=int(memory_limit or psutil.virtual_memory().available),
         )
-    if scheduler == "local":
-        n = workers or cores
+    if scheduler in ("local", "cuda"):
+        if scheduler == "cuda":
+            gpus = _cuda_gpus()
+            n = min(workers or gpus, gpus)
+        else:
+            n = workers or cores
         return ExecutionContext(
-            kind="local", n_workers=n, threads_per_worker=1,
+            kind=scheduler, n_workers=n, threads_per_worker=1,
             memory_per_worker=int(memory_limit or psutil.virtual_memory().total / n),
         )
     raise InputError(f"no plan without connecting for scheduler {scheduler!r}")

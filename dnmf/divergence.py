@@ -1,7 +1,9 @@
 """Block kernels for β-divergence losses and missing values (multiplicative updates).
 
-Like :mod:`dnmf.kernels`, nothing here imports dask: these are numpy functions on one row panel
+Like :mod:`dnmf.kernels`, nothing here imports dask: these are array functions on one row panel
 ``X_i`` (dense, or ``scipy.sparse`` CSR for the Frobenius and KL losses) and the small factors.
+The dense kernels work in the panel's namespace (numpy, CuPy, array API; see
+:mod:`dnmf.kernels`); the CSR ones are numpy/scipy only.
 
 The β-divergence (Févotte & Idier, "Algorithms for nonnegative matrix factorization with the
 β-divergence", Neural Computation 23(9), 2011) between data ``x`` and model ``y = (W H)_ij``:
@@ -25,8 +27,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
-from dnmf.kernels import EPSILON, array_namespace, nnls_bpp
+from dnmf.kernels import (
+    EPSILON,
+    array_namespace,
+    asarray_on,
+    astype,
+    nnls_bpp,
+    numpy_like,
+    scalar,
+    to_host,
+)
 
 Array = Any
 
@@ -78,17 +90,33 @@ def observed_entries(X: Array, observed: Array | None,
     """
     if observed is None and not masked:
         return X, None
-    ok = ~np.isnan(X)
+    xp = array_namespace(X)
+    ok = ~xp.isnan(X)
     if observed is not None:
-        ok &= np.asarray(observed, dtype=bool)
-    return np.where(ok, X, 0), ok
+        ok &= asarray_on(observed, X, dtype=bool if numpy_like(xp) else xp.bool)
+    return xp.where(ok, X, scalar(X, 0)), ok
 
 
 def _masked(X: Array, observed: Array | None) -> Array:
     """X with unobserved (and NaN) entries set to 0 — they must not enter any product."""
     if observed is None:
         return X
-    return np.where(observed, X, 0)
+    return array_namespace(X).where(observed, X, scalar(X, 0))
+
+
+def _into(xp: Any, func: Any, *args: Any, out: Array) -> Array:
+    """``func(*args)`` written into ``out`` where the library can (numpy, CuPy): no
+    panel-sized temporary."""
+    return func(*args, out=out) if numpy_like(xp) else func(*args)
+
+
+def _square_sum(a: Array) -> float:
+    """``Σ a²`` with the squares and the sum in float64."""
+    xp = array_namespace(a)
+    if numpy_like(xp):
+        return float(xp.sum(xp.square(a, dtype=xp.float64)))
+    a64 = astype(a, xp.float64)
+    return float(xp.sum(a64 * a64))
 
 
 def beta_divergence(X: Array, WH: Array, beta: float, observed: Array | None = None,
@@ -98,24 +126,25 @@ def beta_divergence(X: Array, WH: Array, beta: float, observed: Array | None = N
     Zeros of X are exact (``0 log 0 = 0`` for KL); WH is clipped at ``eps`` where a negative
     power or a log of it is taken (scikit-learn's convention).
     """
-    X = np.asarray(X, dtype=np.float64)
-    WH = np.asarray(WH, dtype=np.float64)
+    xp = array_namespace(X)
+    X = astype(X, xp.float64)
+    WH = astype(WH, xp.float64)
     if observed is not None:
         X = X[observed]
         WH = WH[observed]
     if beta == 2.0:
-        return float(np.sum((X - WH) ** 2))
+        return float(xp.sum((X - WH) ** 2))
     if beta == 1.0:
         pos = X > 0
-        y = np.maximum(WH[pos], eps)
+        y = xp.maximum(WH[pos], eps)
         x = X[pos]
-        return float(np.sum(x * np.log(x / y)) - X.sum() + WH.sum())
+        return float(xp.sum(x * xp.log(x / y)) - xp.sum(X) + xp.sum(WH))
     if beta == 0.0:
-        y = np.maximum(WH, eps)
+        y = xp.maximum(WH, eps)
         ratio = X / y
-        return float(np.sum(ratio - np.log(ratio)) - X.size)
-    y = np.maximum(WH, eps) if beta < 1 else WH
-    return float(np.sum(X**beta + (beta - 1.0) * y**beta - beta * X * y ** (beta - 1.0))
+        return float(xp.sum(ratio - xp.log(ratio)) - X.size)
+    y = xp.maximum(WH, eps) if beta < 1 else WH
+    return float(xp.sum(X**beta + (beta - 1.0) * y**beta - beta * X * y ** (beta - 1.0))
                  / (beta * (beta - 1.0)))
 
 
@@ -137,10 +166,11 @@ def _x_log(X: Array, ratio: Array) -> float:
     A float32 log of a clipped copy (``0 * log(tiny)`` is 0) is several times faster than
     ``scipy.special.xlogy``; the sum is in float64.
     """
-    logs = np.maximum(ratio, np.finfo(ratio.dtype).tiny)
-    np.log(logs, out=logs)
+    xp = array_namespace(ratio)
+    logs = xp.maximum(ratio, xp.finfo(ratio.dtype).smallest_normal)
+    logs = _into(xp, xp.log, logs, out=logs)
     logs *= X
-    return float(logs.sum(dtype=np.float64))
+    return float(xp.sum(logs, dtype=xp.float64))
 
 
 def element_terms(X: Array, WH: Array, beta: float, observed: Array | None, eps: float,
@@ -150,39 +180,46 @@ def element_terms(X: Array, WH: Array, beta: float, observed: Array | None, eps:
     One pass of element-wise work per term, in X's dtype with float64 sums; ``WH`` is
     overwritten. X must be zero at missing entries and ``observed`` mark the observed ones.
     """
-    f64 = np.float64
+    xp = array_namespace(WH)
+    f64 = xp.float64
     loss = None
     if beta == 2.0:
-        den = WH if observed is None else np.where(observed, WH, 0)
+        den = WH if observed is None else xp.where(observed, WH, scalar(WH, 0))
         if with_loss:
             diff = X - den
-            loss = float(np.square(diff, out=diff).sum(dtype=f64))
+            diff = _into(xp, xp.square, diff, out=diff)
+            loss = float(xp.sum(diff, dtype=f64))
         return X, den, loss
     if beta == 1.0:
-        total_wh = float((WH if observed is None else np.where(observed, WH, 0)).sum(dtype=f64))
-        ratio = np.maximum(WH, WH.dtype.type(eps), out=WH)
-        np.divide(X, ratio, out=ratio)  # 0 wherever X is 0, missing entries included
-        den = None if observed is None else observed.astype(WH.dtype)
+        total_wh = float(xp.sum(WH if observed is None else xp.where(observed, WH, scalar(WH, 0)),
+                                dtype=f64))
+        ratio = _into(xp, xp.maximum, WH, scalar(WH, eps), out=WH)
+        # 0 wherever X is 0, missing entries included
+        ratio = _into(xp, xp.divide, X, ratio, out=ratio)
+        den = None if observed is None else astype(observed, WH.dtype)
         if with_loss:
-            loss = _x_log(X, ratio) - float(X.sum(dtype=f64)) + total_wh
+            loss = _x_log(X, ratio) - float(xp.sum(X, dtype=f64)) + total_wh
         return ratio, den, loss
     if beta == 0.0:
-        den = np.maximum(WH, WH.dtype.type(eps), out=WH)
-        np.reciprocal(den, out=den)
+        den = _into(xp, xp.maximum, WH, scalar(WH, eps), out=WH)
+        den = xp.reciprocal(den, out=den) if numpy_like(xp) else 1.0 / den
         ratio = X * den
         if observed is not None:
             den[~observed] = 0
         num = ratio * den
         if with_loss:
             if observed is None:
-                logs = np.log(ratio).sum(dtype=f64)
+                logs = xp.sum(xp.log(ratio), dtype=f64)
                 n = ratio.size
-            else:
+            elif xp is np:
                 logs = np.log(ratio, where=observed, out=np.zeros_like(ratio)).sum(dtype=f64)
                 n = int(np.count_nonzero(observed))
-            loss = float(ratio.sum(dtype=f64)) - float(logs) - n
+            else:  # log(1) = 0 at the missing entries
+                logs = xp.sum(xp.log(xp.where(observed, ratio, 1.0)), dtype=f64)
+                n = int(xp.count_nonzero(observed))
+            loss = float(xp.sum(ratio, dtype=f64)) - float(logs) - n
         return num, den, loss
-    y = np.maximum(WH, WH.dtype.type(eps), out=WH) if beta < 2.0 else WH
+    y = _into(xp, xp.maximum, WH, scalar(WH, eps), out=WH) if beta < 2.0 else WH
     den = y ** (beta - 1.0)
     num = X * (den / y if beta < 2.0 else y ** (beta - 2.0))
     if observed is not None:
@@ -191,8 +228,8 @@ def element_terms(X: Array, WH: Array, beta: float, observed: Array | None, eps:
         x_beta = X**beta  # X is 0 at missing entries; β > 0 here unless X > 0 everywhere
         if observed is not None and beta < 0:
             x_beta[~observed] = 0
-        loss = float((x_beta.sum(dtype=f64) + (beta - 1.0) * (y * den).sum(dtype=f64)
-                      - beta * (X * den).sum(dtype=f64)) / (beta * (beta - 1.0)))
+        loss = float((xp.sum(x_beta, dtype=f64) + (beta - 1.0) * xp.sum(y * den, dtype=f64)
+                      - beta * xp.sum(X * den, dtype=f64)) / (beta * (beta - 1.0)))
     return num, den, loss
 
 
@@ -200,13 +237,13 @@ def mu_ratio_step(F: Array, num: Array, den: Array, *, gamma: float = 1.0, l1: f
                   l2: float = 0.0, eps: float = EPSILON) -> Array:
     """``F * (num / (den + l1 + l2 F))^γ`` with zero denominators replaced by ``eps``."""
     xp = array_namespace(F)
-    den = xp.asarray(den, dtype=F.dtype)
+    den = asarray_on(den, F, dtype=F.dtype)
     if l1:
-        den = den + F.dtype.type(l1)
+        den = den + scalar(F, l1)
     if l2:
-        den = den + F.dtype.type(l2) * F
-    den = xp.where(den > 0, den, F.dtype.type(eps))
-    ratio = xp.maximum(xp.asarray(num, dtype=F.dtype), 0) / den
+        den = den + scalar(F, l2) * F
+    den = xp.where(den > 0, den, scalar(F, eps))
+    ratio = xp.maximum(asarray_on(num, F, dtype=F.dtype), 0.0) / den
     if gamma != 1.0:
         ratio = ratio**gamma
     return F * ratio
@@ -295,20 +332,23 @@ def beta_panel_step(
         return _sparse_panel_step(X.tocsr(), W, H, beta=beta, l1=l1, l2=l2,
                                   sum_to_one=sum_to_one, eps=eps)
     X, observed = observed_entries(X, observed, masked)
+    xp = array_namespace(W)
     gamma = mu_exponent(beta)
+    H_host = H
+    H = asarray_on(H, W)  # for device blocks, H (k x n) is copied to the device here
     WH = W @ H
     num, den = _powers(X, WH, beta, observed, eps)
     numW = num @ H.T
-    denW = (np.broadcast_to(H.sum(axis=1), W.shape) if den is None else den @ H.T)
+    denW = (xp.broadcast_to(xp.sum(H, axis=1), W.shape) if den is None else den @ H.T)
     if sum_to_one:
-        delta = sum_to_one_delta(H, beta, SUM_TO_ONE_WEIGHT_MU)
+        delta = sum_to_one_delta(H_host, beta, SUM_TO_ONE_WEIGHT_MU)
         numW, denW = augment_w_terms(numW, denW, W, beta, delta, eps)
     W_new = mu_ratio_step(W, numW, denW, gamma=gamma, l1=l1, l2=l2, eps=eps)
     if beta <= 1.0:  # scikit-learn's guard: tiny entries of W would stall in log/negative powers
-        W_new[W_new < np.finfo(np.float64).eps] = 0
+        W_new[W_new < float(np.finfo(np.float64).eps)] = 0  # 2^-52: exact in float32 too
     numH, denH, loss = _dense_h_terms(X, W_new, H, beta, observed, eps)
-    W64 = W_new.astype(np.float64)
-    return W_new, (numH, denH, loss, W64.T @ W64)
+    W64 = astype(W_new, xp.float64)
+    return W_new, (to_host(numH), to_host(denH), loss, to_host(W64.T @ W64))
 
 
 def h_update_terms(X: Array, W: Array, H: Array, *, beta: float,
@@ -327,26 +367,75 @@ def h_update_terms(X: Array, W: Array, H: Array, *, beta: float,
 
 def _dense_h_terms(X: Array, W: Array, H: Array, beta: float, observed: Array | None,
                    eps: float) -> tuple[np.ndarray, np.ndarray, float]:
+    xp = array_namespace(W)
     num, den, loss = element_terms(X, W @ H, beta, observed, eps)
     # products in the data's precision (fast BLAS), sums over panels in float64
-    numH = np.asarray(W.T @ num, dtype=np.float64)
+    numH = astype(W.T @ num, xp.float64)
     if den is None:
-        denH = W.sum(axis=0, dtype=np.float64)[:, None]
+        denH = xp.sum(W, axis=0, dtype=xp.float64)[:, None]
     else:
-        denH = np.asarray(W.T @ den, dtype=np.float64)
+        denH = astype(W.T @ den, xp.float64)
     return numH, denH, loss
 
 
-def _sparse_rows_dot(X: Any, W: Array, H: Array, block: int = 1 << 20) -> np.ndarray:
+#: Bytes of the rows of W and of Hᵀ gathered at once by :func:`_sparse_rows_dot` (each):
+#: bounded, so that a panel task's memory does not grow with k times its non-zeros.
+GATHER_BYTES = 4 * 2**20
+
+
+def _sparse_rows_dot(X: Any, W: Array, H: Array, block: int | None = None) -> np.ndarray:
     """``(W @ H)`` at the non-zeros of the CSR matrix X, without forming ``W @ H``."""
     rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
     cols = X.indices
     out = np.empty(X.nnz, dtype=np.result_type(W.dtype, H.dtype))
     Ht = np.ascontiguousarray(H.T)
+    if block is None:
+        block = max(1024, GATHER_BYTES // (out.itemsize * max(1, H.shape[0])))
     for lo in range(0, X.nnz, block):
         hi = min(lo + block, X.nnz)
         out[lo:hi] = np.einsum("ij,ij->i", W[rows[lo:hi]], Ht[cols[lo:hi]])
     return out
+
+
+#: Stored entries of a CSR panel per float64 block of :func:`_sparse_panel_loss`.
+LOSS_BLOCK_NNZ = 1 << 18
+
+
+def _sparse_panel_loss(X: Any, W: Array, H: Array, *, beta: float,
+                       eps: float) -> tuple[float, float, float]:
+    """``(β-divergence, squared Frobenius residual, ||X||²)`` of a CSR panel, in float64.
+
+    By blocks of rows holding about :data:`LOSS_BLOCK_NNZ` stored entries, each converted to
+    float64 on its own: a float64 copy of the whole panel (what scipy makes to multiply it
+    by a float64 factor) would be the task's largest allocation. The Frobenius residual is
+    ``||X||² - 2 Σ x (W H) + <WᵀW, HHᵀ>``, the middle sum over the stored entries only.
+    """
+    W64 = np.asarray(W, dtype=np.float64)
+    H64 = np.asarray(H, dtype=np.float64)
+    Ht64 = np.ascontiguousarray(H64.T)
+    indptr = X.indptr
+    sq = cross = x_log = x_sum = 0.0
+    start = 0
+    while start < X.shape[0]:
+        stop = int(np.searchsorted(indptr, indptr[start] + LOSS_BLOCK_NNZ, side="right")) - 1
+        stop = min(max(stop, start + 1), X.shape[0])
+        lo, hi = int(indptr[start]), int(indptr[stop])
+        x = X.data[lo:hi].astype(np.float64)
+        block = sp.csr_matrix((x, X.indices[lo:hi], indptr[start:stop + 1] - lo),
+                              shape=(stop - start, X.shape[1]))
+        sq += float(x @ x)
+        cross += float(np.vdot(W64[start:stop], block @ Ht64))
+        if beta != 2.0:
+            wh = np.maximum(_sparse_rows_dot(block, W64[start:stop], H64), eps)
+            pos = x > 0
+            x_log += float(np.sum(x[pos] * np.log(x[pos] / wh[pos])))
+            x_sum += float(x.sum())
+        start = stop
+    residual = max(sq - 2.0 * cross + float(np.vdot(W64.T @ W64, H64 @ H64.T)), 0.0)
+    if beta == 2.0:
+        return residual, residual, sq
+    loss = x_log - x_sum + float(W64.sum(axis=0) @ H64.sum(axis=1))
+    return loss, residual, sq
 
 
 def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2: float,
@@ -372,8 +461,6 @@ def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2
 
 def _sparse_ratio(X: Any, W: Array, H: Array, eps: float) -> tuple[Any, np.ndarray]:
     """``X / (W H)`` at the non-zeros of the CSR panel X (a CSR matrix), and ``W H`` there."""
-    import scipy.sparse as sp
-
     wh = np.maximum(_sparse_rows_dot(X, W, H), eps)
     return sp.csr_matrix((X.data / wh, X.indices, X.indptr), shape=X.shape), wh
 
@@ -394,21 +481,8 @@ def panel_loss(X: Array, W: Array, H: Array, *, beta: float, observed: Array | N
                masked: bool = False, eps: float = EPSILON) -> tuple[float, float, float]:
     """``(β-divergence, squared Frobenius residual, Σ M X²)`` of one panel at ``(W, H)``."""
     if hasattr(X, "tocsr"):
-        X = X.tocsr()
-        W64 = np.asarray(W, dtype=np.float64)
-        H64 = np.asarray(H, dtype=np.float64)
-        x = X.data.astype(np.float64)
-        WtX = np.asarray((X.T @ W64).T)
-        sq = float(x @ x)
-        residual = max(sq - 2.0 * float(np.vdot(WtX, H64))
-                       + float(np.vdot(W64.T @ W64, H64 @ H64.T)), 0.0)
-        if beta == 2.0:
-            return residual, residual, sq
-        wh = np.maximum(_sparse_rows_dot(X, W64, H64), eps)
-        pos = x > 0
-        loss = float(np.sum(x[pos] * np.log(x[pos] / wh[pos])) - x.sum()
-                     + W64.sum(axis=0) @ H64.sum(axis=1))
-        return loss, residual, sq
+        return _sparse_panel_loss(X.tocsr(), W, H, beta=beta, eps=eps)
+    H = asarray_on(H, W)  # for device blocks, H (k x n) is copied to the device here
     if beta == 2.0 and observed is None and not masked:
         residual, sq = _frobenius_by_blocks(X, W, H)
         return residual, residual, sq
@@ -417,7 +491,7 @@ def panel_loss(X: Array, W: Array, H: Array, *, beta: float, observed: Array | N
     loss = beta_divergence(X, WH, beta, observed, eps)
     residual = loss if beta == 2.0 else beta_divergence(X, WH, 2.0, observed)
     Xo = X if observed is None else X[observed]
-    return loss, residual, float(np.sum(np.square(Xo, dtype=np.float64)))
+    return loss, residual, _square_sum(Xo)
 
 
 def _frobenius_by_blocks(X: Array, W: Array, H: Array, rows: int = 4096) -> tuple[float, float]:
@@ -425,10 +499,11 @@ def _frobenius_by_blocks(X: Array, W: Array, H: Array, rows: int = 4096) -> tupl
     task's memory stays that of the iteration's (no panel-sized ``W H``)."""
     residual = sq = 0.0
     for start in range(0, X.shape[0], rows):
-        Xb = X[start:start + rows]
-        Rb = Xb - W[start:start + rows] @ H
-        residual += float(np.sum(np.square(Rb, dtype=np.float64)))
-        sq += float(np.sum(np.square(Xb, dtype=np.float64)))
+        stop = min(start + rows, X.shape[0])
+        Xb = X[start:stop, :]
+        Rb = Xb - W[start:stop, :] @ H
+        residual += _square_sum(Rb)
+        sq += _square_sum(Xb)
     return residual, sq
 
 

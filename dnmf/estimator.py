@@ -43,7 +43,11 @@ class NMF(TransformerMixin, BaseEstimator):
         Rows of W (abundances) sum to one.
     forget_factor : float
         :meth:`partial_fit` only: weight of the past batches' statistics at each new batch.
-    scheduler : {"auto", "threads", "sync", "local"}, address or distributed.Client
+    scheduler : {"auto", "threads", "sync", "local", "cuda"}, address or distributed.Client
+    device : {"cpu", "gpu"}
+        Where the panel tasks of :meth:`fit` run: numpy on the host, or CuPy on a CUDA GPU
+        (hals and mu; see :func:`dnmf.factorize`). :meth:`transform` and :meth:`partial_fit`
+        run on the host.
     max_time : float, optional
         Wall-time budget of the iterations, in seconds.
     persist_x : bool or "auto"
@@ -92,6 +96,7 @@ class NMF(TransformerMixin, BaseEstimator):
         w_sum_to_one: bool = False,
         forget_factor: float = 0.7,
         scheduler: Any = "auto",
+        device: str = "cpu",
         max_time: float | None = None,
         persist_x: bool | str = "auto",
     ) -> None:
@@ -110,6 +115,7 @@ class NMF(TransformerMixin, BaseEstimator):
         self.w_sum_to_one = w_sum_to_one
         self.forget_factor = forget_factor
         self.scheduler = scheduler
+        self.device = device
         self.max_time = max_time
         self.persist_x = persist_x
 
@@ -142,7 +148,8 @@ class NMF(TransformerMixin, BaseEstimator):
             max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
             n_restarts=self.n_restarts, W_init=W, H_init=H, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
             l1_ratio=self.l1_ratio, missing=self.missing, w_sum_to_one=self.w_sum_to_one,
-            scheduler=self.scheduler, max_time=self.max_time, persist_x=self.persist_x, **params,
+            scheduler=self.scheduler, device=self.device, max_time=self.max_time,
+            persist_x=self.persist_x, **params,
         )
         self.result_ = result
         self.components_ = result.H

@@ -76,9 +76,10 @@ def iteration_graph(
     Parameters
     ----------
     X : dask array (n_samples, n_features), row panels (one column chunk)
-    W : dask array (n_samples, k), chunked like X's rows
+        numpy blocks, or device blocks (CuPy, :func:`dnmf.device.to_device`) for hals and mu.
+    W : dask array (n_samples, k), chunked like X's rows, with blocks of X's kind
     H : ndarray (k, n_features)
-        Cast to X's dtype for the panel products.
+        Cast to X's dtype for the panel products; copied to the device inside each task.
     solver : "hals" | "mu" | "anls"
     beta : float
         β of the loss; other than 2 runs :func:`dnmf.divergence.beta_panel_step` (MU).
@@ -169,9 +170,18 @@ def iteration_graph(
         sum_name: {part_name},
     }
     graph = HighLevelGraph(layers, deps)
-    W_new = da.Array(graph, w_name, chunks=W.chunks, dtype=X.dtype)
+    W_new = da.Array(graph, w_name, chunks=W.chunks, dtype=X.dtype, meta=_block_meta(W, X.dtype))
     partials = Delayed(final_key, graph, layer=sum_name)
     return W_new, partials
+
+
+def _block_meta(A: da.Array, dtype: Any) -> Any:
+    """The meta of a new array with A's kind of blocks: None (dask's numpy default) for numpy
+    blocks; device blocks (CuPy) keep their type, so that :func:`dnmf.device.to_host` sees
+    them."""
+    if isinstance(A._meta, np.ndarray):
+        return None
+    return da.utils.meta_from_array(A._meta, ndim=2, dtype=dtype)
 
 
 def _beta_task(X: Any, W: Any, H: Any, observed: Any, **kwargs: Any) -> tuple:

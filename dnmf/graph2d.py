@@ -46,7 +46,8 @@ def _update_w_from_parts(W: Any, XHt: Any, HHt: Any, *, solver: str, l1: float,
 
 
 def _wtx_part(W: Any, X: Any) -> Any:
-    return kernels.gram_partials(X, W)[0]
+    # float64 for the sums (a sparse block's product comes back in its own dtype)
+    return kernels.astype(kernels.gram_partials(X, W)[0], np.float64)
 
 
 def _wtw(W: Any) -> Any:

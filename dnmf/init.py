@@ -6,7 +6,8 @@ per-block arithmetic lives in :mod:`dnmf.kernels`.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
@@ -16,8 +17,11 @@ from dnmf import graph, kernels, separable
 from dnmf.errors import InputError
 
 INIT_METHODS = ("auto", "random", "nndsvd", "nndsvda", "nndsvdar", "spa", "vca", "custom")
-#: Power iterations of the randomized SVD behind NNDSVD: each costs two reads of X.
-SVD_POWER_ITERATIONS = 2
+#: Reads of X by the randomized SVD behind NNDSVD (:func:`truncated_svd`): the subspace of
+#: one power iteration of ``dask.array.linalg.svd_compressed`` (which would read X 2 times more).
+SVD_PASSES = 3
+#: Oversampling of that SVD's basis.
+SVD_OVERSAMPLES = 10
 
 
 def resolve_init(init: str | None, *, has_custom: bool) -> str:
@@ -63,9 +67,10 @@ def initialize(
 
     Notes
     -----
-    NNDSVD (Boutsidis & Gallopoulos, 2008) uses ``dask.array.linalg.svd_compressed`` with
-    :data:`SVD_POWER_ITERATIONS` power iterations: ``2 * SVD_POWER_ITERATIONS + 2`` reads of X,
-    each pass persisted so X is never held in memory across passes.
+    NNDSVD (Boutsidis & Gallopoulos, 2008) takes the leading singular vectors from
+    :func:`truncated_svd`: :data:`SVD_PASSES` reads of X, each a map-reduce over the row
+    panels, so X is never held in memory across passes. W is lazy: each panel's rows are
+    computed from X_i by the first iteration's task for that panel (no extra read).
 
     SPA and VCA pick k rows of X as the rows of H (endmembers; see :func:`endmember_rows`),
     one pass over X each (VCA one more for the signal subspace), and W starts from the exact
@@ -118,19 +123,11 @@ def _nndsvd(X: da.Array, k: int, *, fill: str, seed: int, x_mean: float
             "NNDSVD initialisation needs full-width row panels; X is too wide for them here "
             "(2-D block scheme) — use init='random' or raise the memory limit"
         )
-    u, s, v = da.linalg.svd_compressed(
-        X, k, n_power_iter=SVD_POWER_ITERATIONS, seed=seed, compute=True
-    )
-    u = u.rechunk((X.chunks[0], (k,)))
-    # Persist U (n_samples x k), S and V together: W below must not re-run the SVD (re-read X),
-    # and submitting their shared upstream keys twice, optimised differently, upsets the
-    # distributed scheduler.
-    u, s, v = dask.persist(u, s, v)
-    pos_sq = (da.maximum(u, 0) ** 2).sum(axis=0)
-    neg_sq = (da.minimum(u, 0) ** 2).sum(axis=0)
-    S, V, pos_sq, neg_sq = dask.compute(s, v, pos_sq, neg_sq)
-    S = np.asarray(S, dtype=np.float64)
-    V = np.asarray(V, dtype=np.float64)
+    svd = truncated_svd(X, k, seed=seed)
+    S, V = svd.S, svd.V
+    pos_sq, neg_sq = graph.map_reduce_panels(
+        svd.XQ, functools.partial(kernels.split_column_norms, M=svd.to_u),
+        name="dnmf-nndsvd-norms").compute()
     x_p_nrm, x_n_nrm = np.sqrt(pos_sq), np.sqrt(neg_sq)
     signs = np.zeros(k)
     norms = np.ones(k)
@@ -158,20 +155,101 @@ def _nndsvd(X: da.Array, k: int, *, fill: str, seed: int, x_mean: float
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
         zero = H == 0
         H[zero] = np.abs(x_mean * rng.standard_normal(int(zero.sum())) / 100)
-    W = u.map_blocks(
-        _nndsvd_block,
-        signs=signs, norms=norms, root=root, fill=fill, mean=x_mean, seed=seed,
-        out_dtype=np.dtype(X.dtype), dtype=X.dtype, chunks=u.chunks,
+    # W (U's parts, scaled) stays lazy, computed from X_i by the first iteration's task for
+    # panel i, which reads X_i anyway: nothing n-sized outlives the initialisation
+    to_u = (svd.basis @ svd.to_u).astype(X.dtype)
+    W = graph.map_panels(
+        X, _nndsvd_block, k=k, dtype=X.dtype, name="dnmf-nndsvd-W",
+        to_u=to_u, signs=signs, norms=norms, root=root, fill=fill, mean=x_mean, seed=seed,
+        out_dtype=np.dtype(X.dtype),
     )
     return W, H.astype(X.dtype)
 
 
-def _nndsvd_block(U: np.ndarray, *, signs: np.ndarray, norms: np.ndarray, root: np.ndarray,
-                  fill: str, mean: float, seed: int, out_dtype: Any, block_info: Any = None
-                  ) -> np.ndarray:
+def _nndsvd_block(X: Any, *, to_u: np.ndarray, signs: np.ndarray, norms: np.ndarray,
+                  root: np.ndarray, fill: str, mean: float, seed: int, out_dtype: Any,
+                  block_info: Any = None) -> np.ndarray:
     start = block_info[0]["array-location"][0][0] if block_info else 0
+    U = np.asarray(kernels.project_rows(X, to_u), dtype=np.float64)
     return kernels.nndsvd_rows(U, signs, norms, root, fill=fill, mean=mean, start=start,
                                seed=seed, dtype=out_dtype)
+
+
+class TruncatedSVD(NamedTuple):
+    """The result of :func:`truncated_svd`."""
+
+    #: ``X Q`` (n_samples x width), X's dtype, persisted: X projected on the basis.
+    XQ: da.Array
+    #: ``Q`` (n_features x width), float64: an orthonormal basis of X's leading row space.
+    basis: np.ndarray
+    #: (width, k): ``U = XQ @ to_u`` are the left singular vectors (``X @ (basis @ to_u)``).
+    to_u: np.ndarray
+    #: (k,) singular values, descending.
+    S: np.ndarray
+    #: (k, n_features) right singular vectors (rows).
+    V: np.ndarray
+
+
+def truncated_svd(X: da.Array, k: int, *, seed: int, passes: int = SVD_PASSES,
+                  oversamples: int = SVD_OVERSAMPLES) -> TruncatedSVD:
+    """The leading k singular triplets of X in row panels, by a randomized range finder on
+    its row space (Halko, Martinsson & Tropp, SIAM Review 53(2), 2011, algorithms 4.3 and 5.1).
+
+    Parameters
+    ----------
+    X : dask array (n_samples, n_features) in full-width row panels (dense or scipy.sparse)
+    k : int
+    seed : int
+        Seeds the Gaussian test matrix: the result is reproducible for a seed and chunking.
+    passes : int
+        Reads of X, at least 2. Each but the last applies ``XᵀX`` to an orthonormal basis of
+        ``k + oversamples`` columns (``Σᵢ Xᵢᵀ (Xᵢ Q)``, one task per panel: only the
+        ``n_features x (k + oversamples)`` partial sums travel); the last projects X on it.
+    oversamples : int
+        Extra columns of the basis.
+
+    Returns
+    -------
+    TruncatedSVD
+        ``(XQ, basis, to_u, S, V)``; U is never formed as an n x k array: it is computed per
+        panel where needed, from ``XQ`` or from X.
+
+    Notes
+    -----
+    ``passes = p`` finds the singular vectors in the range of ``(XᵀX)^(p-1) Ω``: the subspace
+    of ``dask.array.linalg.svd_compressed`` with ``p - 2`` power iterations, which reads X
+    ``2p - 2`` times and keeps an n x (k + oversamples) basis besides. With X sparse, dask's
+    version also assembles X into one matrix for the products. The last step is the
+    Rayleigh-Ritz projection ``(XQ)ᵀ(XQ) = R Λ Rᵀ``: ``S = √Λ``, ``V = (Q R)ᵀ``,
+    ``U = X Q R / S``; its Gram matrix is summed in float64, so singular values down to
+    about 1e-8 of the largest are resolved, far below what NNDSVD uses.
+    """
+    if passes < 2:
+        raise ValueError(f"truncated_svd needs at least 2 passes over X; got {passes}")
+    n_features = X.shape[1]
+    width = min(k + oversamples, n_features)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
+    Q = rng.standard_normal((n_features, width))
+    for p in range(passes - 1):
+        # the products run in X's dtype (float32 X: sgemm, and a scipy panel is not upcast);
+        # the n_features x width partial sums are float64
+        (Z,) = graph.map_reduce_panels(
+            X, functools.partial(kernels.row_space_products, Q=Q.astype(X.dtype)),
+            name=f"dnmf-svd-pass{p}").compute()
+        Q, _ = np.linalg.qr(Z)
+    Y = graph.map_panels(X, kernels.project_rows, k=width, dtype=X.dtype,
+                         name="dnmf-svd-XQ", Q=Q.astype(X.dtype))
+    (Y,) = dask.persist(Y)
+    (gram,) = graph.map_reduce_panels(Y, kernels.gram_of_rows, name="dnmf-svd-gram").compute()
+    eigvals, R = np.linalg.eigh(gram)
+    order = np.argsort(eigvals)[::-1][:k]
+    S = np.sqrt(np.maximum(eigvals[order], 0.0))
+    R = R[:, order]
+    # a singular value at rounding level carries no direction: its U column is set to zero
+    tiny = S <= S[0] * 1e-8 if S.size and S[0] > 0 else np.ones(k, dtype=bool)
+    to_u = np.divide(R, S, out=np.zeros_like(R), where=~tiny)
+    V = (Q @ R).T
+    return TruncatedSVD(Y, Q, to_u, S, V)
 
 
 def endmember_rows(X: da.Array, k: int, *, method: str = "spa", seed: int = 0) -> np.ndarray:

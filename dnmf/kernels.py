@@ -5,6 +5,14 @@ same namespace, e.g. CuPy, where noted) and returns arrays. The graph builders i
 :mod:`dnmf.graph` call these once per row panel; the driver calls the H-side updates on the
 small k x n matrices.
 
+Device blocks (CuPy, or any array-API library): the kernels of a dense HALS or MU iteration
+(:func:`panel_step`, :func:`hals_sweep`, :func:`mu_step`, :func:`gram_partials`, and the dense
+kernels of :mod:`dnmf.divergence`) work in the namespace of the block they are given. The small
+host operands (H, HHt) are copied to the block's device inside the task (:func:`asarray_on`);
+the partial sums leave the task as host numpy arrays (:func:`to_host`). numpy and CuPy share
+numpy's extensions (``out=``, ``dtype=`` on element-wise functions); other array-API libraries
+take the portable path. Exact NNLS (anls, sum-to-one) stays numpy-only.
+
 Notation (scikit-learn's orientation): X (n_samples, n_features) ~= W (n_samples, k) @ H (k,
 n_features). ``XHt = X @ H.T``, ``HHt = H @ H.T``, ``WtX = W.T @ X``, ``WtW = W.T @ W``.
 """
@@ -23,8 +31,80 @@ Array = Any  # a numpy (or CuPy) ndarray
 
 def array_namespace(a: Array) -> Any:
     """The array-API namespace of ``a`` (numpy for numpy arrays, cupy for CuPy arrays)."""
+    if type(a).__module__.startswith("cupy"):
+        import sys
+
+        return sys.modules["cupy"]  # the numpy-like module, whatever __array_namespace__ says
     get_ns = getattr(a, "__array_namespace__", None)
     return get_ns() if get_ns is not None else np
+
+
+def numpy_like(xp: Any) -> bool:
+    """Whether ``xp`` has numpy's extensions (``out=``, ``dtype=`` of element-wise functions,
+    ``xp.reciprocal``): numpy and CuPy."""
+    return xp is np or getattr(xp, "__name__", "") == "cupy"
+
+
+def to_host(a: Array) -> np.ndarray:
+    """``a`` as a host numpy array: a no-op for numpy, a device-to-host copy otherwise.
+
+    The one place where data leaves a device: the k x n and k x k partial sums at the end of a
+    panel task, and k x k Gram matrices whose diagonal a HALS sweep reads.
+    """
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)  # CuPy
+    if callable(get):
+        return get()
+    if hasattr(a, "__dlpack__"):  # other array-API libraries
+        return np.from_dlpack(a)
+    return np.asarray(a)
+
+
+def asarray_on(a: Any, like: Array, *, dtype: Any = None) -> Array:
+    """``a`` (a host array, a scalar, or already one of ``like``'s) in ``like``'s namespace, on
+    its device, as ``dtype``: a host-to-device copy of the small operands (H, HHt) for device
+    blocks, ``np.asarray`` for numpy."""
+    xp = array_namespace(like)
+    if xp is np:
+        return np.asarray(a, dtype=dtype)
+    if numpy_like(xp):  # CuPy: the current device is the block's (one GPU per worker)
+        with like.device:
+            return xp.asarray(a, dtype=dtype)
+    return xp.asarray(a, dtype=dtype, device=like.device)
+
+
+def astype(a: Array, dtype: Any) -> Array:
+    """``a`` cast to ``dtype`` (no copy when it has it already), in its own namespace."""
+    if hasattr(a, "astype"):  # numpy, CuPy
+        return a.astype(dtype, copy=False)
+    return array_namespace(a).astype(a, dtype, copy=False)
+
+
+def scalar(like: Array, value: float) -> Any:
+    """``value`` to mix into arithmetic with ``like`` without promoting its dtype: a numpy
+    scalar of its dtype for numpy, else a Python float (CuPy and the array API treat those as
+    weak; a 0-d device array would cost a host-to-device copy each time)."""
+    if isinstance(like, np.ndarray):
+        return like.dtype.type(value)
+    return float(value)
+
+
+def _copy(a: Array) -> Array:
+    xp = array_namespace(a)
+    if numpy_like(xp):
+        return xp.array(a, copy=True)  # keeps the memory order (H.T stays column-major)
+    return xp.asarray(a, copy=True)
+
+
+def _zeros_on(like: Array, shape: tuple[int, ...], dtype: Any) -> Array:
+    xp = array_namespace(like)
+    if xp is np:
+        return np.zeros(shape, dtype=dtype)
+    if numpy_like(xp):
+        with like.device:
+            return xp.zeros(shape, dtype=dtype)
+    return xp.zeros(shape, dtype=dtype, device=like.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,20 +135,23 @@ def hals_sweep(F: Array, A: Array, G: Array, *, l1: float = 0.0, l2: float = 0.0
     array of shape (m, k), non-negative, same dtype as ``F``.
     """
     xp = array_namespace(F)
-    F = xp.array(F, copy=True)
-    G = xp.asarray(G, dtype=F.dtype)
-    A = xp.asarray(A, dtype=F.dtype)
+    F = _copy(F)
+    G = asarray_on(G, F, dtype=F.dtype)
+    A = asarray_on(A, F, dtype=F.dtype)
     if l1:
-        A = A - F.dtype.type(l1)
+        A = A - scalar(F, l1)
+    # the k diagonal entries on the host once per sweep: a device scalar read per column
+    # would wait for the device every time
+    diag = np.diagonal(to_host(G))
     k = F.shape[1]
     for t in range(k):
-        hess = float(G[t, t]) + l2
+        hess = float(diag[t]) + l2
         if hess <= 0.0:  # a zero row of the other factor: this column has no information
             continue
         grad = F @ G[:, t] - A[:, t]
         if l2:
-            grad = grad + F.dtype.type(l2) * F[:, t]
-        F[:, t] = xp.maximum(F[:, t] - grad / F.dtype.type(hess), 0)
+            grad = grad + scalar(F, l2) * F[:, t]
+        F[:, t] = xp.maximum(F[:, t] - grad / scalar(F, hess), 0.0)
     return F
 
 
@@ -123,15 +206,15 @@ def mu_step(
     instead of adding ``eps`` everywhere, which would break the monotone decrease of the loss.
     """
     xp = array_namespace(F)
-    G = xp.asarray(G, dtype=F.dtype)
-    A = xp.asarray(A, dtype=F.dtype)
+    G = asarray_on(G, F, dtype=F.dtype)
+    A = asarray_on(A, F, dtype=F.dtype)
     denom = F @ G
     if l1:
-        denom = denom + F.dtype.type(l1)
+        denom = denom + scalar(F, l1)
     if l2:
-        denom = denom + F.dtype.type(l2) * F
-    denom = xp.where(denom > 0, denom, F.dtype.type(eps))
-    return F * (xp.maximum(A, 0) / denom)
+        denom = denom + scalar(F, l2) * F
+    denom = xp.where(denom > 0, denom, scalar(F, eps))
+    return F * (xp.maximum(A, 0.0) / denom)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +418,10 @@ def update_w(
     Rows of W are independent given H, so applying this per row panel is exactly the global W
     update of the chosen solver. With ``sum_to_one`` every solver updates W by
     :func:`fcls_rows` (exact), so that the abundance constraint holds at every iteration.
+    hals and mu run in W's namespace (numpy or a device); the exact NNLS solves are numpy-only.
     """
+    if (sum_to_one or solver == "anls") and array_namespace(W) is not np:
+        raise ValueError("the exact NNLS W update (anls, sum-to-one) runs on numpy blocks only")
     if sum_to_one:
         return fcls_rows(XHt, HHt, l1=l1, l2=l2, W=W).astype(W.dtype, copy=False)
     if solver == "hals":  # inner_sweeps = 1 is plain HALS
@@ -358,24 +444,32 @@ def gram_partials(X: Array, W: Array) -> tuple[Array, Array]:
 
     The products run in the data's precision (fast BLAS); only the k x n and k x k results are
     promoted, so the sums over panels and the Gram-identity loss do not lose digits in float32.
+    A sparse panel's ``W.T @ X`` is returned in X's dtype and promoted by :func:`sum_partials`.
     """
     xp = array_namespace(W)
+    rows = PARTIAL_BLOCK_ROWS if xp is np else DEVICE_PARTIAL_BLOCK_ROWS
     if hasattr(X, "tocsr"):  # scipy.sparse block: keep the product sparse-dense
-        WtX = (X.T @ W).T
-    elif xp is np and X.dtype == np.float32 and X.shape[0] > 2 * PARTIAL_BLOCK_ROWS:
-        return _blocked_gram_partials(X, W)
+        # left in X's dtype: :func:`sum_partials` promotes it as it adds (the same sums),
+        # and a float32 k x n partial waiting for its reduction takes half the memory
+        return (X.T @ W).T, astype(W.T @ W, xp.float64)
+    if X.dtype == xp.float32 and X.shape[0] > 2 * rows:
+        return _blocked_gram_partials(X, W, rows)
     else:
         WtX = W.T @ X
     WtW = W.T @ W
-    return xp.asarray(WtX, dtype=xp.float64), xp.asarray(WtW, dtype=xp.float64)
+    return astype(WtX, xp.float64), astype(WtW, xp.float64)
 
 
 #: Rows per float32 product summed in float64 by :func:`gram_partials`.
 PARTIAL_BLOCK_ROWS = 256
+#: The same for device blocks: a GPU runs a 256-row product far below its speed (launch
+#: overhead), and cuBLAS sums long products in blocks of its own. Not yet measured.
+DEVICE_PARTIAL_BLOCK_ROWS = 4096
 
 
-def _blocked_gram_partials(X: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(W.T @ X, W.T @ W)`` as float32 products of 256-row blocks summed in float64.
+def _blocked_gram_partials(X: Array, W: Array,
+                           rows: int = PARTIAL_BLOCK_ROWS) -> tuple[Array, Array]:
+    """``(W.T @ X, W.T @ W)`` as float32 products of ``rows``-row blocks summed in float64.
 
     The loss comes from these by the Gram identity ``||X||² - 2<H, WᵀX> + <WᵀW, HHᵀ>``, which
     cancels: at a relative error of 0.5% the residual is 2.5e-5 of ``||X||²``, and one float32
@@ -385,11 +479,13 @@ def _blocked_gram_partials(X: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np
     float64 copy of the panel and run at half the speed).
     """
     k, n = W.shape[1], X.shape[1]
-    WtX = np.zeros((k, n), dtype=np.float64)
-    WtW = np.zeros((k, k), dtype=np.float64)
-    for start in range(0, X.shape[0], PARTIAL_BLOCK_ROWS):
-        Wb = W[start:start + PARTIAL_BLOCK_ROWS]
-        WtX += Wb.T @ X[start:start + PARTIAL_BLOCK_ROWS]
+    f64 = array_namespace(W).float64
+    WtX = _zeros_on(W, (k, n), f64)
+    WtW = _zeros_on(W, (k, k), f64)
+    for start in range(0, X.shape[0], rows):
+        stop = min(start + rows, X.shape[0])
+        Wb = W[start:stop, :]
+        WtX += Wb.T @ X[start:stop, :]
         WtW += Wb.T @ Wb
     return WtX, WtW
 
@@ -411,25 +507,31 @@ def panel_step(
     Parameters
     ----------
     X : array of shape (r, n)
-        The row panel ``X_i`` (read once per iteration).
+        The row panel ``X_i`` (read once per iteration): numpy, scipy.sparse, or a device
+        array (CuPy) for hals and mu.
     W : array of shape (r, k)
-        The current rows ``W_i``.
+        The current rows ``W_i``, in X's namespace and on its device.
     H : array of shape (k, n), in X's dtype
+        Host numpy: copied to W's device here.
     HHt : array of shape (k, k)
     inner_sweeps : int, optional
         HALS sweeps of W; default :func:`w_inner_sweeps` for these shapes.
 
     Returns
     -------
-    W_new : array of shape (r, k), X's dtype
-    (WtX, WtW) : float64 arrays of shape (k, n) and (k, k) computed with ``W_new``
+    W_new : array of shape (r, k), X's dtype, in W's namespace
+    (WtX, WtW) : host numpy float64 arrays of shape (k, n) and (k, k) computed with ``W_new``
     """
     if inner_sweeps is None:
         inner_sweeps = w_inner_sweeps(W.shape[1], X.shape[1])
-    XHt = np.asarray(X @ H.T)
+    H = asarray_on(H, W)  # for device blocks, H (k x n) is copied to the device here
+    XHt = X @ H.T
+    if array_namespace(W) is np:
+        XHt = np.asarray(XHt)  # a scipy.sparse panel may give np.matrix
     W_new = update_w(W, XHt, HHt, solver=solver, l1=l1, l2=l2, inner_sweeps=inner_sweeps,
                      sum_to_one=sum_to_one)
-    return W_new, gram_partials(X, W_new)
+    WtX, WtW = gram_partials(X, W_new)
+    return W_new, (to_host(WtX), to_host(WtW))
 
 
 def sum_partials(*parts: Any) -> tuple:
@@ -439,7 +541,9 @@ def sum_partials(*parts: Any) -> tuple:
     step; also accepts whole ``(W_new, partials)`` panel outputs.
     """
     tuples = [p[1] if len(p) == 2 and isinstance(p[1], tuple) else p for p in parts]
-    total = [np.array(v, copy=True) if isinstance(v, np.ndarray) else v for v in tuples[0]]
+    # a float32 partial (a sparse panel's, see gram_partials) is summed in float64
+    total = [np.array(v, dtype=np.float64 if v.dtype == np.float32 else v.dtype, copy=True)
+             if isinstance(v, np.ndarray) else v for v in tuples[0]]
     for t in tuples[1:]:
         for j, v in enumerate(t):
             if isinstance(total[j], np.ndarray):
@@ -521,6 +625,32 @@ def random_rows(
     np.abs(out, out=out)
     out *= scale
     return out
+
+
+def row_space_products(X: Array, Q: np.ndarray) -> tuple[np.ndarray]:
+    """``Xᵀ (X Q)`` of one row panel, float64: a panel's share of one power step on the row
+    space of X (the randomized SVD behind NNDSVD). X may be a ``scipy.sparse`` matrix."""
+    Y = X @ Q
+    return (np.asarray(X.T @ Y, dtype=np.float64),)
+
+
+def project_rows(X: Array, Q: np.ndarray) -> np.ndarray:
+    """``X Q`` of one row panel, as a dense array in ``Q``'s dtype."""
+    return np.asarray(X @ Q, dtype=Q.dtype)
+
+
+def gram_of_rows(Y: Array) -> tuple[np.ndarray]:
+    """``Yᵀ Y`` of one row panel, float64."""
+    Y = np.asarray(Y, dtype=np.float64)
+    return (Y.T @ Y,)
+
+
+def split_column_norms(Y: Array, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared norms of the positive and of the negative parts of the columns of ``U = Y M``
+    over one row panel (NNDSVD picks the larger part of each singular vector)."""
+    U = np.asarray(Y, dtype=np.float64) @ M
+    pos = np.maximum(U, 0.0)
+    return (pos * pos).sum(axis=0), ((U - pos) ** 2).sum(axis=0)
 
 
 def nndsvd_rows(

@@ -16,6 +16,19 @@ import zarr
 from zarr.storage import LocalStore, LoggingStore
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` where CuPy sees no CUDA device, saying so."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    from dnmf.device import gpu_count
+
+    if gpu_count() < 1:
+        skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
 def make_planted(
     n_samples: int = 300,
     n_features: int = 60,

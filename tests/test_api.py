@@ -195,3 +195,31 @@ def test_w_streamed_through_zarr_gives_the_persisted_result(tmp_path, loss):
     np.testing.assert_allclose(streamed.H, kept.H, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(streamed.W), np.asarray(kept.W), rtol=1e-10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # scratch removed
+
+
+def test_scipy_input_gives_numpy_w():
+    import scipy.sparse as sp
+
+    X = sp.random(120, 30, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    result = dnmf.factorize(X, 3, random_state=0, max_iter=5, scheduler="threads")
+    assert isinstance(result.W, np.ndarray) and result.W.shape == (120, 3)
+    dense = dnmf.factorize(X.toarray(), 3, random_state=0, max_iter=5, scheduler="threads")
+    np.testing.assert_allclose(result.W, dense.W, rtol=1e-4, atol=1e-6)
+
+
+def test_an_in_memory_fit_imports_neither_distributed_nor_h5py():
+    """In-process fits stay light: dask resolves a scheduler *name* by importing distributed
+    (~13 MB), and h5py (~11 MB) is only needed to open an HDF5 file."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, dnmf\n"
+        "X = np.random.default_rng(0).random((200, 20))\n"
+        "dnmf.factorize(X, 3, max_iter=3, random_state=0)\n"
+        "dnmf.factorize(X, 3, max_iter=3, random_state=0, scheduler='sync')\n"
+        "print(sorted(m for m in ('distributed', 'h5py') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -104,6 +104,22 @@ def test_sparse_kl_step_equals_the_dense_step(panel):
     np.testing.assert_allclose(loss, divergence.panel_loss(X, W, H, beta=1.0), rtol=1e-9)
 
 
+@pytest.mark.parametrize("beta", [2.0, 1.0])
+def test_sparse_loss_by_blocks_equals_the_dense_loss(monkeypatch, beta):
+    """The sparse panel's loss is summed over blocks of a few rows (bounded memory)."""
+    rng = np.random.default_rng(8)
+    X = (rng.random((60, 25)) * (rng.random((60, 25)) < 0.3)).astype(np.float32)
+    W = rng.random((60, 3)).astype(np.float32)
+    H = rng.random((3, 25)).astype(np.float32)
+    whole = divergence.panel_loss(sp.csr_matrix(X), W, H, beta=beta)
+    monkeypatch.setattr(divergence, "LOSS_BLOCK_NNZ", 7)  # ~ a row or two per block
+    blocked = divergence.panel_loss(sp.csr_matrix(X), W, H, beta=beta)
+    dense = divergence.panel_loss(X.astype(np.float64), W.astype(np.float64),
+                                  H.astype(np.float64), beta=beta)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+    np.testing.assert_allclose(blocked, dense, rtol=1e-9)
+
+
 def test_sparse_panels_refuse_other_losses(panel):
     X, W, H = panel
     with pytest.raises(ValueError, match="Kullback-Leibler"):

@@ -172,3 +172,23 @@ def test_kernels_never_import_dask():
         for alias in node.names
     ] + [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert not any(n.split(".")[0] == "dask" for n in names)
+
+
+def test_sum_partials_adds_float32_partials_in_float64():
+    a = np.full((2, 3), 1.0, dtype=np.float32)
+    b = np.full((2, 3), 2.0 ** -30, dtype=np.float32)
+    (total,) = kernels.sum_partials((a,), (b,))
+    assert total.dtype == np.float64
+    np.testing.assert_array_equal(total, 1.0 + 2.0 ** -30)  # lost in a float32 sum
+    assert kernels.sum_partials((a,))[0].dtype == np.float64  # a single panel too
+
+
+def test_sparse_gram_partials_equal_the_dense_ones():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    X = (rng.random((80, 40)) * (rng.random((80, 40)) < 0.2)).astype(np.float32)
+    W = rng.random((80, 4)).astype(np.float32)
+    WtX, WtW = kernels.sum_partials(kernels.gram_partials(sp.csr_matrix(X), W))
+    np.testing.assert_allclose(WtX, W.T.astype(np.float64) @ X, rtol=1e-5)
+    np.testing.assert_allclose(WtW, W.T.astype(np.float64) @ W, rtol=1e-5)

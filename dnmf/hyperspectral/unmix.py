@@ -140,7 +140,7 @@ def unmix(
             fit = factorize(
                 pm.X, k, init=init, w_sum_to_one=sum_to_one, alpha_W=sparsity, alpha_H=0.0,
                 l1_ratio=1.0, max_iter=max_iter, tol=tol, random_state=seed,
-                client=ctx.client, scheduler=ctx.scheduler if ctx.client is None else "auto",
+                client=ctx.client, scheduler=ctx.kind if ctx.client is None else "auto",
                 out=os.path.join(scratch, "fit.zarr"), checkpoint_every=0, callback=callback,
             )
             W, H, fit_attrs = open_result(fit.path)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
-import h5py
 import numpy as np
 from dask.base import tokenize
 
@@ -27,6 +26,9 @@ from dnmf.io._common import (
     pick_variable,
 )
 from dnmf.io.source import MatrixSource
+
+if TYPE_CHECKING:  # h5py is imported when a file is opened: ~11 MB a fit of in-memory X
+    import h5py
 
 __all__ = ["HDF5Array", "HDF5_SIGNATURE", "open_hdf5"]
 
@@ -45,6 +47,8 @@ _MAX_HANDLES = 64
 
 def _open_file(loc: Location) -> tuple[h5py.File, Any]:
     """Open the file read-only; returns the h5py file and the object keeping it alive."""
+    import h5py
+
     if loc.is_local:
         return h5py.File(loc.path, "r"), None
     fileobj = loc.fs.open(loc.path, "rb")
@@ -139,6 +143,8 @@ class HDF5Array:
 
 
 def _datasets(h5file: h5py.File) -> list[tuple[str, tuple[int, ...], Any]]:
+    import h5py
+
     found: list[tuple[str, tuple[int, ...], Any]] = []
 
     def visit(name: str, obj: Any) -> None:
@@ -157,6 +163,8 @@ def open_hdf5(
     chunks: Any = None,
 ) -> MatrixSource:
     """Open one dataset of an HDF5 file as a lazy matrix (see :func:`dnmf.io.open_matrix`)."""
+    import h5py
+
     stamp = loc.stamp()
     try:
         # A short-lived handle for metadata: opening X leaves no file open behind it.

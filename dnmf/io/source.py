@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,10 @@ class MatrixSource:
         For sparse stores, the bytes reading X once takes: the stored values and column
         indices of the ``nnz`` entries plus ``indptr``, in their stored dtypes. ``None`` for
         dense X.
+    in_row_panels : callable or None
+        ``in_row_panels(rows)`` is X cut into row panels of ``rows`` rows (all columns in one
+        chunk), each read on its own: where the store can be cut at any row (CSR), the chunk
+        plan asks for its panels this way instead of rechunking, which would copy X.
     """
 
     array: da.Array
@@ -57,6 +62,7 @@ class MatrixSource:
     sparse: bool = False
     nnz: int | None = None
     stored_nbytes: int | None = None
+    in_row_panels: Callable[[tuple[int, ...]], da.Array] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -22,16 +22,16 @@ each worker process, as :mod:`dnmf.io.hdf5` does, so a process-based cluster can
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dask.array as da
-import h5py
 import numpy as np
 import scipy.sparse as sp
 import zarr
@@ -44,6 +44,9 @@ from dnmf.errors import InputError, OutputError
 from dnmf.io import hdf5
 from dnmf.io._common import Location, cannot_read, check_shape, float_dtype, listing
 from dnmf.io.source import MatrixSource
+
+if TYPE_CHECKING:  # imported where an HDF5 file is opened (~11 MB otherwise)
+    import h5py
 
 __all__ = [
     "CSRReader",
@@ -221,7 +224,7 @@ class CSRReader:
             )
         # A new array: with int64 offsets, np.asarray above is a view of an in-memory indptr.
         ptr = ptr - lo
-        return sp.csr_matrix((values, cols, ptr), shape=(stop - start, self.shape[1]))
+        return csr_panel(values, cols, ptr, (stop - start, self.shape[1]))
 
     def _cached(self, load: Callable[[], Any]) -> Any:
         """``load()`` once per process (a handle inherited through fork() is not reused)."""
@@ -239,6 +242,36 @@ class CSRReader:
         state = self.__dict__.copy()
         state.pop("_cache", None)
         return state
+
+
+class _Window:
+    """A slice of a larger array, seen as an array of its own (``np.asarray(_Window(a[i:j]))``).
+
+    scipy copies the ``data`` and ``indices`` of a sparse matrix that are views of less than
+    half of a larger array ("pruning", ``a.base.size``), in its constructor and so in every
+    operation that builds a matrix on the same arrays (``X.T``, ``X.T @ W``). A row panel of
+    an in-memory matrix is such a view: each panel task would copy its share of X on every
+    product. A view whose ``base`` is this object, of the view's own size, is left alone; it
+    holds the larger array alive, as the view would.
+    """
+
+    def __init__(self, view: np.ndarray) -> None:
+        self.__array_interface__ = view.__array_interface__
+        self.size = view.size
+        self._owner = view
+
+
+def csr_panel(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+              shape: tuple[int, int]) -> sp.csr_matrix:
+    """A ``csr_matrix`` on slices of larger arrays, which scipy will not copy (:class:`_Window`).
+
+    Only ``indptr`` (one entry per row) may be converted, to the dtype of ``indices``.
+    """
+    if data.base is not None:
+        data = np.asarray(_Window(data))
+    if indices.base is not None:
+        indices = np.asarray(_Window(indices))
+    return sp.csr_matrix((data, indices, indptr), shape=shape)
 
 
 def _read_rows(reader: CSRReader, start: int, stop: int) -> sp.csr_matrix:
@@ -516,6 +549,7 @@ def _source(layout: _Layout, reader: CSRReader, *, loc: Location | None, var: st
         sparse=True,
         nnz=layout.nnz,
         stored_nbytes=layout.nbytes,
+        in_row_panels=functools.partial(csr_dask_array, reader, prefix=f"{fmt}-csr"),
     )
 
 
@@ -535,6 +569,8 @@ def _open_zarr(loc: Location) -> zarr.Array | zarr.Group:
 def _open_h5(loc: Location) -> tuple[h5py.File, Any]:
     """A short-lived handle for probing (closed before returning to the caller). A dense
     file is then opened again by :func:`dnmf.io.hdf5.open_hdf5`: one extra metadata open."""
+    import h5py
+
     if loc.is_local:
         return h5py.File(loc.path, "r"), None
     fileobj = loc.fs.open(loc.path, "rb")
@@ -546,8 +582,12 @@ class _Tree:
 
     def __init__(self, root: Any, engine: Literal["zarr", "hdf5"]) -> None:
         self.root, self.engine = root, engine
-        self.group_type = zarr.Group if engine == "zarr" else h5py.Group
-        self.array_type = zarr.Array if engine == "zarr" else h5py.Dataset
+        if engine == "zarr":
+            self.group_type, self.array_type = zarr.Group, zarr.Array
+        else:
+            import h5py
+
+            self.group_type, self.array_type = h5py.Group, h5py.Dataset
 
     def get(self, node: Any, path: str) -> Any:
         if not path:
@@ -914,6 +954,8 @@ def _write_hdf5(path: str, var: str | None, members: Mapping[str, np.ndarray],
         hdf5.close_cached_files()  # HDF5 refuses to rewrite a file this process holds open
         if var is None and not overwrite:
             raise _exists_error(path)
+    import h5py
+
     with h5py.File(path, "w" if var is None else "a") as f:
         if var is None:
             group: h5py.Group = f

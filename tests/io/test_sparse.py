@@ -275,6 +275,34 @@ def test_reader_reads_only_its_rows(M):
     np.testing.assert_array_equal(block.toarray(), M[20:30].toarray().astype(np.float32))
 
 
+def test_panels_of_an_in_memory_matrix_share_its_memory():
+    """A panel is a view of the matrix, and scipy does not copy it in products either (it
+    copies views of less than half an array; see dnmf.io.sparse._Window)."""
+    M = sp.random(400, 30, density=0.2, format="csr", dtype=np.float32, random_state=1)
+    block = MemoryCSR(M, np.float32).read(100, 150)
+    assert np.shares_memory(block.data, M.data) and np.shares_memory(block.indices, M.indices)
+    assert np.shares_memory(block.T.data, M.data)
+    W = np.random.default_rng(0).random((50, 3)).astype(np.float32)
+    np.testing.assert_allclose(block.T @ W, M[100:150].toarray().T @ W, rtol=1e-6)
+    # a conversion of the values copies them, as it must, and leaves M alone
+    block64 = MemoryCSR(M, np.float64).read(100, 150)
+    assert block64.dtype == np.float64 and not np.shares_memory(block64.data, M.data)
+    np.testing.assert_array_equal(block64.toarray(), M[100:150].toarray())
+
+
+def test_in_row_panels_cuts_without_rechunking(M):
+    """The chunk plan's panels of a CSR source are read from the matrix, not split from a
+    larger panel by dask (which copies)."""
+    src = open_matrix(M)
+    panels = src.in_row_panels((25, 35))
+    assert panels.chunks == ((25, 35), (9,))
+    assert not any(name.startswith("rechunk") for name in panels.dask.layers)
+    blocks = panels.to_delayed().ravel()
+    first = blocks[0].compute(scheduler="sync")
+    assert np.shares_memory(first.data, M.data)
+    np.testing.assert_array_equal(panels.compute().toarray(), M.toarray())
+
+
 # --- worker processes -----------------------------------------------------------------------
 
 
