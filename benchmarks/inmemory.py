@@ -1,6 +1,9 @@
 """In memory: time to reach scikit-learn's final loss, dnmf against scikit-learn.
 
-``python -m benchmarks.inmemory [--quick]`` (also part of ``python -m benchmarks.run``).
+``python -m benchmarks.inmemory [--quick] [--matrix ROWS COLS K REPEATS] [--methods NAME ...]``
+(also part of ``python -m benchmarks.run``). ``--matrix`` runs one planted matrix with the quick
+profile's time budget (report ``inmemory-<ROWS>x<COLS>-k<K>``); ``--methods`` keeps only the
+named comparisons besides the headline pair (scikit-learn cd, dnmf hals).
 
 On planted float32 matrices (rank k plus 5% half-normal noise), every method starts from
 nndsvda, stops on ``tol = 1e-4`` (its own rule) or ``max_iter = 1000``, and is timed end to
@@ -29,6 +32,7 @@ Results: ``benchmarks/results/inmemory-<profile>.json``/``.md`` when run alone, 
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
@@ -51,8 +55,10 @@ TARGETS = {(20_000, 500, 20): 0.7, (100_000, 200, 10): 0.5}
 PROFILES: dict[str, dict[str, Any]] = {
     # matrices: (rows, cols, k, repeats); budget: multiple of sklearn cd's time each method
     # may take; growth: ratio of successive max_iter of scikit-learn's traced fits
+    # methods: the comparisons run (the quick profile: the headline pair only, to stay within
+    # the suite's 5 minutes)
     "quick": {"matrices": [(20_000, 500, 20, 3), (100_000, 200, 10, 3)], "budget": 1.0,
-              "growth": 3.0},
+              "growth": 3.0, "methods": ("sklearn cd", "dnmf hals")},
     "full": {"matrices": [(20_000, 500, 20, 3), (100_000, 200, 10, 3), (500_000, 1_000, 20, 1)],
              "budget": 3.0, "growth": 2.5},
 }
@@ -240,7 +246,7 @@ def dnmf_method(solver: str, X: np.ndarray, k: int, target: float, budget_s: flo
 
 
 def one_matrix(rows: int, cols: int, k: int, repeats: int, budget: float,
-               growth: float) -> dict[str, Any]:
+               growth: float, methods_run: tuple[str, ...] = METHODS) -> dict[str, Any]:
     X = planted(rows, cols, k)
     make = _sklearn_maker("sklearn cd", k)
     full = [sklearn_fit(make, X, MAX_ITER)]
@@ -258,7 +264,7 @@ def one_matrix(rows: int, cols: int, k: int, repeats: int, budget: float,
     print(f"  sklearn cd: {cd['total_s']:.2f} s, {cd['total_iter']} iterations, loss "
           f"{cd['final_loss']:.6g}", flush=True)
     methods = [cd]
-    for method in METHODS[1:]:
+    for method in [m for m in METHODS[1:] if m in methods_run]:
         if method == "dnmf hals":
             row = hals
         elif method.startswith("dnmf"):
@@ -292,11 +298,12 @@ def one_matrix(rows: int, cols: int, k: int, repeats: int, budget: float,
             "methods": methods}
 
 
-def in_memory(cfg: dict[str, Any]) -> dict[str, Any]:
+def in_memory(cfg: dict[str, Any], methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+    methods = methods or cfg.get("methods", METHODS)
     mats = []
     for rows, cols, k, repeats in cfg["matrices"]:
         print(f"in memory {rows:,} x {cols} k={k}:", flush=True)
-        mats.append(one_matrix(rows, cols, k, repeats, cfg["budget"], cfg["growth"]))
+        mats.append(one_matrix(rows, cols, k, repeats, cfg["budget"], cfg["growth"], methods))
     return {"budget": cfg["budget"], "growth": cfg["growth"], "tol": TOL, "max_iter": MAX_ITER,
             "slack": SLACK, "matrices": mats}
 
@@ -382,16 +389,29 @@ def _yes(met: bool | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _, profile = parse_profile(__doc__, argv)
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--matrix", nargs=4, type=int, default=None,
+                       metavar=("ROWS", "COLS", "K", "REPEATS"))
+    extra.add_argument("--methods", nargs="*", default=None)
+    opts, rest = extra.parse_known_args(argv)
+    _, profile = parse_profile(__doc__, rest)
+    cfg = dict(PROFILES[profile])
+    name = f"inmemory-{profile}"
+    if opts.matrix is not None:  # one matrix, a report of its own (quick's time budget)
+        rows, cols, k, repeats = opts.matrix
+        cfg = {**PROFILES["quick"], "matrices": [(rows, cols, k, repeats)]}
+        name = profile = f"inmemory-{rows}x{cols}-k{k}"
+    methods = None if opts.methods is None else tuple(
+        m for m in METHODS if m == "sklearn cd" or m == "dnmf hals" or m in opts.methods)
     t0 = time.perf_counter()
     report = new_report(profile)
-    report["in_memory"] = in_memory(PROFILES[profile])
+    report["in_memory"] = in_memory(cfg, methods)
     report["in_memory"]["plot"] = plot(report["in_memory"], profile)
     report["seconds"] = time.perf_counter() - t0
     text = "\n".join([f"### In memory, profile `{profile}` — {report['date']}", "",
                       machine_line(report["machine"]), ""]
                      + render_in_memory(report["in_memory"])) + "\n"
-    save_report(f"inmemory-{profile}", report, text)
+    save_report(name, report, text)
     return 0
 
 

@@ -863,6 +863,7 @@ def _plan_for(source: Any, rank: int, ctx: ExecutionContext, persist_x: bool | s
         min_panel_bytes=min_panel_bytes, min_panels=min_panels,
         stored_rows=source.stored_chunks[0] if source.stored_chunks else None, scheme=scheme,
         sparse_nbytes=source.nbytes if sparse else None, persist_w=persist_w,
+        sparse_bytes_known=getattr(source, "stored_nbytes", None) is not None,
     )
 
 

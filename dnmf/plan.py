@@ -200,6 +200,7 @@ def _plan_chunks(
     stored_rows: int | None = None,
     scheme: str = "auto",
     sparse_nbytes: int | None = None,
+    sparse_bytes_known: bool = True,
 ) -> ChunkPlan:
     """Choose the row panels of X for rank ``rank`` within a memory budget.
 
@@ -231,6 +232,10 @@ def _plan_chunks(
     sparse_nbytes : int, optional
         X's blocks are ``scipy.sparse`` CSR matrices holding this many bytes in all: the row
         panels of the opened store (balanced by non-zeros) are kept, see :func:`_plan_sparse`.
+    sparse_bytes_known : bool
+        False when ``sparse_nbytes`` is only an upper bound (a dask array of CSR blocks, whose
+        non-zeros are not counted: its dense size): the panels are not split by size then.
+
     Raises
     ------
     InputError
@@ -242,7 +247,8 @@ def _plan_chunks(
     if sparse_nbytes is not None:
         return _plan_sparse(X, rank, nbytes=sparse_nbytes, budget=budget, persist_x=persist_x,
                             x_in_memory=x_in_memory, n_workers=n_workers,
-                            memory_per_worker=memory_per_worker, min_panels=min_panels)
+                            memory_per_worker=memory_per_worker, min_panels=min_panels,
+                            split_by_size=sparse_bytes_known)
     cap = max_panel_bytes or MAX_PANEL_BYTES
     floor = MIN_PANEL_BYTES if min_panel_bytes is None else min_panel_bytes
     row_bytes = n_features * itemsize
@@ -315,9 +321,11 @@ SPARSE_PANEL_BYTES = 8 * 2**20
 
 def _plan_sparse(X: da.Array, rank: int, *, nbytes: int, budget: int,
                  persist_x: bool | str, x_in_memory: bool, n_workers: int,
-                 memory_per_worker: int, min_panels: int) -> ChunkPlan:
+                 memory_per_worker: int, min_panels: int,
+                 split_by_size: bool = True) -> ChunkPlan:
     """Row panels of a CSR matrix: the opened panels (balanced by non-zeros) are kept, split
-    evenly by rows when there are too few for the workers. A panel's task never densifies it:
+    evenly by rows when there are too few for the workers (or, with ``split_by_size``, when
+    they hold more than :data:`SPARSE_PANEL_BYTES` each). A panel's task never densifies it:
     it holds the panel's non-zeros, its W rows and k x n float64 partial sums."""
     n_samples, n_features = X.shape
     itemsize = np.dtype(X.dtype).itemsize
@@ -326,7 +334,8 @@ def _plan_sparse(X: da.Array, rank: int, *, nbytes: int, budget: int,
     # scipy's sparse products run on one thread: panels are the parallelism, and ones of
     # about a million non-zeros keep a panel's products in cache (measured 2-5x faster than
     # one panel in-process)
-    wanted = max(min_panels, -(-nbytes // SPARSE_PANEL_BYTES))
+    # (not from a dense upper bound: 16 GB for a 17 M non-zero corpus gave 1,900 panels)
+    wanted = max(min_panels, -(-nbytes // SPARSE_PANEL_BYTES) if split_by_size else 1)
     if len(rows) < wanted and n_samples >= 2 * wanted:
         rows = _split_rows(n_samples, -(-n_samples // wanted))
         note = (f"split into {len(rows)} panels so that every worker thread has work and "

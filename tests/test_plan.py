@@ -103,3 +103,25 @@ def test_small_x_on_a_cluster_is_split_so_every_worker_thread_has_work():
     X = da.zeros((15_000, 300), chunks=(15_000, 300), dtype=np.float32)
     plan = plan_chunks(X, 8, memory_per_worker=4 * GiB, min_panels=4, stored_rows=5_000)
     assert plan.row_chunks == (5_000, 5_000, 5_000)
+
+
+def test_sparse_panels_split_by_stored_size_only_when_it_is_known():
+    """CSR panels are split to ~SPARSE_PANEL_BYTES each from the stored bytes; a dask array
+    of CSR blocks gives only its dense size (16 GB here for 17 M non-zeros), which must not
+    cut it into thousands of panels."""
+    import scipy.sparse as sp
+
+    from dnmf.io.sparse import scipy_dask_array
+    from dnmf.plan import SPARSE_PANEL_BYTES
+
+    M = sp.random(20_000, 50, density=0.1, format="csr", dtype=np.float32, random_state=0)
+    X = scipy_dask_array(M, chunks=5_000)  # 4 panels
+    stored = M.data.nbytes + M.indices.nbytes + M.indptr.nbytes
+    kw = {"memory_per_worker": 2**33, "min_panels": 4}
+    dense = 200 * SPARSE_PANEL_BYTES  # stands for a dense size far above the stored one
+    plan = plan_chunks(X, 5, sparse_nbytes=dense, sparse_bytes_known=False, **kw)
+    assert plan.row_chunks == (5_000,) * 4
+    plan = plan_chunks(X, 5, sparse_nbytes=dense, **kw)  # known: split by size
+    assert len(plan.row_chunks) == 200
+    plan = plan_chunks(X, 5, sparse_nbytes=stored, **kw)
+    assert plan.row_chunks == (5_000,) * 4
