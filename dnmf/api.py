@@ -46,6 +46,9 @@ from dnmf.solvers import (
 
 log = logging.getLogger(__name__)
 
+#: Inputs already in this process's memory (``MatrixSource.format``): ``scheduler="auto"`` runs
+#: them in-process, and their W comes back as numpy.
+IN_MEMORY_FORMATS = ("numpy", "scipy")
 #: Without ``out``, a W up to this size is brought back into memory; larger goes to a temp store.
 W_IN_MEMORY_MAX_BYTES = 256 * 2**20
 
@@ -335,8 +338,9 @@ def factorize(
     max_time : float, optional
         Wall-time budget in seconds for the iterations.
     scheduler : {"auto", "threads", "sync", "local", "cuda"}, address or Client
-        ``"cuda"`` starts a ``dask_cuda.LocalCUDACluster`` (one worker per GPU); with
-        ``device="gpu"``, ``"auto"`` means in-process threads driving one GPU.
+        ``"auto"``: in-process threads for X in memory (numpy, scipy.sparse) or below 1 GiB,
+        else a LocalCluster. ``"cuda"`` starts a ``dask_cuda.LocalCUDACluster`` (one worker
+        per GPU); with ``device="gpu"``, ``"auto"`` means in-process threads driving one GPU.
     client : distributed.Client, optional
     workers, memory_limit : LocalCluster size
     device : {"cpu", "gpu"}
@@ -437,7 +441,8 @@ def factorize(
     with contextlib.ExitStack() as stack:
         ctx = stack.enter_context(
             execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
-                              memory_limit=memory_limit, client=client, gpu=dev == "gpu")
+                              memory_limit=memory_limit, client=client, gpu=dev == "gpu",
+                              x_in_memory=source.format in IN_MEMORY_FORMATS)
         )
         stack.enter_context(ctx.activate())
         if dev == "gpu":
@@ -618,7 +623,7 @@ def factorize(
                 result.H = stored_H
         else:
             # an in-memory input (numpy or scipy.sparse) gets numpy back, as from scikit-learn
-            result.W = _bring_back(W, ctx, in_memory or source.format == "scipy", notes,
+            result.W = _bring_back(W, ctx, source.format in IN_MEMORY_FORMATS, notes,
                                    columns=W_order)
             if isinstance(H, da.Array):
                 result.H = _bring_back(H, ctx, True, notes, name="H")
@@ -813,7 +818,8 @@ def dry_run(
     _check_variant(source, resolve_beta(beta_loss), masked, dev)
     mem = parse_memory(memory_limit)
     name = scheduler if not isinstance(scheduler, str) else resolve_scheduler_name(
-        scheduler, x_nbytes=source.nbytes, memory_limit=mem, gpu=dev == "gpu")
+        scheduler, x_nbytes=source.nbytes, memory_limit=mem, gpu=dev == "gpu",
+        x_in_memory=source.format in IN_MEMORY_FORMATS)
     if isinstance(name, str) and name in ("threads", "sync", "local", "cuda"):
         ctx = planned_context(name, workers=workers, memory_limit=mem)
         where = ctx.describe() + (" (not started)" if name in ("local", "cuda") else "")

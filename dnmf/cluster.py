@@ -232,6 +232,7 @@ def execution_context(
     memory_limit: str | int | None = None,
     client: Any = None,
     gpu: bool = False,
+    x_in_memory: bool = False,
 ) -> Iterator[ExecutionContext]:
     """Resolve ``scheduler`` into a running :class:`ExecutionContext`.
 
@@ -252,6 +253,10 @@ def execution_context(
     gpu : bool
         The graphs run on a GPU: ``auto`` then means in-process threads whatever X's size (a
         LocalCluster's processes would share one GPU).
+    x_in_memory : bool
+        X is already in this process's memory (a numpy array or scipy matrix): ``auto`` then
+        means in-process threads whatever X's size — worker processes would need a copy of X
+        sent to them (pickled through the scheduler) before the first iteration.
 
     Yields
     ------
@@ -270,7 +275,7 @@ def execution_context(
             yield _context_from_client(current, "client")
             return
     scheduler = resolve_scheduler_name(scheduler, x_nbytes=x_nbytes, memory_limit=mem_limit,
-                                       gpu=gpu)
+                                       gpu=gpu, x_in_memory=x_in_memory)
     if scheduler in ("threads", "sync"):
         ctx = planned_context(scheduler, workers=workers, memory_limit=mem_limit)
         with dask.config.set(num_workers=ctx.threads_per_worker):
@@ -368,16 +373,18 @@ def _local_cuda_cluster(workers: int | None, memory_limit: int | None) -> Iterat
 
 
 def resolve_scheduler_name(
-    scheduler: str, *, x_nbytes: int | None, memory_limit: int | None = None, gpu: bool = False
+    scheduler: str, *, x_nbytes: int | None, memory_limit: int | None = None, gpu: bool = False,
+    x_in_memory: bool = False,
 ) -> str:
     """What ``auto`` means for this X (a current Client aside): an address, threads or local
-    (threads for a GPU fit: one process drives the GPU; ``cuda`` spreads over several)."""
+    (threads for a GPU fit: one process drives the GPU; ``cuda`` spreads over several; threads
+    for X already in memory, see :func:`execution_context`)."""
     if scheduler != "auto":
         return scheduler
     address = os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         return address
-    if gpu:
+    if gpu or (x_in_memory and memory_limit is None):
         return "threads"
     if x_nbytes is not None and x_nbytes < AUTO_THREADS_MAX_BYTES and memory_limit is None:
         return "threads"

@@ -11,6 +11,7 @@ from dnmf.cluster import (
     blas_threads_for,
     execution_context,
     parse_memory,
+    resolve_scheduler_name,
 )
 from dnmf.errors import InputError
 
@@ -19,6 +20,17 @@ def test_auto_picks_threads_for_small_data():
     with execution_context("auto", x_nbytes=10_000) as ctx:
         assert ctx.kind == "threads" and ctx.client is None
         assert ctx.threads_per_worker == (os.cpu_count() or 1)
+
+
+def test_auto_keeps_x_that_is_already_in_memory_in_process():
+    """A large numpy X would be pickled to worker processes: auto runs it in threads, unless
+    a memory limit asks for workers."""
+    with execution_context("auto", x_nbytes=4 * AUTO_THREADS_MAX_BYTES, x_in_memory=True) as ctx:
+        assert ctx.kind == "threads" and ctx.client is None
+    assert resolve_scheduler_name("auto", x_nbytes=4 * AUTO_THREADS_MAX_BYTES,
+                                  x_in_memory=False) == "local"
+    assert resolve_scheduler_name("auto", x_nbytes=4 * AUTO_THREADS_MAX_BYTES,
+                                  memory_limit=2**30, x_in_memory=True) == "local"
 
 
 @pytest.mark.cluster
