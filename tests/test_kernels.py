@@ -192,3 +192,14 @@ def test_sparse_gram_partials_equal_the_dense_ones():
     WtX, WtW = kernels.sum_partials(kernels.gram_partials(sp.csr_matrix(X), W))
     np.testing.assert_allclose(WtX, W.T.astype(np.float64) @ X, rtol=1e-5)
     np.testing.assert_allclose(WtW, W.T.astype(np.float64) @ W, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("k", "n_features", "streamed", "expected"), [
+    (20, 500, False, kernels.W_INNER_SWEEPS),
+    (20, 500, True, kernels.W_INNER_SWEEPS_STREAMED),
+    (100, 500, False, 1),  # a sweep costs about what the products do
+    (100, 500, True, 1),
+])
+def test_w_inner_sweeps_rule(k, n_features, streamed, expected):
+    assert kernels.w_inner_sweeps(k, n_features, streamed=streamed) == expected
+    assert kernels.W_INNER_SWEEPS > kernels.W_INNER_SWEEPS_STREAMED >= 1

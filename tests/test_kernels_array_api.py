@@ -34,6 +34,11 @@ def host(a) -> np.ndarray:
 
 
 TOL = {np.float32: dict(rtol=1e-6, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-12)}
+#: HALS sweeps work on a C-ordered transposed copy of the factor with numpy, and on whatever
+#: layout the namespace's copy keeps elsewhere: the k-term sums inside ``G[t] @ Fᵀ`` round in
+#: another order, by ~1 float32 ulp per step, and a few sweeps carry that to ~3e-6 absolute
+#: (measured on these panels). float64 stays at 1e-12.
+HALS_TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: TOL[np.float64]}
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
@@ -69,7 +74,7 @@ def test_panel_step_on_device_matches_numpy(panel, solver, regs):
     # the partial sums leave the task as host numpy arrays, in float64
     assert isinstance(WtX, np.ndarray) and isinstance(WtW, np.ndarray)
     assert WtX.dtype == WtW.dtype == np.float64
-    np.testing.assert_allclose(host(W_dev), W_np, **TOL[dtype])
+    np.testing.assert_allclose(host(W_dev), W_np, **(HALS_TOL if solver == "hals" else TOL)[dtype])
     # float32: numpy sums 256-row products, a device 4,096-row ones (float32 rounding apart)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(WtX, WtX_np, rtol=rtol)
@@ -86,7 +91,7 @@ def test_hals_sweeps_and_mu_step_on_device(panel):
                                                                  HHt, l1=0.01)),
     ]:
         assert_on_device(F_dev)
-        np.testing.assert_allclose(host(F_dev), F_np, **TOL[dtype])
+        np.testing.assert_allclose(host(F_dev), F_np, **HALS_TOL[dtype])
 
 
 def test_blocked_float32_partials_on_device():
@@ -190,8 +195,11 @@ def test_iteration_graph_with_device_blocks(solver):
         scheduler="sync")
     for block in blocks:
         assert_on_device(block)
-    np.testing.assert_allclose(np.vstack([host(b) for b in blocks]), want_W, rtol=1e-6)
+    np.testing.assert_allclose(np.vstack([host(b) for b in blocks]), want_W,
+                               **(HALS_TOL if solver == "hals" else TOL)[np.float32])
+    # from the same W (mu) the sums are equal; from W's float32 rounding apart (hals), close
+    rtol = 1e-5 if solver == "hals" else 1e-12
     for got, want in zip(got_parts, want_parts, strict=True):
         assert isinstance(got, np.ndarray)
-        np.testing.assert_allclose(got, want, rtol=1e-12)
-    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-12)
+        np.testing.assert_allclose(got, want, rtol=rtol)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=rtol)
