@@ -559,7 +559,7 @@ def factorize(
                     seconds_per_iteration=ckpt.seconds_per_iteration if ckpt else None,
                     checkpoint=writer, checkpoint_every=checkpoint_every, beta=beta,
                     masked=masked, mask=mask_p, sum_to_one=bool(w_sum_to_one),
-                    w_scratch=w_scratch, streamed=not (plan.persist_x or in_memory))
+                    w_scratch=w_scratch)
                 best = _best_restart(stacked.final_losses)
                 state = stacked.solver_state(best)
                 notes.append(

@@ -288,7 +288,6 @@ def stacked_panel_step(
     masked: bool = False,
     sum_to_one: bool = False,
     impute: bool = False,
-    streamed: bool = False,
 ) -> tuple[Any, tuple]:
     """The row-panel task of ``restarts`` factorizations stacked side by side (pure numpy).
 
@@ -329,7 +328,7 @@ def stacked_panel_step(
         Xz, ok = divergence.observed_entries(X, observed, masked)
         if ok is not None:
             return _imputed_panel_step(Xz, ok, W, H, HHt, blocks, active, solver=solver, l1=l1,
-                                       l2=l2, sum_to_one=sum_to_one, streamed=streamed)
+                                       l2=l2, sum_to_one=sum_to_one)
     if not (beta != 2.0 or masked or observed is not None):
         XHt = np.asarray(X @ H.T)  # (r, R k): one product for every restart
         for b, sl in enumerate(blocks):
@@ -337,8 +336,7 @@ def stacked_panel_step(
                 W_new[:, sl] = kernels.update_w(
                     np.ascontiguousarray(W[:, sl]), XHt[:, sl], HHt[b], solver=solver, l1=l1,
                     l2=l2, sum_to_one=sum_to_one,
-                    inner_sweeps=kernels.w_inner_sweeps(sl.stop - sl.start, X.shape[1],
-                                                        streamed=streamed))
+                    inner_sweeps=kernels.w_inner_sweeps(sl.stop - sl.start, X.shape[1]))
         WtX = (X.T @ W_new).T if hasattr(X, "tocsr") else W_new.T @ X
         for b, sl in enumerate(blocks):
             Wb = W_new[:, sl]
@@ -363,7 +361,7 @@ def stacked_panel_step(
 
 def _imputed_panel_step(X: Any, ok: Any, W: Any, H: Any, HHt: Any, blocks: list[slice],
                         active: tuple[bool, ...], *, solver: str, l1: float, l2: float,
-                        sum_to_one: bool, streamed: bool = False) -> tuple[Any, tuple]:
+                        sum_to_one: bool) -> tuple[Any, tuple]:
     """The EM-imputation branch of :func:`stacked_panel_step` (X zero where not ``ok``)."""
     restarts, k = len(blocks), blocks[0].stop
     W_new = np.array(W, copy=True)
@@ -377,8 +375,7 @@ def _imputed_panel_step(X: Any, ok: Any, W: Any, H: Any, HHt: Any, blocks: list[
         Z = np.where(ok, X, Wb @ Hb)
         Wb = kernels.update_w(Wb, np.asarray(Z @ Hb.T), HHt[b], solver=solver, l1=l1, l2=l2,
                               sum_to_one=sum_to_one,
-                              inner_sweeps=kernels.w_inner_sweeps(Hb.shape[0], Hb.shape[1],
-                                                                  streamed=streamed))
+                              inner_sweeps=kernels.w_inner_sweeps(Hb.shape[0], Hb.shape[1]))
         W_new[:, sl] = Wb
         WtX[sl] = Wb.T @ Z
         WtW[b] = Wb.T @ Wb
@@ -467,7 +464,6 @@ def restarts_iteration_graph(
     mask: da.Array | None = None,
     sum_to_one: bool = False,
     impute: bool = False,
-    streamed: bool = False,
     split_every: int = SPLIT_EVERY,
 ) -> tuple[da.Array, Delayed]:
     """One iteration of ``restarts`` factorizations stacked side by side: one read of X.
@@ -508,10 +504,10 @@ def restarts_iteration_graph(
     HHt = block_grams(H, restarts)
     general = beta != 2.0 or masked or mask is not None
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, restarts, active,
-                     solver, l1_w, l2_w, beta, masked, sum_to_one, impute, streamed)
+                     solver, l1_w, l2_w, beta, masked, sum_to_one, impute)
     func = functools.partial(stacked_panel_step, restarts=restarts, active=active,
                              solver=solver, l1=l1_w, l2=l2_w, beta=beta, masked=masked,
-                             sum_to_one=sum_to_one, impute=impute, streamed=streamed)
+                             sum_to_one=sum_to_one, impute=impute)
     W_new, partials = _panels_graph(X, W, mask if general else None, {"H": H, "HHt": HHt}, func,
                                     prefix="dnmf-restarts", token=token, with_w=True,
                                     split_every=split_every)

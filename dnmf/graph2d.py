@@ -115,8 +115,7 @@ def iteration_graph_2d(
     hht_key = (names["hht"],)
     layers[names["hht"]][hht_key] = np.asarray(HHt, dtype=np.float64)
     update_w = functools.partial(_update_w_from_parts, solver=solver, l1=l1_w, l2=l2_w,
-                                 sweeps=kernels.w_inner_sweeps(W.shape[1], X.shape[1],
-                                                               streamed=second_read))
+                                 sweeps=kernels.w_inner_sweeps(W.shape[1], X.shape[1]))
     update_h = functools.partial(_update_h_block, solver=solver, l1=l1_h, l2=l2_h)
     # pass 1: XHt_i = sum_j X_ij H_j^T, then W_i
     for i in range(n_i):

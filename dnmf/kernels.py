@@ -139,30 +139,25 @@ def hals_sweep(F: Array, A: Array, G: Array, *, l1: float = 0.0, l2: float = 0.0
 #: scikit-learn's final loss in 17 iterations instead of 59. The counts are fixed rather than
 #: stopped adaptively (the paper's delta rule) so that results do not jump with the chunking.
 W_INNER_SWEEPS = 5
-#: W's sweeps when X is streamed from storage every iteration (see :func:`w_inner_sweeps`).
-W_INNER_SWEEPS_STREAMED = 3
 H_INNER_SWEEPS = 10
 
 
-def w_inner_sweeps(k: int, n_features: int, *, streamed: bool = False) -> int:
-    """W's sweeps per iteration for X with ``n_features`` columns: 1 when a sweep costs about
-    as much as the products (``n_features < 10 k``), else :data:`W_INNER_SWEEPS` for X held
-    in memory and :data:`W_INNER_SWEEPS_STREAMED` for X read from storage every iteration.
+def w_inner_sweeps(k: int, n_features: int) -> int:
+    """W's sweeps per iteration for X with ``n_features`` columns: :data:`W_INNER_SWEEPS`,
+    or 1 when a sweep costs about as much as the products (``n_features < 10 k``).
 
     The paper's bound is ``1 + ρ/2`` sweeps, ρ = 1 + n/(k + 1) (13 at n = 500, k = 20).
     Measured on this project's machine (2 cores):
 
-    - in memory, 20,000 x 500 (k = 20): 5 sweeps reach scikit-learn cd's final loss from the
-      same NNDSVDa start in 13 iterations, 3 sweeps in 26, at the same time per iteration;
-    - streamed, 2,000,000 x 500 float32 (4 GB, k = 20): 5 sweeps cost 5.95 s per iteration
-      against 5.12 s with 3 (one read of X: 4.0 s), where the panel tasks' sweeps share the
-      cores with reading and decoding X;
-    - k = 100 on 500 columns: 3 sweeps took an iteration from 24 to 38 s (numpy's
-      column-at-a-time sweep reads W k times), hence 1 below 10 k columns.
+    - 20,000 x 500 in memory (k = 20): 5 sweeps reach scikit-learn cd's final loss from the
+      same NNDSVDa start in 13 iterations, 3 sweeps in 26;
+    - 2,000,000 x 500 float32 streamed (4 GB, k = 20): with the sweeps on a transposed copy
+      (:func:`_hals_sweeps_by_rows`) 5 sweeps cost 5.23 s per iteration, as 3 column-wise
+      sweeps did (5.12 s; one read of X: 4.0-4.1 s); 5 column-wise ones cost 5.95 s;
+    - k = 100 on 500 columns: 3 column-wise sweeps took an iteration from 24 to 38 s, hence
+      1 below 10 k columns (not re-measured with the transposed sweeps).
     """
-    if n_features < 10 * k:
-        return 1
-    return W_INNER_SWEEPS_STREAMED if streamed else W_INNER_SWEEPS
+    return W_INNER_SWEEPS if n_features >= 10 * k else 1
 
 
 def hals_sweeps(F: Array, A: Array, G: Array, *, sweeps: int, l1: float = 0.0,

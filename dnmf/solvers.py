@@ -76,14 +76,11 @@ class _RowPanelStep:
 
     def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
                  l1_w: float, l2_w: float, l1_h: float, l2_h: float,
-                 sum_to_one: bool = False, w_scratch: str | None = None,
-                 streamed: bool = False) -> None:
+                 sum_to_one: bool = False, w_scratch: str | None = None) -> None:
         self.X, self.ctx, self.solver, self.sq_norm = X, ctx, solver, sq_norm
         self.regs = (l1_w, l2_w, l1_h, l2_h)
         self.sum_to_one = sum_to_one
         self.w_store = None if w_scratch is None else _WStore(w_scratch, X)
-        #: X is read from storage every iteration (fewer W sweeps, kernels.w_inner_sweeps)
-        self.streamed = streamed
 
     def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
         W = self.keep(W)
@@ -112,8 +109,6 @@ class _RowPanelStep:
         W_next, partials = graph.iteration_graph(
             self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w, l2_w=l2_w,
             sum_to_one=self.sum_to_one,
-            inner_sweeps=kernels.w_inner_sweeps(W.shape[1], self.X.shape[1],
-                                                streamed=self.streamed),
         )
         W_next, (WtX, WtW) = self.run(W_next, partials)
         H64 = kernels.update_h(H64, WtX, WtW, solver=self.solver, l1=l1_h, l2=l2_h)
@@ -298,9 +293,7 @@ def iterate(
     solver : "hals" | "mu" | "anls"
     ctx : ExecutionContext
     second_read : bool
-        X is read from storage every iteration (``False`` when X is persisted or in memory):
-        the row-panel scheme then makes fewer W sweeps (:func:`dnmf.kernels.w_inner_sweeps`),
-        and 2-D blocks read X again for their second pass.
+        2-D blocks only: read X again for the second pass (``False`` when X is persisted).
     start_iteration, loss_history, seconds_per_iteration
         Where a resumed run continues from.
     checkpoint : callable, optional
@@ -335,7 +328,7 @@ def iterate(
                                  **regs)
     else:
         step = _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, sum_to_one=sum_to_one,
-                             w_scratch=w_scratch, streamed=second_read, **regs)
+                             w_scratch=w_scratch, **regs)
     W, H_work, HHt = step.prepare(W, H)
     state = SolverState(
         W=W, H=step.public_h(H_work), WtW=np.zeros_like(HHt), HHt=HHt, n_iter=start_iteration,
@@ -490,8 +483,7 @@ class _RestartsRowPanelStep(_RowPanelStep):
         W_next, partials = graph.restarts_iteration_graph(
             self.X, W, H64.astype(self.X.dtype), restarts=R, active=active,
             solver="mu" if self.general else self.solver, l1_w=l1_w, l2_w=l2_w, beta=self.beta,
-            masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one, impute=self.impute,
-            streamed=self.streamed)
+            masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one, impute=self.impute)
         W_next, parts = self.run(W_next, partials)
         H_next = H64.copy()
         losses = np.full(R, np.nan)
@@ -560,7 +552,6 @@ def iterate_restarts(
     sum_to_one: bool = False,
     w_scratch: str | None = None,
     impute: bool = False,
-    streamed: bool = False,
 ) -> RestartsState:
     """R factorizations from R starting points, batched: one read of X per iteration for all.
 
@@ -594,7 +585,7 @@ def iterate_restarts(
     step = _RestartsRowPanelStep(
         X, ctx, restarts=restarts, beta=beta, masked=masked, mask=mask, solver=solver,
         sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch, l1_w=l1_w, l2_w=l2_w,
-        l1_h=l1_h, l2_h=l2_h, impute=impute, streamed=streamed)
+        l1_h=l1_h, l2_h=l2_h, impute=impute)
     W, H64, _ = step.prepare(W, H)
     k = H64.shape[0] // restarts
     histories = [list(h) for h in (loss_history or [[] for _ in range(restarts)])]

@@ -170,29 +170,3 @@ def test_cluster_and_threads_agree(local_client, planted):
                                 **kw)
     np.testing.assert_allclose(on_cluster.H, in_process.H, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(on_cluster.W), np.asarray(in_process.W), rtol=1e-10)
-
-
-@pytest.mark.parametrize("n_restarts", [1, 2])
-def test_streamed_x_gets_fewer_w_sweeps_than_x_in_memory(monkeypatch, tmp_path, n_restarts):
-    """X read from storage every iteration: W_INNER_SWEEPS_STREAMED sweeps per panel task (the
-    sweeps compete with reading X); X in memory: W_INNER_SWEEPS."""
-    from dnmf import kernels
-
-    seen: list[int] = []
-    update_w = kernels.update_w
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("inner_sweeps"))
-        return update_w(*args, **kwargs)
-
-    monkeypatch.setattr(kernels, "update_w", recording)
-    X, _, _ = make_planted(400, 60, 3, seed=2, dtype="float32")
-    path = str(tmp_path / "x.zarr")
-    da.from_array(X, chunks=(100, 60)).to_zarr(path)
-    kw = dict(random_state=0, max_iter=2, tol=0, init="random", scheduler="threads",
-              n_restarts=n_restarts)
-    dnmf.factorize(path, 3, persist_x=False, **kw)
-    assert set(seen) == {kernels.W_INNER_SWEEPS_STREAMED}
-    seen.clear()
-    dnmf.factorize(X, 3, **kw)
-    assert set(seen) == {kernels.W_INNER_SWEEPS}
