@@ -260,6 +260,10 @@ def test_planted_demo_runs_on_a_local_cluster(tmp_path):
     assert xr.open_zarr(tmp_path / "demo" / "result.zarr")["H"].shape == (8, 300)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_exits_130_keeps_a_checkpoint_and_resume_finishes(tmp_path, sig):
     X = make_planted(20_000, 100, 5, dtype="float32")[0]
@@ -271,6 +275,9 @@ def test_interrupt_exits_130_keeps_a_checkpoint_and_resume_finishes(tmp_path, si
         [*DNMF, "fit", *args, "--max-iter", "100000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # as from a terminal: a test run started in the background of a non-interactive
+        # shell inherits SIGINT ignored, and Python then keeps ignoring Ctrl-C
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
