@@ -51,8 +51,7 @@ def _wtx_part(W: Any, X: Any) -> Any:
 
 
 def _wtw(W: Any) -> Any:
-    W64 = np.asarray(W, dtype=np.float64)
-    return W64.T @ W64
+    return kernels.gram_of_rows(W)[0]
 
 
 def _update_h_block(H: Any, WtX: Any, WtW: Any, *, solver: str, l1: float, l2: float) -> Any:

@@ -18,7 +18,7 @@ from dnmf.errors import InputError
 
 INIT_METHODS = ("auto", "random", "nndsvd", "nndsvda", "nndsvdar", "spa", "vca", "custom")
 #: Reads of X by the randomized SVD behind NNDSVD (:func:`truncated_svd`): the subspace of
-#: one power iteration of ``dask.array.linalg.svd_compressed`` (which would read X 2 times more).
+#: one power iteration of ``dask.array.linalg.svd_compressed`` (which reads X 4 times for it).
 SVD_PASSES = 3
 #: Oversampling of that SVD's basis.
 SVD_OVERSAMPLES = 10
@@ -157,20 +157,20 @@ def _nndsvd(X: da.Array, k: int, *, fill: str, seed: int, x_mean: float
         H[zero] = np.abs(x_mean * rng.standard_normal(int(zero.sum())) / 100)
     # W (U's parts, scaled) stays lazy, computed from X_i by the first iteration's task for
     # panel i, which reads X_i anyway: nothing n-sized outlives the initialisation
-    to_u = (svd.basis @ svd.to_u).astype(X.dtype)
+    x_to_u = (svd.basis @ svd.to_u).astype(X.dtype)
     W = graph.map_panels(
         X, _nndsvd_block, k=k, dtype=X.dtype, name="dnmf-nndsvd-W",
-        to_u=to_u, signs=signs, norms=norms, root=root, fill=fill, mean=x_mean, seed=seed,
+        x_to_u=x_to_u, signs=signs, norms=norms, root=root, fill=fill, mean=x_mean, seed=seed,
         out_dtype=np.dtype(X.dtype),
     )
     return W, H.astype(X.dtype)
 
 
-def _nndsvd_block(X: Any, *, to_u: np.ndarray, signs: np.ndarray, norms: np.ndarray,
+def _nndsvd_block(X: Any, *, x_to_u: np.ndarray, signs: np.ndarray, norms: np.ndarray,
                   root: np.ndarray, fill: str, mean: float, seed: int, out_dtype: Any,
                   block_info: Any = None) -> np.ndarray:
     start = block_info[0]["array-location"][0][0] if block_info else 0
-    U = np.asarray(kernels.project_rows(X, to_u), dtype=np.float64)
+    U = np.asarray(kernels.project_rows(X, x_to_u), dtype=np.float64)
     return kernels.nndsvd_rows(U, signs, norms, root, fill=fill, mean=mean, start=start,
                                seed=seed, dtype=out_dtype)
 
