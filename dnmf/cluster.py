@@ -21,6 +21,7 @@ from typing import Any
 import dask
 import psutil
 
+from dnmf import kernels
 from dnmf.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,9 @@ class ExecutionContext:
         """Compute collections in one scheduler call and return their values."""
         if self.client is not None:
             try:
-                return list(self.client.compute(list(collections), sync=True))
+                # deserialised results may be misaligned: numpy would multiply them without
+                # BLAS, so the driver's H update would depend on the message (kernels.aligned)
+                return kernels.aligned(list(self.client.compute(list(collections), sync=True)))
             except Exception as exc:
                 raise _detached(exc) from None
         return list(dask.compute(*collections, scheduler=self.scheduler))
@@ -143,7 +146,7 @@ class ExecutionContext:
             futures = futures_of(persisted)
             if len(futures) == 1:
                 try:
-                    return futures[0].result()
+                    return kernels.aligned(futures[0].result())
                 except Exception as exc:
                     raise _detached(exc) from None
             return self.compute(persisted)[0]

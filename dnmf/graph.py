@@ -7,6 +7,10 @@ Builders here never compute: they return dask collections. One iteration is one 
 * the new W is a dask array whose chunks are the first element of those tasks;
 * the float64 partial sums are tree-reduced (``split_every`` at a time, fixed order, so the
   result is reproducible for a given chunking) to one ``(WtX, WtW)`` Delayed.
+
+Every task calls its kernel through :func:`dnmf.kernels.call_aligned`: operands that arrive
+through Dask's serialisation may be misaligned, and numpy multiplies those without BLAS, in
+another order, so a recomputed panel would not give the same bits as the first.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def tree_reduce_layer(
         nxt = []
         for j, group in enumerate(groups):
             key = (name, level, j)
-            layer[key] = (combine, *group)
+            layer[key] = (kernels.call_aligned, combine, *group)
             nxt.append(key)
         if len(nxt) == 1:
             return layer, nxt[0]
@@ -124,14 +128,14 @@ def iteration_graph(
         step = functools.partial(_beta_task, beta=beta, l1=l1_w, l2=l2_w, masked=masked,
                                  sum_to_one=sum_to_one)
         panel_layer = {
-            (panel_name, i): (step, xk, wk, (h_name,), mk)
+            (panel_name, i): (kernels.call_aligned, step, xk, wk, (h_name,), mk)
             for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))
         }
     else:
         step = functools.partial(kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w,
                                  inner_sweeps=inner_sweeps, sum_to_one=sum_to_one)
         panel_layer = {
-            (panel_name, i): (step, xk, wk, (h_name,), (hht_name,))
+            (panel_name, i): (kernels.call_aligned, step, xk, wk, (h_name,), (hht_name,))
             for i, (xk, wk) in enumerate(zip(x_keys, w_keys, strict=True))
         }
     w_layer = {
@@ -199,7 +203,7 @@ def loss_graph(X: da.Array, W: da.Array, H: np.ndarray, *, beta: float, masked: 
     h_name, part_name, sum_name = (f"dnmf-H-{token}", f"dnmf-loss-part-{token}",
                                    f"dnmf-loss-{token}")
     func = functools.partial(_loss_task, beta=beta, masked=masked)
-    part_layer = {(part_name, i): (func, xk, wk, (h_name,), mk)
+    part_layer = {(part_name, i): (kernels.call_aligned, func, xk, wk, (h_name,), mk)
                   for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))}
     sum_layer, final_key = tree_reduce_layer(list(part_layer), sum_name, kernels.sum_partials,
                                              split_every)
@@ -220,7 +224,7 @@ def map_reduce_panels(X: da.Array, func: Any, *, name: str,
     x_keys = _panel_keys(X)
     token = tokenize(X.name, func)
     part_name, sum_name = f"{name}-part-{token}", f"{name}-{token}"
-    part_layer = {(part_name, i): (func, xk) for i, xk in enumerate(x_keys)}
+    part_layer = {(part_name, i): (kernels.call_aligned, func, xk) for i, xk in enumerate(x_keys)}
     sum_layer, final_key = tree_reduce_layer(list(part_layer), sum_name, kernels.sum_partials,
                                              split_every)
     layers = {**X.__dask_graph__().layers, part_name: part_layer, sum_name: sum_layer}
@@ -237,8 +241,8 @@ def map_panels(
 ) -> da.Array:
     """A (n_samples, k) array from ``func(X_i, **kwargs)`` on each row panel."""
     return X.map_blocks(
-        func, dtype=dtype, chunks=(X.chunks[0], (k,)), name=f"{name}-{tokenize(X, kwargs)}",
-        **kwargs,
+        functools.partial(kernels.call_aligned, func), dtype=dtype, chunks=(X.chunks[0], (k,)),
+        name=f"{name}-{tokenize(X, kwargs)}", **kwargs,
     )
 
 
@@ -421,7 +425,7 @@ def _panels_graph(X: da.Array, W: da.Array, mask: da.Array | None, consts: dict[
     const_keys = [(const_name, i) for i in range(len(consts))]
     task_name, sum_name = f"{prefix}-panel-{token}", f"{prefix}-partials-{token}"
     task_layer = {
-        (task_name, i): (func, xk, wk, *const_keys, mk)
+        (task_name, i): (kernels.call_aligned, func, xk, wk, *const_keys, mk)
         for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))
     }
     layers = {**X.__dask_graph__().layers, **W.__dask_graph__().layers,

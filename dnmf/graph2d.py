@@ -113,15 +113,19 @@ def iteration_graph_2d(
     layers: dict[str, dict] = {name: {} for name in names.values()}
     hht_key = (names["hht"],)
     layers[names["hht"]][hht_key] = np.asarray(HHt, dtype=np.float64)
-    update_w = functools.partial(_update_w_from_parts, solver=solver, l1=l1_w, l2=l2_w,
-                                 sweeps=kernels.w_inner_sweeps(W.shape[1], X.shape[1]))
-    update_h = functools.partial(_update_h_block, solver=solver, l1=l1_h, l2=l2_h)
+    # every task through call_aligned: operands moved between workers may arrive misaligned
+    aligned = functools.partial(functools.partial, kernels.call_aligned)
+    update_w = aligned(_update_w_from_parts, solver=solver, l1=l1_w, l2=l2_w,
+                       sweeps=kernels.w_inner_sweeps(W.shape[1], X.shape[1]))
+    update_h = aligned(_update_h_block, solver=solver, l1=l1_h, l2=l2_h)
+    xht_part, wtx_part, wtw, h_stats = (aligned(f) for f in (_xht_part, _wtx_part, _wtw,
+                                                               _h_stats))
     # pass 1: XHt_i = sum_j X_ij H_j^T, then W_i
     for i in range(n_i):
         parts = []
         for j in range(n_j):
             key = (names["xht-part"], i, j)
-            layers[names["xht-part"]][key] = (_xht_part, (X.name, i, j), (H.name, 0, j))
+            layers[names["xht-part"]][key] = (xht_part, (X.name, i, j), (H.name, 0, j))
             parts.append(key)
         sub, final = tree_reduce_layer(parts, f"{names['xht']}-{i}", _sum_arrays, split_every)
         layers[names["xht"]].update(sub)
@@ -130,7 +134,7 @@ def iteration_graph_2d(
     wtw_parts = []
     for i in range(n_i):
         key = (names["wtw"] + "-part", i)
-        layers[names["wtw"]][key] = (_wtw, (names["W"], i, 0))
+        layers[names["wtw"]][key] = (wtw, (names["W"], i, 0))
         wtw_parts.append(key)
     sub, wtw_key = tree_reduce_layer(wtw_parts, names["wtw"], _sum_arrays, split_every)
     layers[names["wtw"]].update(sub)
@@ -139,13 +143,13 @@ def iteration_graph_2d(
         parts = []
         for i in range(n_i):
             key = (names["wtx-part"], i, j)
-            layers[names["wtx-part"]][key] = (_wtx_part, (names["W"], i, 0), (X2.name, i, j))
+            layers[names["wtx-part"]][key] = (wtx_part, (names["W"], i, 0), (X2.name, i, j))
             parts.append(key)
         sub, wtx_key = tree_reduce_layer(parts, f"{names['wtx']}-{j}", _sum_arrays, split_every)
         layers[names["wtx"]].update(sub)
         layers[names["H"]][(names["H"], 0, j)] = (update_h, (H.name, 0, j), wtx_key, wtw_key)
         hstat_keys.append((names["hstat"], j))
-        layers[names["hstat"]][(names["hstat"], j)] = (_h_stats, (names["H"], 0, j), wtx_key)
+        layers[names["hstat"]][(names["hstat"], j)] = (h_stats, (names["H"], 0, j), wtx_key)
     sub, hstats_key = tree_reduce_layer(hstat_keys, names["hstats"], _sum_h_stats, split_every)
     layers[names["hstats"]].update(sub)
     stats_key = (names["stats"],)

@@ -39,6 +39,36 @@ def array_namespace(a: Array) -> Any:
     return get_ns() if get_ns is not None else np
 
 
+def aligned(value: Any) -> Any:
+    """``value`` with every numpy array in it (at any depth of tuples and lists) aligned to
+    its dtype: an array whose data is not is replaced by an aligned copy, all else is returned
+    as it is.
+
+    Why: numpy multiplies matrices with BLAS only when both operands are aligned, and falls
+    back to its own loops otherwise, which add in another order. Arrays that reach a task
+    through Dask's serialisation (H and HHt in each iteration's graph, a W panel or partials
+    moved between workers or gathered by the driver) are views into received frames, at
+    whatever offset the message gave them, often not even a multiple of 4 bytes. So the same
+    panel, recomputed after a worker died or read back from a checkpoint, could round
+    differently from the first time it was computed. Aligned, every copy of a panel takes
+    the same BLAS path and gives the same bits.
+    """
+    if isinstance(value, np.ndarray):
+        return value if value.flags.aligned else np.array(value, order="K", copy=True)
+    if type(value) in (tuple, list):  # not a named tuple's subclass: its type would be lost
+        items = [aligned(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    return value
+
+
+def call_aligned(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` on :func:`aligned` arguments: how every task of dnmf's graphs
+    calls its kernel, so that where an operand came from never changes the result."""
+    return func(*aligned(args), **kwargs)
+
+
 def numpy_like(xp: Any) -> bool:
     """Whether ``xp`` has numpy's extensions (``out=``, ``dtype=`` of element-wise functions,
     ``xp.reciprocal``): numpy and CuPy."""

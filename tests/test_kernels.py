@@ -216,3 +216,45 @@ def test_sweeps_on_the_transposed_factor_equal_column_sweeps(rng):
     got = kernels.hals_sweeps(W, A, G, sweeps=3)
     np.testing.assert_allclose(got, F, rtol=1e-12, atol=1e-14)
     assert got.flags.c_contiguous and not np.shares_memory(got, W)
+
+
+def _misaligned(a: np.ndarray, offset: int = 2) -> np.ndarray:
+    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary, as an array
+    deserialised from the middle of a received message can."""
+    buf = np.empty(a.nbytes + 64, dtype=np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_aligned_copies_only_misaligned_arrays_at_any_depth(rng):
+    a = rng.random((5, 3)).astype(np.float32)
+    m = _misaligned(a)
+    assert not m.flags.aligned
+    assert kernels.aligned(a) is a  # nothing to do: no copy
+    fixed = kernels.aligned(m)
+    assert fixed.flags.aligned and fixed.dtype == a.dtype
+    np.testing.assert_array_equal(fixed, a)
+    nested = kernels.aligned((m, [1.5, m], "key", None))
+    assert isinstance(nested, tuple) and isinstance(nested[1], list)
+    assert nested[0].flags.aligned and nested[1][1].flags.aligned
+    assert nested[1][0] == 1.5 and nested[2:] == ("key", None)
+    untouched = (a, [a])
+    assert kernels.aligned(untouched) is untouched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_call_aligned_gives_the_products_of_aligned_operands_bitwise(rng, dtype):
+    # numpy multiplies misaligned operands without BLAS, adding in another order; through
+    # call_aligned the product is the aligned one to the last bit, on every BLAS kernel
+    X = rng.random((1000, 50)).astype(dtype)
+    W = rng.random((1000, 4)).astype(dtype)
+    H = rng.random((4, 50)).astype(dtype)
+    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    expected = kernels.panel_step(X, W, H, HHt, solver="hals")
+    got = kernels.call_aligned(kernels.panel_step, _misaligned(X), _misaligned(W),
+                               _misaligned(H, 6), _misaligned(HHt, 4), solver="hals")
+    np.testing.assert_array_equal(got[0], expected[0])
+    for g, e in zip(got[1], expected[1], strict=True):
+        np.testing.assert_array_equal(g, e)
