@@ -30,6 +30,7 @@ from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
+from dnmf.io.overlap import check_outputs_are_not_inputs
 from dnmf.io.result_store import _local_path, check_output, open_result, write_result
 from dnmf.io.zarr_ import owned_block
 from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
@@ -364,7 +365,8 @@ def factorize(
         ``auto``: full-width row panels (one read of X per iteration), or 2-D blocks (two reads,
         H chunked on the workers) when one full-width row does not fit a task.
     out : path, optional
-        Write the result store here (Zarr v3).
+        Write the result store here (Zarr v3). An ``out`` that is, contains or lies inside X
+        or ``mask`` raises :class:`~dnmf.errors.OutputError`, even with ``overwrite``.
     overwrite : bool
     checkpoint_every : int
         With ``out``: write a checkpoint into ``out/checkpoint`` every this many iterations
@@ -412,6 +414,8 @@ def factorize(
     init_name = resolve_init(init, has_custom=has_custom)
     if not isinstance(checkpoint_every, numbers.Integral) or checkpoint_every < 0:
         raise InputError(f"checkpoint_every must be an integer >= 0; got {checkpoint_every!r}")
+    # before anything is read or written, OUT's own checkpoint (under resume) aside
+    check_outputs_are_not_inputs({"output": out}, {"the input": X, "the mask": mask})
     ckpt = None
     if resume:
         if out is None:
@@ -811,6 +815,7 @@ def dry_run(
     dev = devices.resolve_device(device)
     if dev == "gpu":
         _check_gpu_params(solver_name, False, n_restarts, "auto")
+    check_outputs_are_not_inputs({"output": out}, {"the input": X})
     if out is not None:
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
@@ -1048,7 +1053,15 @@ def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike,
                        var: str | None = None, scheduler: Any = "auto", workers: int | None = None,
                        memory_limit: str | int | None = None, overwrite: bool = False) -> str:
     """Transform the rows of ``X`` with the H of the result store ``model``; write a store of
-    the same layout (W new, H copied, the model's attributes plus ``transform_of``)."""
+    the same layout (W new, H copied, the model's attributes plus ``transform_of``).
+
+    Raises
+    ------
+    OutputError
+        ``out`` exists (without ``overwrite``), or is, contains or lies inside the model or
+        ``X`` (even with ``overwrite``).
+    """
+    check_outputs_are_not_inputs({"output": out}, {"the model": model, "the input": X})
     check_output(out, overwrite=overwrite)
     _, H, attrs = open_result(model)
     source = open_matrix(X, var, dtype=H.dtype)

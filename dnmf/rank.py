@@ -59,6 +59,8 @@ from dnmf.errors import InputError
 
 #: The criteria of a report, in the order of its table and plots.
 CRITERIA = ("relative_error", "cophenetic", "dispersion", "silhouette", "heldout_error")
+#: The files :meth:`RankReport.plot` writes.
+PLOT_FILES = (*(f"rank-{name}.png" for name in CRITERIA), "rank-criteria.png")
 #: Which way is better for each criterion.
 HIGHER_IS_BETTER = {"relative_error": False, "cophenetic": True, "dispersion": True,
                     "silhouette": True, "heldout_error": False}
@@ -339,6 +341,12 @@ class RankReport:
     wall_time_s: float = 0.0
     attrs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def input_path(self) -> str | None:
+        """The path or URL of the surveyed matrix (``None`` when it was in memory)."""
+        described = self.attrs.get("input")
+        return described.get("path") if isinstance(described, dict) else None
+
     def criterion_values(self, name: str) -> np.ndarray:
         if name not in CRITERIA:
             raise InputError(f"unknown criterion {name!r}: choose one of {', '.join(CRITERIA)}")
@@ -425,11 +433,20 @@ class RankReport:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> str:
         """Write the report as a Zarr store (xarray layout), atomically: nothing appears at
-        ``path`` unless the whole store was written. Returns the path."""
+        ``path`` unless the whole store was written. Returns the path.
+
+        Raises
+        ------
+        OutputError
+            ``path`` exists (without ``overwrite``), or is, contains or lies inside the
+            surveyed input (even with ``overwrite``).
+        """
         import zarr
 
+        from dnmf.io.overlap import check_outputs_are_not_inputs
         from dnmf.io.result_store import consolidate, write_atomically
 
+        check_outputs_are_not_inputs({"report": path}, {"the input": self.input_path})
         ds = self.to_dataset()
 
         def write(store: str) -> None:
@@ -462,9 +479,16 @@ class RankReport:
     def plot(self, directory: str | os.PathLike) -> list[Path]:
         """PNG figures in ``directory``: ``rank-<criterion>.png`` for each criterion against k,
         and ``rank-criteria.png`` with all of them; the recommended k is marked. Returns the
-        paths. Uses matplotlib's Agg canvas (no display, no global backend change)."""
+        paths. Uses matplotlib's Agg canvas (no display, no global backend change).
+
+        Raises ``OutputError`` when ``directory`` is or lies inside the surveyed input, or one
+        of the files would be the input."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+
+        from dnmf.io.overlap import check_plots_are_not_inputs
+
+        check_plots_are_not_inputs(directory, PLOT_FILES, {"the input": self.input_path})
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -833,10 +857,14 @@ def run_rank_cli(
     Progress goes to ``stream`` (stdout by default): a live bar with ETA on a terminal, a line
     per finished fit otherwise, nothing with ``quiet`` (the last line is always printed).
     """
+    from dnmf.io.overlap import check_outputs_are_not_inputs, check_plots_are_not_inputs
     from dnmf.io.result_store import check_output
     from dnmf.progress import FitProgress
 
     k_range = parse_ks(ks)
+    check_outputs_are_not_inputs({"report": out}, {"the input": input})
+    if plots is not None:
+        check_plots_are_not_inputs(plots, PLOT_FILES, {"the input": input})
     if out is not None:
         check_output(out, overwrite=overwrite)
     display = FitProgress(quiet=quiet, stream=stream)

@@ -19,6 +19,7 @@ from dnmf._version import __version__
 from dnmf.cluster import execution_context
 from dnmf.errors import InputError
 from dnmf.io import open_matrix
+from dnmf.io.overlap import check_outputs_are_not_inputs
 from dnmf.io.result_store import consolidate, open_result, write_atomically
 
 #: Column chunk of the written reconstruction when the row panels would be too large.
@@ -60,7 +61,9 @@ def write_reconstruction(
     result : path
         A complete result store (``dnmf fit -o``).
     out : path
-        The new store; written atomically (nothing at ``out`` unless complete).
+        The new store; written atomically (nothing at ``out`` unless complete). It may not be,
+        contain or lie inside ``result`` or ``only_missing`` (``OutputError``, even with
+        ``overwrite``).
     only_missing : path or array, optional
         The input matrix: keep its observed entries and fill only its NaN entries.
     var : str, optional
@@ -71,6 +74,9 @@ def write_reconstruction(
     (path, n_filled) : the store and the number of entries taken from ``W @ H`` (all of them
         without ``only_missing``).
     """
+    check_outputs_are_not_inputs({"output": out}, {"the result": result,
+                                                   "the fitted input (--only-missing)":
+                                                   only_missing})
     W, H, attrs = open_result(result)
     n, m = W.shape[0], H.shape[1]
     WH = W @ H.astype(W.dtype)

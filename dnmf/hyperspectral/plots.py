@@ -18,6 +18,11 @@ import numpy as np
 
 from dnmf.errors import InputError
 
+#: The names :func:`write_plots` may give its files (glob patterns), for the check that no
+#: plot is written over an input.
+PLOT_FILES = ("endmembers.png", "abundance_*.png", "rgb_composite.png", "residual_rmse.png",
+              "loss.png")
+
 __all__ = ["MAX_SIDE", "write_plots"]
 
 #: Maps are decimated with a stride to at most this many pixels per side before plotting.

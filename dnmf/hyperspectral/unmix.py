@@ -26,8 +26,10 @@ from dnmf.api import factorize
 from dnmf.cluster import execution_context
 from dnmf.errors import InputError
 from dnmf.hyperspectral.cube import open_cube
+from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
+from dnmf.io.overlap import check_outputs_are_not_inputs, check_plots_are_not_inputs
 from dnmf.io.result_store import (
     _local_path,
     check_output,
@@ -91,7 +93,9 @@ def unmix(
     scheduler, client, workers, memory_limit : as for :func:`dnmf.factorize`
     output : path, optional
         Write the result to this Zarr store (atomically, chunk by chunk) and return it opened
-        lazily. Without it, the result is computed into memory.
+        lazily. Without it, the result is computed into memory. ``output``, ``netcdf`` and
+        ``plots`` may not be (or lie inside) the cube: :class:`~dnmf.errors.OutputError`, even
+        with ``overwrite``.
     overwrite : bool
         Replace an existing ``output``.
     plots : path, optional
@@ -113,6 +117,10 @@ def unmix(
     """
     t_start = time.perf_counter()
     _check_options(n_endmembers, init, sparsity, sum_to_one)
+    check_outputs_are_not_inputs({"output": output, "NetCDF output": netcdf},
+                                 {"the cube": cube})
+    if plots is not None:
+        check_plots_are_not_inputs(plots, PLOT_FILES, {"the cube": cube})
     if output is not None:
         check_output(output, overwrite=overwrite)
     if netcdf is not None:
