@@ -30,7 +30,7 @@ from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
-from dnmf.io.overlap import check_outputs_are_not_inputs
+from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
 from dnmf.io.result_store import _local_path, check_output, open_result, write_result
 from dnmf.io.zarr_ import owned_block
 from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
@@ -415,7 +415,9 @@ def factorize(
     if not isinstance(checkpoint_every, numbers.Integral) or checkpoint_every < 0:
         raise InputError(f"checkpoint_every must be an integer >= 0; got {checkpoint_every!r}")
     # before anything is read or written, OUT's own checkpoint (under resume) aside
-    check_outputs_are_not_inputs({"output": out}, {"the input": X, "the mask": mask})
+    check_outputs_are_not_inputs({"output": out}, {
+        "the input": Stored(X, var), "the mask": Stored(mask, mask_var),
+        "the initial W": W_init, "the initial H": H_init})
     ckpt = None
     if resume:
         if out is None:
@@ -815,7 +817,7 @@ def dry_run(
     dev = devices.resolve_device(device)
     if dev == "gpu":
         _check_gpu_params(solver_name, False, n_restarts, "auto")
-    check_outputs_are_not_inputs({"output": out}, {"the input": X})
+    check_outputs_are_not_inputs({"output": out}, {"the input": Stored(X, var)})
     if out is not None:
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
@@ -1061,7 +1063,8 @@ def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike,
         ``out`` exists (without ``overwrite``), or is, contains or lies inside the model or
         ``X`` (even with ``overwrite``).
     """
-    check_outputs_are_not_inputs({"output": out}, {"the model": model, "the input": X})
+    check_outputs_are_not_inputs({"output": out},
+                                 {"the model": model, "the input": Stored(X, var)})
     check_output(out, overwrite=overwrite)
     _, H, attrs = open_result(model)
     source = open_matrix(X, var, dtype=H.dtype)

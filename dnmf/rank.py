@@ -56,6 +56,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from dnmf.errors import InputError
+from dnmf.io.overlap import resolved_locations
 
 #: The criteria of a report, in the order of its table and plots.
 CRITERIA = ("relative_error", "cophenetic", "dispersion", "silhouette", "heldout_error")
@@ -341,11 +342,18 @@ class RankReport:
     wall_time_s: float = 0.0
     attrs: dict[str, Any] = field(default_factory=dict)
 
+    #: Where the surveyed matrix lives, resolved when it was surveyed (real paths, URLs):
+    #: what :meth:`save` and :meth:`plot` may not write over. A report read back from disk
+    #: has its input's path as given instead.
+    input_paths: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
     @property
-    def input_path(self) -> str | None:
-        """The path or URL of the surveyed matrix (``None`` when it was in memory)."""
+    def input_locations(self) -> tuple[str, ...]:
+        if self.input_paths:
+            return self.input_paths
         described = self.attrs.get("input")
-        return described.get("path") if isinstance(described, dict) else None
+        path = described.get("path") if isinstance(described, dict) else None
+        return (path,) if path else ()
 
     def criterion_values(self, name: str) -> np.ndarray:
         if name not in CRITERIA:
@@ -446,7 +454,7 @@ class RankReport:
         from dnmf.io.overlap import check_outputs_are_not_inputs
         from dnmf.io.result_store import consolidate, write_atomically
 
-        check_outputs_are_not_inputs({"report": path}, {"the input": self.input_path})
+        check_outputs_are_not_inputs({"report": path}, {"the input": self.input_locations})
         ds = self.to_dataset()
 
         def write(store: str) -> None:
@@ -488,7 +496,7 @@ class RankReport:
 
         from dnmf.io.overlap import check_plots_are_not_inputs
 
-        check_plots_are_not_inputs(directory, PLOT_FILES, {"the input": self.input_path})
+        check_plots_are_not_inputs(directory, PLOT_FILES, {"the input": self.input_locations})
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -730,6 +738,8 @@ def select_rank(
         raise InputError("max_consensus_features must be an integer >= 2; got "
                          f"{max_consensus_features!r}")
     heldout_max_iter = heldout_max_iter or 2 * max_iter
+    # where X lives, resolved now: the report's save() and plot() may not write over it
+    input_paths = resolved_locations(X, var)
     source = open_matrix(X, var, dtype=fit_kwargs.get("dtype"))
     if getattr(source, "sparse", False):
         raise InputError("the rank survey's held-out error hides entries, which sparse X cannot "
@@ -805,7 +815,7 @@ def select_rank(
         criterion="heldout_error", elbow_k=elbow(ks_list, values["relative_error"]),
         n_runs=int(n_runs), heldout_fraction=float(heldout_fraction), seed=int(seed),
         n_consensus_features=int(sample.size), wall_time_s=time.perf_counter() - t_start,
-        attrs={"input": source.describe(), "max_iter": max_iter, "tol": tol,
+        input_paths=input_paths, attrs={"input": source.describe(), "max_iter": max_iter, "tol": tol,
                "heldout_max_iter": heldout_max_iter,
                **{key: v for key, v in fit_kwargs.items() if isinstance(v, str | int | float)}},
     )
@@ -857,14 +867,14 @@ def run_rank_cli(
     Progress goes to ``stream`` (stdout by default): a live bar with ETA on a terminal, a line
     per finished fit otherwise, nothing with ``quiet`` (the last line is always printed).
     """
-    from dnmf.io.overlap import check_outputs_are_not_inputs, check_plots_are_not_inputs
+    from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
     from dnmf.io.result_store import check_output
     from dnmf.progress import FitProgress
 
     k_range = parse_ks(ks)
-    check_outputs_are_not_inputs({"report": out}, {"the input": input})
-    if plots is not None:
-        check_plots_are_not_inputs(plots, PLOT_FILES, {"the input": input})
+    inputs = {"the input": Stored(input, var)}
+    check_outputs_are_not_inputs({"report": out}, inputs)
+    check_plots_are_not_inputs(plots, PLOT_FILES, inputs)
     if out is not None:
         check_output(out, overwrite=overwrite)
     display = FitProgress(quiet=quiet, stream=stream)

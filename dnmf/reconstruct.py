@@ -19,7 +19,7 @@ from dnmf._version import __version__
 from dnmf.cluster import execution_context
 from dnmf.errors import InputError
 from dnmf.io import open_matrix
-from dnmf.io.overlap import check_outputs_are_not_inputs
+from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
 from dnmf.io.result_store import consolidate, open_result, write_atomically
 
 #: Column chunk of the written reconstruction when the row panels would be too large.
@@ -74,9 +74,8 @@ def write_reconstruction(
     (path, n_filled) : the store and the number of entries taken from ``W @ H`` (all of them
         without ``only_missing``).
     """
-    check_outputs_are_not_inputs({"output": out}, {"the result": result,
-                                                   "the fitted input (--only-missing)":
-                                                   only_missing})
+    check_outputs_are_not_inputs({"output": out}, {
+        "the result": result, "the fitted input (--only-missing)": Stored(only_missing, var)})
     W, H, attrs = open_result(result)
     n, m = W.shape[0], H.shape[1]
     WH = W @ H.astype(W.dtype)

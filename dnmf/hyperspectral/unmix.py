@@ -26,10 +26,11 @@ from dnmf.api import factorize
 from dnmf.cluster import execution_context
 from dnmf.errors import InputError
 from dnmf.hyperspectral.cube import open_cube
+from dnmf.hyperspectral.envi import find_envi_files
 from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
-from dnmf.io.overlap import check_outputs_are_not_inputs, check_plots_are_not_inputs
+from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
 from dnmf.io.result_store import (
     _local_path,
     check_output,
@@ -117,10 +118,9 @@ def unmix(
     """
     t_start = time.perf_counter()
     _check_options(n_endmembers, init, sparsity, sum_to_one)
-    check_outputs_are_not_inputs({"output": output, "NetCDF output": netcdf},
-                                 {"the cube": cube})
-    if plots is not None:
-        check_plots_are_not_inputs(plots, PLOT_FILES, {"the cube": cube})
+    cube_files = {"the cube": Stored(cube, var), **_envi_pair(cube)}
+    check_outputs_are_not_inputs({"output": output, "NetCDF output": netcdf}, cube_files)
+    check_plots_are_not_inputs(plots, PLOT_FILES, cube_files)
     if output is not None:
         check_output(output, overwrite=overwrite)
     if netcdf is not None:
@@ -281,6 +281,17 @@ def _unmix_attrs(fit_attrs: dict, data: xr.DataArray, pm: PixelMatrix, keep: np.
                                        "n_endmembers": estimate.n_endmembers,
                                        "evidence": estimate.describe()}
     return jsonable(attrs)
+
+
+def _envi_pair(cube: Any) -> dict[str, Path]:
+    """The header and the binary of an ENVI cube given as either: both are the input."""
+    if not isinstance(cube, str | os.PathLike) or "://" in os.fspath(cube):
+        return {}
+    try:
+        header, binary = find_envi_files(cube)
+    except (OSError, InputError):  # not ENVI, or not there (open_cube says which)
+        return {}
+    return {"the cube's header": header, "the cube's data file": binary}
 
 
 def _write_zarr(dataset: xr.Dataset, output: Any, *, overwrite: bool) -> None:

@@ -4,20 +4,23 @@ Every function that writes checks this before it reads anything. An output that 
 whole (a result store, a NetCDF file, a report) may not equal, contain or lie inside an
 input, ``overwrite`` or not: replacing it would delete the input, or change it while a run
 still reads it (an out-of-core fit streams X from disk at every iteration). A directory of
-plots may hold an input (``--plots .`` beside the data) but may not lie inside one, and no
-file it writes may be one.
+plots may hold an input (``--plots .`` beside the data) but may not be or lie inside one, and
+no file it writes may be one. Two outputs of one run may not overlap either.
 
-Paths are compared after :func:`os.path.realpath` (symbolic links followed), ``file://`` URLs
-as the local paths they name, other URLs with their protocol lower-cased and their path
-normalised (``s3://b//x/./y/`` is ``s3://b/x/y``); two existing local paths that are one file
-(a hard link) are equal too.
+Each location is put in the form its own reader or writer gives it: inputs as
+:func:`dnmf.io._common.resolve_location` opens them (``~`` expanded, a percent-encoded
+``file://`` URL decoded when that names the existing path), outputs as the writers of
+:mod:`dnmf.io.result_store` write them (no expansion). Local paths are then compared after
+:func:`os.path.realpath` (symbolic links followed; two existing paths that are one file,
+hard links, are equal too); other URLs with their protocol lower-cased and repeated or ``.``
+path components dropped (``S3://b//x/./y/`` is ``s3://b/x/y``; ``..`` is kept, as object
+stores take it literally).
 """
 
 from __future__ import annotations
 
-import fnmatch
+import glob
 import os
-import posixpath
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,10 +28,28 @@ from typing import Any
 
 from dnmf.errors import OutputError
 
-__all__ = ["check_outputs_are_not_inputs", "check_plots_are_not_inputs", "storage_location"]
+__all__ = [
+    "Stored",
+    "check_outputs_are_not_inputs",
+    "check_plots_are_not_inputs",
+    "resolved_locations",
+    "storage_locations",
+]
 
 #: Protocols that name the same storage under two spellings.
 _PROTOCOL_ALIASES = {"s3a": "s3", "gcs": "gs", "local": "file"}
+#: Attributes through which array wrappers (xarray's lazy arrays) reach the array they wrap.
+_WRAPPED = ("array", "_array", "datastore")
+_MAX_WRAPPING = 8
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An input and the variable inside it (``var``: a Zarr array in a group), when the
+    variable can live elsewhere than its container (a symbolic link inside the store)."""
+
+    obj: Any
+    var: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,70 +61,140 @@ class _Where:
     key: str  # realpath (local) or protocol://path (remote)
 
     def describe(self) -> str:
-        if self.local and os.path.abspath(os.path.expanduser(self.given)) != self.key:
+        if self.local and os.path.abspath(self.given) != self.key and self.given != self.key:
             return f"{self.given} (which is {self.key})"
         return self.given
 
 
-def storage_location(obj: Any) -> str | None:
-    """The path or URL that holds an input, or ``None`` for data that lives in memory.
+def storage_locations(obj: Any) -> list[str]:
+    """The paths or URLs that hold an input; empty for data that lives in memory.
 
-    Understands paths and URLs, Zarr arrays and groups (their store's root), h5py datasets
-    and files, ``numpy.memmap``, :class:`dnmf.io.MatrixSource` and xarray objects opened from
-    a file (``encoding["source"]``). A dask array is not traced back to its store.
+    Understands paths and URLs (and tuples of them), Zarr arrays and groups, h5py datasets
+    and files, ``numpy.memmap``, :class:`dnmf.io.MatrixSource`, dask arrays read from a store
+    (``dask.array.from_zarr``, xarray's lazily opened variables) and xarray objects.
     """
     if obj is None:
-        return None
+        return []
     if isinstance(obj, str | os.PathLike):
-        return os.fspath(obj)
-    path = getattr(obj, "filename", None)  # numpy.memmap, h5py.File
-    if isinstance(path, str | os.PathLike) and type(obj).__module__.split(".")[0] in (
-            "numpy", "h5py"):
-        return os.fspath(path)
-    h5file = getattr(obj, "file", None)  # h5py.Dataset, h5py.Group
-    if type(obj).__module__.split(".")[0] == "h5py" and h5file is not None:
-        return os.fspath(h5file.filename)
-    if type(obj).__module__.split(".")[0] == "zarr":
-        return _zarr_store_location(getattr(obj, "store", None))
+        return [os.fspath(obj)]
+    if isinstance(obj, tuple) and obj and all(isinstance(o, str | os.PathLike) for o in obj):
+        return [os.fspath(o) for o in obj]
+    found = _wrapped_location(obj)
+    if found is not None:
+        return [found]
     if type(obj).__name__ == "MatrixSource":
-        return obj.path
-    encoding = getattr(obj, "encoding", None)  # xarray DataArray / Dataset
+        return [obj.path] if obj.path else storage_locations(obj.array)
+    locations = []
+    encoding = getattr(obj, "encoding", None)  # xarray DataArray / Dataset opened from a file
     if isinstance(encoding, Mapping) and isinstance(encoding.get("source"), str):
-        return encoding["source"]
+        locations.append(encoding["source"])
+    data_vars = getattr(obj, "data_vars", None)  # xarray Dataset
+    if isinstance(data_vars, Mapping):
+        for variable in data_vars.values():
+            locations += storage_locations(variable)
+    elif type(obj).__module__.startswith("xarray"):  # DataArray, Variable
+        locations += storage_locations(getattr(obj, "data", None))
+    elif hasattr(obj, "__dask_graph__"):
+        locations += _dask_array_locations(obj)
+    return list(dict.fromkeys(locations))
+
+
+def _wrapped_location(obj: Any, depth: int = 0) -> str | None:
+    """The file of a store object (zarr, h5py, numpy.memmap), or of the one it wraps."""
+    package = type(obj).__module__.split(".")[0]
+    if package == "zarr":
+        return _zarr_location(obj)
+    if package == "h5py":
+        h5file = getattr(obj, "file", None)
+        return os.fspath(h5file.filename) if h5file is not None else None
+    if package == "numpy":
+        filename = getattr(obj, "filename", None)  # numpy.memmap
+        return os.fspath(filename) if isinstance(filename, str | os.PathLike) else None
+    if depth >= _MAX_WRAPPING or package != "xarray":
+        return None
+    for attr in _WRAPPED:
+        inner = getattr(obj, attr, None)
+        if inner is not None:
+            return _wrapped_location(inner, depth + 1)
     return None
 
 
-def _zarr_store_location(store: Any) -> str | None:
+def _zarr_location(obj: Any) -> str | None:
+    store = getattr(obj, "store", None)
+    inner = str(getattr(obj, "path", "") or "").strip("/")
     root = getattr(store, "root", None)  # zarr.storage.LocalStore
     if isinstance(root, str | os.PathLike):
-        return os.fspath(root)
+        base = os.fspath(root)
+        return os.path.join(base, inner) if inner else base
     fs, path = getattr(store, "fs", None), getattr(store, "path", None)  # FsspecStore
-    if fs is not None and isinstance(path, str):
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        return path if protocol in ("file", "local") else f"{protocol}://{path}"
-    return None  # a memory store
+    if fs is None or not isinstance(path, str):
+        return None  # a memory store
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    full = "/".join(p for p in (path.rstrip("/"), inner) if p)
+    return full if protocol in ("file", "local") else f"{protocol}://{full}"
 
 
-def _where(target: Any) -> _Where | None:
-    text = storage_location(target)
-    if text is None or text == "":
+def _dask_array_locations(array: Any) -> list[str]:
+    """The stores a dask array reads from: the objects ``from_array`` keeps in its
+    ``original-`` layers (one key each; nothing is materialised)."""
+    graph = array.__dask_graph__()
+    layers = getattr(graph, "layers", {})
+    locations = []
+    for name, layer in layers.items():
+        if str(name).startswith("original-"):
+            for value in layer.values():
+                found = _wrapped_location(value)
+                if found is not None:
+                    locations.append(found)
+    return locations
+
+
+def _where(text: str, *, role: str) -> _Where | None:
+    """``text`` in comparable form; ``role`` is "input" or "output" (see the module doc)."""
+    if not text:
         return None
-    url = text.rsplit("::", 1)[-1]  # a chained URL (simplecache::s3://...) names its last
+    url = text.rsplit("::", 1)[-1] if "://" in text else text  # simplecache::s3://...
     protocol, sep, rest = url.partition("://")
     protocol = _PROTOCOL_ALIASES.get(protocol.lower(), protocol.lower()) if sep else "file"
     if protocol == "file":
         path = rest if sep else url
-        if sep:  # file:// URLs are percent-encoded; prefer the spelling that exists
-            unquoted = urllib.parse.unquote(path)
-            if not os.path.exists(path) and os.path.exists(unquoted):
-                path = unquoted
-        return _Where(text, True, os.path.realpath(os.path.expanduser(path)))
-    normal = posixpath.normpath("/" + rest.strip("/")).lstrip("/")
-    return _Where(text, False, f"{protocol}://{normal}")
+        if role == "input":
+            if sep:  # percent-encoded; the reader takes the spelling that exists
+                unquoted = urllib.parse.unquote(path)
+                if not os.path.exists(path) and os.path.exists(unquoted):
+                    path = unquoted
+            else:
+                path = os.path.expanduser(path)
+        return _Where(text, True, os.path.realpath(path))
+    parts = [p for p in rest.split("/") if p not in ("", ".")]
+    return _Where(text, False, f"{protocol}://{'/'.join(parts)}")
+
+
+def _input_wheres(value: Any) -> list[_Where]:
+    stored = value if isinstance(value, Stored) else Stored(value)
+    wheres = []
+    for text in storage_locations(stored.obj):
+        where = _where(text, role="input")
+        if where is None:
+            continue
+        wheres.append(where)
+        if stored.var and where.local:
+            inner = os.path.join(where.key, stored.var.strip("/"))
+            if os.path.lexists(inner) and os.path.realpath(inner) != inner:
+                # the variable is a link out of its store: where it points is an input too
+                wheres.append(_Where(os.path.join(text, stored.var.strip("/")), True,
+                                     os.path.realpath(inner)))
+    return wheres
+
+
+def resolved_locations(obj: Any, var: str | None = None) -> tuple[str, ...]:
+    """Where an input lives, resolved now (real paths, normalised URLs), to check outputs
+    against later, after the working directory or links may have changed."""
+    return tuple(w.key for w in _input_wheres(Stored(obj, var)))
 
 
 def _relation(out: _Where, inp: _Where) -> str | None:
-    """How ``out`` overlaps ``inp``: "is", "contains", "inside" or None."""
+    """How ``out`` overlaps ``inp``: "is", "contains", "lies inside" or None."""
     if out.local != inp.local:
         return None
     if out.key == inp.key:
@@ -114,24 +205,24 @@ def _relation(out: _Where, inp: _Where) -> str | None:
                 return "is"
         except OSError:
             pass
-    join = os.path.join if out.local else posixpath.join
-    if inp.key.startswith(join(out.key, "")):
+    sep = os.sep if out.local else "/"
+    if inp.key.startswith(out.key.rstrip(sep) + sep):
         return "contains"
-    if out.key.startswith(join(inp.key, "")):
-        return "inside"
+    if out.key.startswith(inp.key.rstrip(sep) + sep):
+        return "lies inside"
     return None
 
 
 _WHY = {
     "is": "writing it would destroy the input",
     "contains": "replacing it would delete the input",
-    "inside": "writing it would change the input",
+    "lies inside": "writing it would change the input",
 }
 
 
 def check_outputs_are_not_inputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
     """Refuse, whatever ``overwrite`` says, an output that equals, contains or lies inside an
-    input.
+    input, or another output of the same run.
 
     Parameters
     ----------
@@ -139,34 +230,39 @@ def check_outputs_are_not_inputs(outputs: Mapping[str, Any], inputs: Mapping[str
         What is written, e.g. ``{"output": out, "NetCDF output": netcdf}``; ``None`` values
         are skipped.
     inputs : mapping of label to an input
-        Paths, URLs or opened stores (see :func:`storage_location`), e.g. ``{"the input":
-        X, "the mask": mask}``; in-memory data and ``None`` are skipped.
+        Paths, URLs, opened stores (see :func:`storage_locations`) or :class:`Stored`, e.g.
+        ``{"the input": Stored(X, var), "the mask": mask}``; in-memory data and ``None`` are
+        skipped.
 
     Raises
     ------
     OutputError
         One line naming both paths and the fix.
     """
-    sources = [(label, w) for label, obj in inputs.items() if (w := _where(obj)) is not None]
-    for out_label, target in outputs.items():
-        out = _where(target)
-        if out is None:
-            continue
+    sources = [(label, w) for label, value in inputs.items() for w in _input_wheres(value)]
+    targets = [(label, w) for label, value in outputs.items()
+               if value is not None and (w := _where(os.fspath(value), role="output"))]
+    for out_label, out in targets:
         for in_label, inp in sources:
             relation = _relation(out, inp)
-            if relation is None:
-                continue
-            place = {"is": "is", "contains": "contains", "inside": "lies inside"}[relation]
-            raise OutputError(
-                f"{out_label} {out.describe()} {place} {in_label} {inp.describe()} — "
-                f"{_WHY[relation]}, even with --overwrite (overwrite=True); choose an output "
-                "path outside the input")
+            if relation is not None:
+                raise OutputError(
+                    f"{out_label} {out.describe()} {relation} {in_label} {inp.describe()} — "
+                    f"{_WHY[relation]}, even with --overwrite (overwrite=True); choose an "
+                    "output path outside the input")
+    for i, (first_label, first) in enumerate(targets):
+        for second_label, second in targets[i + 1:]:
+            if _relation(first, second) is not None:
+                raise OutputError(
+                    f"{first_label} {first.describe()} and {second_label} {second.describe()} "
+                    "overlap — one would replace the other; give them separate paths")
 
 
 def check_plots_are_not_inputs(directory: Any, files: Iterable[str],
                                inputs: Mapping[str, Any]) -> None:
-    """Refuse a plots directory that is or lies inside an input, or that would write a file
-    that is one; a directory that holds an input (``--plots .`` beside it) is fine.
+    """Refuse a plots directory that is or lies inside an input, or one of whose files (links
+    followed) would be an input; a directory that holds an input (``--plots .`` beside it) is
+    fine.
 
     Parameters
     ----------
@@ -179,24 +275,28 @@ def check_plots_are_not_inputs(directory: Any, files: Iterable[str],
     ------
     OutputError
     """
-    out = _where(directory)
-    if out is None:
+    if directory is None:
         return
-    patterns = list(files)
-    for in_label, obj in inputs.items():
-        inp = _where(obj)
-        if inp is None:
-            continue
+    out = _where(os.fspath(directory), role="output")
+    if out is None or not out.local:
+        return
+    sources = [(label, w) for label, value in inputs.items() for w in _input_wheres(value)]
+    plot_files = []
+    for pattern in files:
+        if glob.has_magic(pattern):  # only files that exist can be links to an input
+            plot_files += glob.glob(os.path.join(glob.escape(out.key), pattern))
+        else:
+            plot_files.append(os.path.join(out.key, pattern))
+    written = [_Where(path, True, os.path.realpath(path)) for path in plot_files]
+    for in_label, inp in sources:
         relation = _relation(out, inp)
-        if relation in ("is", "inside"):
-            place = "is" if relation == "is" else "lies inside"
+        if relation in ("is", "lies inside"):
             raise OutputError(
-                f"plots directory {out.describe()} {place} {in_label} {inp.describe()} — "
+                f"plots directory {out.describe()} {relation} {in_label} {inp.describe()} — "
                 "writing plots there would change the input; choose a plots directory outside "
                 "it")
-        paths = os.path if out.local else posixpath
-        if relation == "contains" and paths.dirname(inp.key) == out.key \
-                and any(fnmatch.fnmatch(paths.basename(inp.key), p) for p in patterns):
-            raise OutputError(
-                f"plots directory {out.describe()} would write over {in_label} {inp.describe()}"
-                " — choose another plots directory")
+        for plot in written:
+            if _relation(plot, inp) is not None:
+                raise OutputError(
+                    f"plots directory {out.describe()} would write {os.path.basename(plot.given)}"
+                    f" over {in_label} {inp.describe()} — choose another plots directory")

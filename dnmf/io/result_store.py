@@ -27,8 +27,9 @@ SCHEMA_VERSION = 1
 
 def _local_path(out: str | os.PathLike) -> Path | None:
     text = os.fspath(out)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):])
+    for prefix in ("file://", "local://"):  # fsspec's two names of the local filesystem
+        if text.startswith(prefix):
+            return Path(text[len(prefix):])
     if "://" in text:
         return None
     return Path(text)
@@ -41,6 +42,9 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
     ------
     OutputError
     """
+    if not os.fspath(out).strip():
+        # Path("") is the working directory: replacing it would delete everything there
+        raise OutputError("the output path is empty — give a path such as result.zarr")
     path = _local_path(out)
     if path is None:
         return
