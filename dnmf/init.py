@@ -316,7 +316,10 @@ def endmember_rows(X: da.Array, k: int, *, method: str = "spa", seed: int = 0) -
 
 
 def _best_row(panels: list, starts: list[int], kernel: Any, *args: Any) -> separable.Candidate:
-    tasks = [dask.delayed(kernel, pure=True)(p, *args, start) for p, start in zip(
+    # through call_aligned, as every task of dnmf.graph: a panel moved between workers may
+    # arrive misaligned, and numpy would then multiply it without BLAS
+    aligned_kernel = functools.partial(kernels.call_aligned, kernel)
+    tasks = [dask.delayed(aligned_kernel, pure=True)(p, *args, start) for p, start in zip(
         panels, starts, strict=True)]
     return separable.best_candidate(list(dask.compute(*tasks, optimize_graph=False)))
 
