@@ -31,7 +31,7 @@ from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
-from dnmf.io.result_store import _local_path, check_output, open_result, write_result
+from dnmf.io.result_store import check_output, local_path, open_result, write_result
 from dnmf.io.zarr_ import owned_block
 from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
 from dnmf.solvers import (
@@ -850,7 +850,7 @@ def _w_scratch(out: Any, stack: contextlib.ExitStack) -> str:
     """
     import shutil
 
-    local = None if out is None else _local_path(out)
+    local = None if out is None else local_path(out)
     if local is not None:
         local = local.absolute()
         local.parent.mkdir(parents=True, exist_ok=True)

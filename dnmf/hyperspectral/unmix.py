@@ -32,10 +32,10 @@ from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_ba
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
 from dnmf.io.result_store import (
-    _local_path,
     check_output,
     consolidate,
     jsonable,
+    local_path,
     open_result,
     write_atomically,
 )
@@ -192,7 +192,7 @@ def _check_options(n_endmembers: Any, init: str, sparsity: float, sum_to_one: bo
 
 def _scratch_dir(output: Any) -> str:
     """Where the fit's W and H live until the maps are written: next to the output."""
-    local = None if output is None else _local_path(output)
+    local = None if output is None else local_path(output)
     if local is None:
         return tempfile.mkdtemp(prefix="dnmf-unmix-")
     local = local.absolute()

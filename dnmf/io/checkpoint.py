@@ -24,10 +24,10 @@ import zarr
 from dnmf.errors import InputError, OutputError
 from dnmf.io.result_store import (
     SCHEMA_VERSION,
-    _local_path,
     _write_arrays,
     consolidate,
     jsonable,
+    local_path,
 )
 from dnmf.io.zarr_ import read_version
 
@@ -72,13 +72,13 @@ def fingerprint(X: da.Array, scheduler: Any = None) -> dict[str, Any]:
 def _store(out: str | os.PathLike) -> str:
     """The path zarr opens: a local path for ``file://`` URLs (fsspec's local file system
     creates no parent directories), the URL otherwise."""
-    local = _local_path(out)
+    local = local_path(out)
     return str(local) if local is not None else os.fspath(out)
 
 
 def start(out: str | os.PathLike, *, overwrite: bool) -> None:
     """Create OUT (status ``running``) for the first checkpoint, replacing it if allowed."""
-    path = _local_path(out)
+    path = local_path(out)
     if path is not None and path.exists():
         if not overwrite:
             raise OutputError(f"output {path} already exists — pass --overwrite to replace it")
@@ -126,7 +126,7 @@ def read(out: str | os.PathLike) -> Checkpoint:
     ------
     FileNotFoundError, InputError
     """
-    path = _local_path(out)
+    path = local_path(out)
     if path is not None and not path.exists():
         raise FileNotFoundError(
             f"nothing to resume: {out} does not exist — run without --resume to start"

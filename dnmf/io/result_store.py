@@ -25,7 +25,10 @@ from dnmf.io.zarr_ import read_version
 SCHEMA_VERSION = 1
 
 
-def _local_path(out: str | os.PathLike) -> Path | None:
+def local_path(out: str | os.PathLike) -> Path | None:
+    """The local path an output names (a plain path, ``file://`` or ``local://``), as the
+    writers here write it (no ``~`` expansion, no percent-decoding); ``None`` for a remote
+    URL."""
     text = os.fspath(out)
     for prefix in ("file://", "local://"):  # fsspec's two names of the local filesystem
         if text.startswith(prefix):
@@ -45,7 +48,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
     if not os.fspath(out).strip():
         # Path("") is the working directory: replacing it would delete everything there
         raise OutputError("the output path is empty — give a path such as result.zarr")
-    path = _local_path(out)
+    path = local_path(out)
     if path is None:
         return
     if path.exists() and not overwrite:
@@ -91,7 +94,7 @@ def write_atomically(out: str | os.PathLike, write: Any, *, overwrite: bool = Fa
     written in place (no atomic rename on object stores). Returns the path.
     """
     check_output(out, overwrite=overwrite)
-    path = _local_path(out)
+    path = local_path(out)
     if path is None:
         write(os.fspath(out))
         return os.fspath(out)
@@ -178,7 +181,7 @@ def open_result(path: str | os.PathLike) -> tuple[da.Array, np.ndarray, dict[str
     ------
     FileNotFoundError, InputError
     """
-    local = _local_path(path)
+    local = local_path(path)
     if local is not None and not local.exists():
         raise FileNotFoundError(f"no result store at {path} — check the path")
     try:
