@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import glob
 import os
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dnmf.errors import OutputError
+from dnmf.io._common import resolve_location
+from dnmf.io.result_store import local_path
 
 __all__ = [
     "Stored",
@@ -157,14 +158,8 @@ def _where(text: str, *, role: str) -> _Where | None:
     protocol, sep, rest = url.partition("://")
     protocol = _PROTOCOL_ALIASES.get(protocol.lower(), protocol.lower()) if sep else "file"
     if protocol == "file":
-        path = rest if sep else url
-        if role == "input":
-            if sep:  # percent-encoded; the reader takes the spelling that exists
-                unquoted = urllib.parse.unquote(path)
-                if not os.path.exists(path) and os.path.exists(unquoted):
-                    path = unquoted
-            else:
-                path = os.path.expanduser(path)
+        # spelled as the reader opens it, or as the writer writes it
+        path = resolve_location(url).path if role == "input" else local_path(url)
         return _Where(text, True, os.path.realpath(path))
     parts = [p for p in rest.split("/") if p not in ("", ".")]
     return _Where(text, False, f"{protocol}://{'/'.join(parts)}")
@@ -185,6 +180,10 @@ def _input_wheres(value: Any) -> list[_Where]:
                 wheres.append(_Where(os.path.join(text, stored.var.strip("/")), True,
                                      os.path.realpath(inner)))
     return wheres
+
+
+def _sources(inputs: Mapping[str, Any]) -> list[tuple[str, _Where]]:
+    return [(label, where) for label, value in inputs.items() for where in _input_wheres(value)]
 
 
 def resolved_locations(obj: Any, var: str | None = None) -> tuple[str, ...]:
@@ -239,7 +238,7 @@ def check_outputs_are_not_inputs(outputs: Mapping[str, Any], inputs: Mapping[str
     OutputError
         One line naming both paths and the fix.
     """
-    sources = [(label, w) for label, value in inputs.items() for w in _input_wheres(value)]
+    sources = _sources(inputs)
     targets = [(label, w) for label, value in outputs.items()
                if value is not None and (w := _where(os.fspath(value), role="output"))]
     for out_label, out in targets:
@@ -280,7 +279,7 @@ def check_plots_are_not_inputs(directory: Any, files: Iterable[str],
     out = _where(os.fspath(directory), role="output")
     if out is None or not out.local:
         return
-    sources = [(label, w) for label, value in inputs.items() for w in _input_wheres(value)]
+    sources = _sources(inputs)
     plot_files = []
     for pattern in files:
         if glob.has_magic(pattern):  # only files that exist can be links to an input
