@@ -118,29 +118,13 @@ def unmix(
     """
     t_start = time.perf_counter()
     _check_options(n_endmembers, init, sparsity, sum_to_one)
-    cube_files = {"the cube": Stored(cube, var), **_envi_pair(cube)}
-    check_outputs_are_not_inputs({"output": output, "NetCDF output": netcdf}, cube_files)
-    check_plots_are_not_inputs(plots, PLOT_FILES, cube_files)
-    if output is not None:
-        check_output(output, overwrite=overwrite)
-    if netcdf is not None:
-        check_output(netcdf, overwrite=overwrite)
+    _check_outputs(cube, var, output, netcdf, plots, overwrite=overwrite)
     data = open_cube(cube, var=var, band_dim=band_dim)
     keep = resolve_bad_bands(data, bad_bands)
     with execution_context(scheduler, x_nbytes=int(data.nbytes), workers=workers,
                            memory_limit=memory_limit, client=client) as ctx, ctx.activate():
         pm = pixel_matrix(data, keep)  # refuses a cube without one valid pixel
-        n_valid = int(pm.X.shape[0])
-        estimate = None
-        if n_endmembers == "auto":
-            estimate = estimate_endmembers(pm.X, max_endmembers=min(n_valid, int(keep.sum())))
-            k = estimate.n_endmembers
-        else:
-            k = int(n_endmembers)
-            if k > min(n_valid, int(keep.sum())):
-                raise InputError(
-                    f"{k} endmembers is more than the {int(keep.sum())} bands kept or the "
-                    f"{n_valid} valid pixels allow — lower -k")
+        k, estimate = _endmember_count(n_endmembers, pm, keep)
         if on_prepared is not None:
             on_prepared(pm, k, estimate)
         scratch = _scratch_dir(output)
@@ -281,6 +265,34 @@ def _unmix_attrs(fit_attrs: dict, data: xr.DataArray, pm: PixelMatrix, keep: np.
                                        "n_endmembers": estimate.n_endmembers,
                                        "evidence": estimate.describe()}
     return jsonable(attrs)
+
+
+def _endmember_count(n_endmembers: int | str, pm: PixelMatrix,
+                     keep: np.ndarray) -> tuple[int, SubspaceEstimate | None]:
+    """k, and HySime's estimate when k is "auto"; a k above what the kept bands or the valid
+    pixels allow is refused."""
+    n_valid = int(pm.X.shape[0])
+    if n_endmembers == "auto":
+        estimate = estimate_endmembers(pm.X, max_endmembers=min(n_valid, int(keep.sum())))
+        return estimate.n_endmembers, estimate
+    k = int(n_endmembers)
+    if k > min(n_valid, int(keep.sum())):
+        raise InputError(
+            f"{k} endmembers is more than the {int(keep.sum())} bands kept or the "
+            f"{n_valid} valid pixels allow — lower -k")
+    return k, None
+
+
+def _check_outputs(cube: Any, var: str | None, output: Any, netcdf: Any, plots: Any, *,
+                   overwrite: bool) -> None:
+    """Before anything is read: no output is, holds or lies inside the cube (its ENVI header
+    and binary both count), no plot is written over it, and each output may be written."""
+    cube_files = {"the cube": Stored(cube, var), **_envi_pair(cube)}
+    check_outputs_are_not_inputs({"output": output, "NetCDF output": netcdf}, cube_files)
+    check_plots_are_not_inputs(plots, PLOT_FILES, cube_files)
+    for path in (output, netcdf):
+        if path is not None:
+            check_output(path, overwrite=overwrite)
 
 
 def _envi_pair(cube: Any) -> dict[str, Path]:
