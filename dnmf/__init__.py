@@ -31,7 +31,11 @@ def __getattr__(name: str):  # lazy: `import dnmf` stays cheap for the CLI's --h
         from dnmf.estimator import NMF
 
         return NMF
-    if name in ("factorize", "load", "FitResult", "dry_run", "matrix_info"):
+    if name == "load":
+        from dnmf.estimator import NMF
+
+        return NMF.from_store
+    if name in ("factorize", "FitResult", "dry_run", "matrix_info"):
         from dnmf import api
 
         return getattr(api, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from dnmf import api
+from dnmf.io.result_store import open_result
 from dnmf.reconstruct import reconstruct
 
 
@@ -119,6 +121,33 @@ class NMF(TransformerMixin, BaseEstimator):
         self.max_time = max_time
         self.persist_x = persist_x
 
+    @classmethod
+    def from_store(cls, path: str | os.PathLike) -> NMF:
+        """A fitted :class:`NMF` from a result store written by ``factorize(out=...)`` (also
+        ``dnmf.load``).
+
+        ``model.components_`` is H; ``model.W_`` is W, lazy from the store.
+        """
+        W, H, attrs = open_result(path)
+        model = cls(n_components=int(attrs["n_components"]), solver=attrs["solver"],
+                    init=attrs["init"], random_state=attrs["seed"],
+                    beta_loss=attrs.get("beta_loss", "frobenius"),
+                    missing=attrs.get("missing", "error"),
+                    w_sum_to_one=bool(attrs.get("w_sum_to_one", False)),
+                    alpha_W=attrs.get("alpha_W", 0.0), alpha_H=attrs.get("alpha_H", "same"),
+                    l1_ratio=attrs.get("l1_ratio", 0.0),
+                    n_restarts=int(attrs.get("n_restarts", 1)))
+        model.components_ = H
+        model.n_components_ = H.shape[0]
+        model.n_features_in_ = H.shape[1]
+        model.n_iter_ = int(attrs["n_iter"])
+        model.reconstruction_err_ = _float_or_nan(attrs.get("reconstruction_err"))
+        model.relative_error_ = _float_or_nan(attrs.get("relative_error"))
+        model.loss_history_ = list(attrs["loss_history"])
+        model.W_ = W
+        model.attrs_ = attrs
+        return model
+
     def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None, **params: Any) -> NMF:
         """Learn W and H for X; see :meth:`fit_transform`."""
         self.fit_transform(X, W=W, H=H, **params)
@@ -216,3 +245,7 @@ class NMF(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, ["components_", "W_"])
         return reconstruct(self.W_, self.components_, rows, cols)
+
+
+def _float_or_nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)

@@ -20,7 +20,8 @@ from dnmf.solvers import IterationInfo
 PLAIN_EVERY = 10
 
 
-def _eta(seconds: float, remaining: int) -> str:
+def format_eta(seconds: float, remaining: int) -> str:
+    """``remaining`` steps of ``seconds`` each as ``M:SS`` (``H:MM:SS`` from an hour)."""
     total = int(seconds * remaining)
     minutes, secs = divmod(total, 60)
     hours, minutes = divmod(minutes, 60)
@@ -35,7 +36,7 @@ def format_iteration(info: IterationInfo) -> str:
     return (
         f"iter {info.iteration:>5}/{info.max_iter}  loss {info.loss:.6e}  "
         f"{rel}{info.seconds:6.2f} s/it  {rate}  "
-        f"ETA {_eta(info.seconds, info.max_iter - info.iteration)}"
+        f"ETA {format_eta(info.seconds, info.max_iter - info.iteration)}"
     )
 
 

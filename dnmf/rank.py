@@ -27,7 +27,7 @@ For each k, :func:`select_rank` runs two batched fits (:func:`dnmf.factorize` wi
   carry over to hidden entries: the **recommended k is the one with the lowest held-out
   error** (no threshold to tune; ``criterion = "heldout_error"``). For the Frobenius loss the
   masked fit is EM imputation with the fit's solver (HALS by default; see
-  :func:`dnmf.graph.stacked_panel_step`), which converges far faster than the masked
+  :func:`dnmf.stacked_kernels.stacked_panel_step`), which converges far faster than the masked
   multiplicative updates of ``factorize(..., mask=...)``: with those, the few-tenths-of-a-percent
   differences between ranks just above the true one drown in optimisation error. Other losses
   use ``factorize(..., mask=...)`` (multiplicative updates).
@@ -57,6 +57,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from dnmf.errors import InputError
 from dnmf.io.overlap import resolved_locations
+from dnmf.solvers import best_restart
+from dnmf.spec import resolve_beta
 
 #: The criteria of a report, in the order of its table and plots.
 CRITERIA = ("relative_error", "cophenetic", "dispersion", "silhouette", "heldout_error")
@@ -242,7 +244,7 @@ def _heldout_em(X: Any, var: str | None, source: Any, plan: Any, observed: da.Ar
                 stack: contextlib.ExitStack, max_iter: int, tol: float, solver: str,
                 callback: Callable[[Any], None], fit_kwargs: dict[str, Any]) -> tuple[float, int]:
     """``(held-out error, passes)`` of rank k: ``n_runs`` batched fits of the kept entries by
-    EM imputation (:func:`dnmf.solvers.iterate_restarts` with ``impute=True``), then one pass
+    EM imputation (:func:`dnmf.pipeline.run` with ``impute=True``), then one pass
     for the error of the best run on the held-out entries.
 
     In the row panels of the full fit's chunk plan (same stacked width). EM imputation with
@@ -251,37 +253,25 @@ def _heldout_em(X: Any, var: str | None, source: Any, plan: Any, observed: da.Ar
     (planted k = 8: after 400 MU iterations the minimum moved to 9-11 in two of three seeds,
     with EM-HALS it is at 8 for all).
     """
-    import dask
-    from threadpoolctl import threadpool_limits
+    from dnmf import pipeline
+    from dnmf.spec import resolve
 
-    from dnmf import api
-    from dnmf.cluster import blas_threads_for
-    from dnmf.init import initialize
-    from dnmf.solvers import iterate_restarts
-
-    Xp = api._planned_array(X, var, fit_kwargs.get("dtype"), source, plan)
-    stack.enter_context(threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels),
-                                          user_api="blas"))
-    (Xp,) = dask.optimize(Xp)
-    if plan.persist_x or (source.format == "numpy" and ctx.is_distributed):
-        (Xp,) = ctx.persist(Xp, optimize=False)
-    mask_p = observed.rechunk(Xp.chunks)
+    spec = resolve(k, solver=solver, init="random", random_state=seed, n_restarts=n_runs,
+                   max_iter=max_iter, tol=tol, alpha_W=fit_kwargs.get("alpha_W", 0.0),
+                   alpha_H=fit_kwargs.get("alpha_H", "same"),
+                   l1_ratio=fit_kwargs.get("l1_ratio", 0.0), checkpoint_every=0,
+                   w_sum_to_one=bool(fit_kwargs.get("w_sum_to_one", False)))
+    Xp = pipeline.planned_input(X, var, fit_kwargs.get("dtype"), source, plan, ctx, stack)
     sq_norm, x_mean = observed_stats
-    l1_w, l2_w, l1_h, l2_h = api.regularization(
-        fit_kwargs.get("alpha_W", 0.0), fit_kwargs.get("alpha_H", "same"),
-        fit_kwargs.get("l1_ratio", 0.0), source.shape)
-    starts = [initialize(Xp, k, init="random", seed=s, x_mean=x_mean)
-              for s in api.restart_seeds(seed, n_runs)]
-    W0 = da.concatenate([w for w, _ in starts], axis=1).rechunk({1: k * n_runs})
-    H0 = np.concatenate([np.asarray(h, dtype=Xp.dtype) for _, h in starts])
-    state = iterate_restarts(
-        Xp, W0, H0, restarts=n_runs, sq_norm=sq_norm, solver=solver, ctx=ctx,
-        max_iter=max_iter, tol=tol, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
-        callback=callback, mask=mask_p, impute=True,
-        sum_to_one=bool(fit_kwargs.get("w_sum_to_one", False)))
-    best = api._best_restart(state.final_losses)
-    block = state.block(best)
-    residual, norm = ctx.compute(*heldout_error(Xp, mask_p, state.W[:, block],
+    # the kept entries are the fit's mask, filled in by EM (impute), not skipped by MU
+    opened = pipeline.Opened(spec=spec, source=source, mask=None, checkpoint=None, notes=[])
+    prepared = pipeline.Prepared(plan=plan, X=Xp, mask=observed.rechunk(Xp.chunks), report=None,
+                                 x_mean=x_mean, w_scratch=None)
+    start = pipeline.starting_point(spec, opened, prepared, None)
+    state = pipeline.run(spec, opened, prepared, start, ctx, callback=callback, impute=True,
+                         sq_norm=sq_norm)
+    block = state.block(best_restart(state.final_losses))
+    residual, norm = ctx.compute(*heldout_error(Xp, prepared.mask, state.W[:, block],
                                                 state.H[block]))
     return (float(np.sqrt(residual / norm)) if norm > 0 else float("nan"),
             int(state.n_iter))
@@ -574,9 +564,9 @@ class RankStep:
                    / max(self.total, 1))
 
     def describe(self) -> str:
-        from dnmf.progress import _eta
+        from dnmf.progress import format_eta
 
-        eta = "" if self.eta_s is None else f"  ETA {_eta(self.eta_s, 1)}"
+        eta = "" if self.eta_s is None else f"  ETA {format_eta(self.eta_s, 1)}"
         return (f"k={self.k:<3} {self.stage:<7} {self.n_runs} runs  iter {self.iteration:>4}/"
                 f"{self.max_iter}  [{self.done}/{self.total} fits]{eta}")
 
@@ -753,7 +743,7 @@ def select_rank(
                             seed=seed)
     reporter = _Reporter(progress, 2 * len(ks_list))
     heldout_kwargs = {key: v for key, v in fit_kwargs.items() if key != "solver"}
-    beta = api.resolve_beta(fit_kwargs.get("beta_loss", "frobenius"))
+    beta = resolve_beta(fit_kwargs.get("beta_loss", "frobenius"))
     columns: dict[str, list[Any]] = {name: [] for name in (
         "relative_error", "relative_error_spread", "relative_error_runs", "cophenetic",
         "dispersion", "silhouette", "silhouette_mean", "heldout_error", "n_iter",

@@ -9,6 +9,7 @@ reads).
 
 from __future__ import annotations
 
+import inspect
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 from dnmf import divergence, graph, graph2d, kernels
 from dnmf.cluster import ExecutionContext
 from dnmf.io.zarr_ import read_version
+from dnmf.stacked_kernels import block_grams
 
 SOLVERS = ("hals", "mu", "anls")
 SOLVER_ALIASES = {"cd": "hals", "auto": "hals"}
@@ -70,9 +72,16 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _RowPanelStep:
-    """One row-panel iteration: W on the workers, H (float64) on the driver."""
+    """One row-panel iteration: W on the workers, H (float64) on the driver.
 
-    relative_error: float | None = None  # None: from the loss and ||X||^2
+    The protocol of every step of :func:`run_iterations`: :meth:`prepare` the start,
+    ``step(W, H, HHt, active)`` returns ``(W_next, H_next, WtW (R, k, k), HHt_next,
+    losses (R,))`` for its ``restarts`` R (1 here), :meth:`callback_error` is the relative error
+    reported to progress callbacks and :meth:`final` the loss and relative error of each
+    restart's final factors.
+    """
+
+    restarts = 1
 
     def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
                  l1_w: float, l2_w: float, l1_h: float, l2_h: float,
@@ -104,7 +113,16 @@ class _RowPanelStep:
         _, value = self.ctx.compute(stored, partials)
         return self.w_store.read(slot), value
 
-    def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray) -> tuple:
+    def resume_from(self, W: da.Array) -> da.Array:
+        """W read back from a checkpoint, as the loop continues from it."""
+        if self.w_store is None:
+            (W,) = self.ctx.persist(W)
+        return W
+
+    def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray,
+                 active: list[bool] | None = None) -> tuple:
+        # H stays float64 (as checkpoints store it, so a resumed run is exact); the API casts
+        # the final H to X's dtype
         l1_w, l2_w, l1_h, l2_h = self.regs
         W_next, partials = graph.iteration_graph(
             self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w, l2_w=l2_w,
@@ -113,14 +131,17 @@ class _RowPanelStep:
         W_next, (WtX, WtW) = self.run(W_next, partials)
         H64 = kernels.update_h(H64, WtX, WtW, solver=self.solver, l1=l1_h, l2=l2_h)
         loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64)
-        return W_next, H64, WtW, H64 @ H64.T, loss
+        return W_next, H64, WtW[None], H64 @ H64.T, np.array([loss], dtype=np.float64)
 
-    def public_h(self, H64: np.ndarray) -> np.ndarray:
-        # float64, as the loop keeps it: checkpoints store it so a resumed run is exact; the
-        # API casts the final H to X's dtype
-        return H64
+    def callback_error(self, loss: float) -> float:
+        return _ratio(loss, self.sq_norm)
 
-    def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
+    def final(self, W: da.Array, H: object,
+              histories: list[list[float]]) -> tuple[list[float], list[float | None]]:
+        loss, rel = self.final_one(W, H, histories[0][-1])
+        return [loss], [rel]
+
+    def final_one(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
         """The loss and relative error of the final factors.
 
         In float64 the history's last loss is exact. In float32 the Gram identity behind it
@@ -184,7 +205,8 @@ class _BetaRowPanelStep(_RowPanelStep):
         super().__init__(X, ctx, **kwargs)  # type: ignore[arg-type]
         self.beta, self.masked, self.mask = beta, masked, mask
 
-    def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray) -> tuple:
+    def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray,
+                 active: list[bool] | None = None) -> tuple:
         l1_w, l2_w, l1_h, l2_h = self.regs
         W_next, partials = graph.iteration_graph(
             self.X, W, H64.astype(self.X.dtype), solver="mu", l1_w=l1_w, l2_w=l2_w,
@@ -192,13 +214,15 @@ class _BetaRowPanelStep(_RowPanelStep):
         )
         W_next, (numH, denH, loss, WtW) = self.run(W_next, partials)
         H64 = divergence.update_h_beta(H64, numH, denH, beta=self.beta, l1=l1_h, l2=l2_h)
+        return W_next, H64, WtW[None], H64 @ H64.T, np.array([float(loss)], dtype=np.float64)
+
+    def callback_error(self, loss: float) -> float:
         # the Frobenius residual is only computed at the end (see final) for other losses;
         # masked Frobenius: ||X||^2 of the validation pass covers the entries that are not NaN
-        self.relative_error = (_ratio(loss, self.sq_norm) if self.beta == 2.0 and self.mask is None
-                               else float("nan"))
-        return W_next, H64, WtW, H64 @ H64.T, float(loss)
+        return (_ratio(loss, self.sq_norm) if self.beta == 2.0 and self.mask is None
+                else float("nan"))
 
-    def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
+    def final_one(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
         part = graph.loss_graph(self.X, W, np.asarray(H), beta=self.beta, masked=self.masked,
                                 mask=self.mask)
         (total,) = self.ctx.compute(part)
@@ -211,7 +235,10 @@ def _ratio(residual: float, sq: float) -> float:
 
 
 class _Block2DStep:
-    """One 2-D block iteration: W and H both chunked on the workers."""
+    """One 2-D block iteration: W and H both chunked on the workers (the protocol of
+    :class:`_RowPanelStep`)."""
+
+    restarts = 1
 
     def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
                  l1_w: float, l2_w: float, l1_h: float, l2_h: float, second_read: bool) -> None:
@@ -228,7 +255,12 @@ class _Block2DStep:
         (HHt,) = self.ctx.compute(H64 @ H64.T)
         return W, H, HHt
 
-    def __call__(self, W: da.Array, H: da.Array, HHt: np.ndarray) -> tuple:
+    def resume_from(self, W: da.Array) -> da.Array:
+        (W,) = self.ctx.persist(W)
+        return W
+
+    def __call__(self, W: da.Array, H: da.Array, HHt: np.ndarray,
+                 active: list[bool] | None = None) -> tuple:
         l1_w, l2_w, l1_h, l2_h = self.regs
         W_next, H_next, stats = graph2d.iteration_graph_2d(
             self.X, W, H, HHt, solver=self.solver, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
@@ -237,157 +269,14 @@ class _Block2DStep:
         W_next, H_next, stats = self.ctx.persist(W_next, H_next, stats, optimize=False)
         HHt, cross, WtW = self.ctx.result_of(stats)
         loss = max(self.sq_norm - 2.0 * cross + float(np.vdot(WtW, HHt)), 0.0)
-        return W_next, H_next, WtW, HHt, loss
+        return W_next, H_next, WtW[None], HHt, np.array([loss], dtype=np.float64)
 
-    def public_h(self, H: da.Array) -> da.Array:
-        return H
+    def callback_error(self, loss: float) -> float:
+        return _ratio(loss, self.sq_norm)
 
-    relative_error = None
-
-    def final(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
-        return loss, None
-
-
-def iterate(
-    X: da.Array,
-    W: da.Array,
-    H: object,
-    *,
-    sq_norm: float,
-    solver: str,
-    ctx: ExecutionContext,
-    max_iter: int = 200,
-    tol: float = 1e-4,
-    max_time: float | None = None,
-    l1_w: float = 0.0,
-    l2_w: float = 0.0,
-    l1_h: float = 0.0,
-    l2_h: float = 0.0,
-    bytes_per_iteration: int = 0,
-    callback: Callable[[IterationInfo], None] | None = None,
-    second_read: bool = True,
-    start_iteration: int = 0,
-    loss_history: list[float] | None = None,
-    seconds_per_iteration: list[float] | None = None,
-    checkpoint: Callable[[SolverState], da.Array | None] | None = None,
-    checkpoint_every: int = 0,
-    beta: float = 2.0,
-    masked: bool = False,
-    mask: da.Array | None = None,
-    sum_to_one: bool = False,
-    w_scratch: str | None = None,
-) -> SolverState:
-    """Alternate W and H updates until converged.
-
-    Stops when the relative decrease of the loss, ``(f[t-1] - f[t]) / f[t-1]``, falls below
-    ``tol`` (``tol=0`` disables this test), after ``max_iter`` iterations, or when ``max_time``
-    seconds have passed.
-
-    Parameters
-    ----------
-    X : dask array (n_samples, n_features), row panels (one column chunk), or 2-D blocks
-    W : dask array (n_samples, k), chunked like X's rows
-    H : ndarray (k, n_features); with 2-D blocks also a dask array chunked like X's columns
-    sq_norm : float
-        ``||X||_F^2`` in float64 (from the validation pass).
-    solver : "hals" | "mu" | "anls"
-    ctx : ExecutionContext
-    second_read : bool
-        2-D blocks only: read X again for the second pass (``False`` when X is persisted).
-    start_iteration, loss_history, seconds_per_iteration
-        Where a resumed run continues from.
-    checkpoint : callable, optional
-        Called with the state every ``checkpoint_every`` iterations (not after the last). When
-        it returns W read back from the checkpoint, the loop continues from that, which bounds
-        the lineage the scheduler keeps.
-    beta, masked, mask
-        β of the loss, and missing values (NaN in X, or ``mask`` zero): anything but the
-        unmasked Frobenius loss runs multiplicative updates (:mod:`dnmf.divergence`), row panels
-        only.
-    sum_to_one : bool
-        Rows of W sum to one (row panels only).
-    w_scratch : str, optional
-        Row panels: keep W between iterations in a Zarr store at this path (two slots written
-        in turn) instead of worker memory — for W larger than the workers' memory.
-
-    Raises
-    ------
-    Interrupted
-        On KeyboardInterrupt, carrying the state of the last complete iteration.
-    """
-    regs = dict(l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h)
-    general = beta != 2.0 or masked or mask is not None
-    if len(X.chunks[1]) > 1:
-        if general or sum_to_one:
-            raise ValueError("β-divergences, missing values and sum-to-one need row panels")
-        step: _RowPanelStep | _Block2DStep = _Block2DStep(
-            X, ctx, solver=solver, sq_norm=sq_norm, second_read=second_read, **regs)
-    elif general:
-        step = _BetaRowPanelStep(X, ctx, beta=beta, masked=masked, mask=mask, solver="mu",
-                                 sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch,
-                                 **regs)
-    else:
-        step = _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, sum_to_one=sum_to_one,
-                             w_scratch=w_scratch, **regs)
-    W, H_work, HHt = step.prepare(W, H)
-    state = SolverState(
-        W=W, H=step.public_h(H_work), WtW=np.zeros_like(HHt), HHt=HHt, n_iter=start_iteration,
-        converged=False, loss_history=list(loss_history or []),
-        seconds_per_iteration=list(seconds_per_iteration or []), stop_reason="max_iter",
-    )
-    t_start = time.perf_counter()
-    try:
-        for it in range(start_iteration + 1, max_iter + 1):
-            t0 = time.perf_counter()
-            W, H_work, WtW, HHt, loss = step(W, H_work, HHt)
-            # the previous W is released here: lineage stays one iteration deep
-            state.W, state.H, state.WtW, state.HHt, state.n_iter = (
-                W, step.public_h(H_work), WtW, HHt, it)
-            state.stop_reason = _record(
-                state.loss_history, state.seconds_per_iteration, loss,
-                time.perf_counter() - t0, it, sq_norm=sq_norm, tol=tol, max_iter=max_iter,
-                max_time=max_time, t_start=t_start, bytes_per_iteration=bytes_per_iteration,
-                callback=callback, relative_error=step.relative_error)
-            if state.stop_reason != "max_iter":
-                break
-            if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 and (
-                    it < max_iter):
-                restart = checkpoint(state)
-                if restart is not None:
-                    # continue from W as stored: the scheduler can forget the iterations before
-                    # it, and a lost chunk is recomputed from the store, not from iteration 1
-                    W = restart.rechunk(W.chunks)
-                    if w_scratch is None:
-                        (W,) = ctx.persist(W)
-                    state.W = W
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, Interrupted):
-            raise
-        raise Interrupted(state) from exc
-    state.converged = state.stop_reason in ("tol", "exact")
-    if state.loss_history:
-        state.final_loss, state.final_relative_error = step.final(
-            state.W, H_work, state.loss_history[-1])
-    return state
-
-
-def _record(history: list[float], seconds: list[float], loss: float, dt: float, it: int, *,
-            sq_norm: float, tol: float, max_iter: int, max_time: float | None, t_start: float,
-            bytes_per_iteration: int, callback: Callable[[IterationInfo], None] | None,
-            relative_error: float | None = None) -> str:
-    """Append an iteration's loss and time, report it, and say why to stop (or "max_iter")."""
-    history.append(loss)
-    seconds.append(dt)
-    if callback is not None:
-        rel = relative_error if relative_error is not None else _ratio(loss, sq_norm)
-        callback(IterationInfo(it, loss, rel, dt, bytes_per_iteration, max_iter))
-    if len(history) > 1 and tol > 0 and (history[-2] - loss) <= tol * history[-2]:
-        return "tol"  # tol=0 runs max_iter iterations
-    if loss == 0.0:
-        return "exact"
-    if max_time is not None and time.perf_counter() - t_start >= max_time:
-        return "max_time"
-    return "max_iter"
+    def final(self, W: da.Array, H: object,
+              histories: list[list[float]]) -> tuple[list[float], list[float | None]]:
+        return [histories[0][-1]], [None]
 
 
 def component_order(WtW: np.ndarray, HHt: np.ndarray) -> np.ndarray:
@@ -404,7 +293,8 @@ def component_order(WtW: np.ndarray, HHt: np.ndarray) -> np.ndarray:
 
 @dataclass
 class RestartsState:
-    """The outcome of :func:`iterate_restarts`: R factorizations stacked side by side.
+    """The state of :func:`run_iterations`: R factorizations stacked side by side (a plain
+    fit is one restart; then ``HHt`` is H Hᵀ of the one H, and H may be a chunked dask array).
 
     ``W`` is ``[W_1 ... W_R]`` (n_samples, R k) and ``H`` is ``[H_1; ...; H_R]`` (R k,
     n_features, float64); :meth:`block` gives restart ``r``'s columns/rows. ``n_iter`` counts
@@ -437,15 +327,20 @@ class RestartsState:
         return [s in ("tol", "exact") for s in self.stop_reasons]
 
     def solver_state(self, r: int) -> SolverState:
-        """Restart ``r`` as an ordinary single-fit :class:`SolverState`."""
+        """Restart ``r`` as an ordinary single-fit :class:`SolverState` (a plain fit: the
+        state itself, its W and H as they are)."""
+        single = self.restarts == 1
         sl = self.block(r)
         history = self.loss_history[r]
+        done = len(self.final_losses) > r
         return SolverState(
-            W=self.W[:, sl], H=self.H[sl], WtW=self.WtW[r], HHt=self.HHt[r],
-            n_iter=len(history), converged=self.converged[r], loss_history=list(history),
-            seconds_per_iteration=list(self.seconds_per_iteration),
-            stop_reason=self.stop_reasons[r], final_loss=self.final_losses[r],
-            final_relative_error=self.final_relative_errors[r])
+            W=self.W if single else self.W[:, sl], H=self.H if single else self.H[sl],
+            WtW=self.WtW[r], HHt=self.HHt if single else self.HHt[r],
+            n_iter=self.n_iter if single else len(history), converged=self.converged[r],
+            loss_history=list(history), seconds_per_iteration=list(self.seconds_per_iteration),
+            stop_reason=self.stop_reasons[r] or self.stop_reason,
+            final_loss=self.final_losses[r] if done else None,
+            final_relative_error=self.final_relative_errors[r] if done else None)
 
 
 def _converged(history: list[float], tol: float) -> str:
@@ -473,10 +368,15 @@ class _RestartsRowPanelStep(_RowPanelStep):
         #: the final losses need one more pass (the history holds intermediate ones)
         self.final_pass = beta != 2.0 or missing
 
-    def __call__(self, W: da.Array, H64: np.ndarray, active: list[bool]  # type: ignore[override]
-                 ) -> tuple[da.Array, np.ndarray, np.ndarray, np.ndarray]:
-        """``(W_next, H_next, WtW (R, k, k), loss (R,))``; inactive blocks are unchanged and
-        their WtW and loss entries are NaN."""
+    def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
+        W, H64, _ = super().prepare(W, H)
+        return W, H64, block_grams(H64, self.restarts)
+
+    def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray,  # type: ignore[override]
+                 active: list[bool]) -> tuple[da.Array, np.ndarray, np.ndarray, np.ndarray,
+                                              np.ndarray]:
+        """``(W_next, H_next, WtW (R, k, k), HHt (R, k, k), loss (R,))``; inactive blocks are
+        unchanged and their WtW and loss entries are NaN."""
         l1_w, l2_w, l1_h, l2_h = self.regs
         R = self.restarts
         k = H64.shape[0] // R
@@ -506,10 +406,15 @@ class _RestartsRowPanelStep(_RowPanelStep):
                 losses[r] = kernels.frobenius_loss(sq[0][r] if sq else self.sq_norm, WtX[sl],
                                                    WtW_all[r], H_next[sl])
             WtW[r] = WtW_all[r]
-        return W_next, H_next, WtW, losses
+        return W_next, H_next, WtW, block_grams(H_next, R), losses
 
-    def final_all(self, W: da.Array, H64: np.ndarray,
-                  histories: list[list[float]]) -> tuple[list[float], list[float]]:
+    def callback_error(self, loss: float) -> float:
+        if not self.general or (self.beta == 2.0 and self.mask is None):
+            return _ratio(loss, self.sq_norm)
+        return float("nan")
+
+    def final(self, W: da.Array, H64: np.ndarray,  # type: ignore[override]
+              histories: list[list[float]]) -> tuple[list[float], list[float]]:
         """Final loss and relative error of each restart (one more pass for β / masked)."""
         if not self.final_pass:
             losses = [h[-1] if h else float("nan") for h in histories]
@@ -523,82 +428,102 @@ class _RestartsRowPanelStep(_RowPanelStep):
                 [_ratio(float(r), float(s)) for r, s in zip(residual, observed_sq, strict=True)])
 
 
-def iterate_restarts(
-    X: da.Array,
+def best_restart(losses: list[float] | np.ndarray) -> int:
+    """The restart with the lowest loss (NaN never wins; the first on ties)."""
+    values = np.asarray(losses, dtype=np.float64)
+    return int(np.argmin(np.where(np.isnan(values), np.inf, values)))
+
+
+Step = _RowPanelStep | _Block2DStep
+
+
+def make_step(X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
+              restarts: int = 1, stacked: bool = False, l1_w: float = 0.0, l2_w: float = 0.0,
+              l1_h: float = 0.0, l2_h: float = 0.0, beta: float = 2.0, masked: bool = False,
+              mask: da.Array | None = None, sum_to_one: bool = False,
+              w_scratch: str | None = None, second_read: bool = True,
+              impute: bool = False) -> Step:
+    """The step of one iteration for X's layout and the loss.
+
+    ``stacked`` (or ``restarts > 1``): R factorizations batched in row panels
+    (:class:`_RestartsRowPanelStep`, also for EM imputation with ``impute``); else a single
+    fit's own kernels: 2-D blocks when X has several column chunks, multiplicative updates for
+    β-divergences and missing values, ``solver`` otherwise.
+    """
+    regs = dict(l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h)
+    general = beta != 2.0 or masked or mask is not None
+    if stacked or restarts > 1:
+        if len(X.chunks[1]) > 1:
+            raise ValueError("restarts are batched in the row-panel scheme only")
+        return _RestartsRowPanelStep(
+            X, ctx, restarts=restarts, beta=beta, masked=masked, mask=mask, solver=solver,
+            sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch, impute=impute, **regs)
+    if len(X.chunks[1]) > 1:
+        if general or sum_to_one:
+            raise ValueError("β-divergences, missing values and sum-to-one need row panels")
+        return _Block2DStep(X, ctx, solver=solver, sq_norm=sq_norm, second_read=second_read,
+                            **regs)
+    if general:
+        return _BetaRowPanelStep(X, ctx, beta=beta, masked=masked, mask=mask, solver="mu",
+                                 sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch,
+                                 **regs)
+    return _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, sum_to_one=sum_to_one,
+                         w_scratch=w_scratch, **regs)
+
+
+def run_iterations(
+    step: Step,
     W: da.Array,
     H: object,
     *,
-    restarts: int,
-    sq_norm: float,
-    solver: str,
-    ctx: ExecutionContext,
     max_iter: int = 200,
     tol: float = 1e-4,
     max_time: float | None = None,
-    l1_w: float = 0.0,
-    l2_w: float = 0.0,
-    l1_h: float = 0.0,
-    l2_h: float = 0.0,
     bytes_per_iteration: int = 0,
     callback: Callable[[IterationInfo], None] | None = None,
     start_iteration: int = 0,
     loss_history: list[list[float]] | None = None,
     seconds_per_iteration: list[float] | None = None,
-    checkpoint: Callable[[RestartsState], da.Array | None] | None = None,
+    checkpoint: Callable[[object], da.Array | None] | None = None,
     checkpoint_every: int = 0,
-    beta: float = 2.0,
-    masked: bool = False,
-    mask: da.Array | None = None,
-    sum_to_one: bool = False,
-    w_scratch: str | None = None,
-    impute: bool = False,
 ) -> RestartsState:
-    """R factorizations from R starting points, batched: one read of X per iteration for all.
+    """THE iteration loop: one Dask computation per iteration, for every kind of fit.
 
-    ``W = [W_1 ... W_R]`` (n_samples, R k) and ``H = [H_1; ...; H_R]`` (R k, n_features) are
-    stacked; each iteration runs :func:`dnmf.graph.restarts_iteration_graph`, whose panel tasks
-    update every block with exactly the kernel of a single fit, and updates each block of H on
-    the driver from its own ``W_b^T X`` and ``W_b^T W_b``. Restart ``r``'s iterates are those of
-    :func:`iterate` started from ``(W_r, H_r)``.
+    Each iteration runs ``step`` on the restarts still active (a plain fit is one restart).
+    A restart stops when its loss decreases by less than ``tol`` relative to the previous
+    iteration (``tol=0`` disables this test) or reaches 0; it is then frozen, so its result is
+    the one a single fit would stop at. The loop ends when every restart has stopped, after
+    ``max_iter`` iterations, or when ``max_time`` seconds have passed.
 
-    Each restart stops on its own when its loss decreases by less than ``tol`` (relative) or
-    reaches 0: it is then frozen (no longer updated), so its result is the one a single fit
-    would stop at. The loop ends when every restart has stopped, after ``max_iter`` iterations,
-    or when ``max_time`` has passed. Row panels only (the 2-D block scheme is not batched).
-
-    Parameters are those of :func:`iterate`; ``loss_history`` is one list per restart (for a
-    resumed run) and ``checkpoint`` is called with the :class:`RestartsState`. The callback
-    receives the lowest current loss among the restarts. ``impute`` (Frobenius with missing
-    values): EM imputation with ``solver`` (hals, anls or mu on the filled data, see
-    :func:`dnmf.graph.stacked_panel_step`) instead of masked multiplicative updates; the
-    history then holds the EM surrogate loss (an upper bound of the masked loss, which never
-    rises) and the final losses are the exact masked ones.
+    ``start_iteration``, ``loss_history`` (one list per restart) and ``seconds_per_iteration``
+    say where a resumed run continues from. ``checkpoint`` is called with the public state
+    (:class:`SolverState` for one restart, else :class:`RestartsState`) every
+    ``checkpoint_every`` iterations (not after the last); when it returns W read back from the
+    checkpoint, the loop continues from that, which bounds the lineage the scheduler keeps.
+    The callback receives the lowest current loss among the restarts.
 
     Raises
     ------
     Interrupted
-        On KeyboardInterrupt, carrying the :class:`RestartsState` of the last complete
-        iteration.
+        On KeyboardInterrupt, carrying the public state of the last complete iteration.
     """
-    if len(X.chunks[1]) > 1:
-        raise ValueError("restarts are batched in the row-panel scheme only")
-    step = _RestartsRowPanelStep(
-        X, ctx, restarts=restarts, beta=beta, masked=masked, mask=mask, solver=solver,
-        sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch, l1_w=l1_w, l2_w=l2_w,
-        l1_h=l1_h, l2_h=l2_h, impute=impute)
-    W, H64, _ = step.prepare(W, H)
-    k = H64.shape[0] // restarts
-    histories = [list(h) for h in (loss_history or [[] for _ in range(restarts)])]
-    if len(histories) != restarts:
-        raise ValueError(f"{len(histories)} loss histories for {restarts} restarts")
+    R = step.restarts
+    W, H_work, HHt = step.prepare(W, H)
+    k = H_work.shape[0] // R
+    histories = [list(h) for h in (loss_history or [[] for _ in range(R)])]
+    if len(histories) != R:
+        raise ValueError(f"{len(histories)} loss histories for {R} restarts")
     state = RestartsState(
-        W=W, H=H64, WtW=np.zeros((restarts, k, k)), HHt=graph.block_grams(H64, restarts),
-        restarts=restarts, n_iter=start_iteration, loss_history=histories,
-        seconds_per_iteration=list(seconds_per_iteration or []),
+        W=W, H=H_work, WtW=np.zeros((R, k, k)), HHt=HHt, restarts=R, n_iter=start_iteration,
+        loss_history=histories, seconds_per_iteration=list(seconds_per_iteration or []),
         # resumed: a restart whose history is shorter than the passes had stopped before
         stop_reasons=[_converged(h, tol) if len(h) == start_iteration
                       else _converged(h, tol) or "tol" for h in histories],
         stop_reason="max_iter")
+
+    def public(state: RestartsState) -> object:
+        return state.solver_state(0) if R == 1 else state
+
     t_start = time.perf_counter()
     try:
         for it in range(start_iteration + 1, max_iter + 1):
@@ -606,21 +531,19 @@ def iterate_restarts(
             if not any(active):
                 break
             t0 = time.perf_counter()
-            W, H64, WtW, losses = step(W, H64, active)
+            W, H_work, WtW, HHt, losses = step(W, H_work, HHt, active)
             dt = time.perf_counter() - t0
-            state.W, state.H, state.n_iter = W, H64, it
+            # the previous W is released here: lineage stays one iteration deep
+            state.W, state.H, state.HHt, state.n_iter = W, H_work, HHt, it
             state.seconds_per_iteration.append(dt)
             for r in np.flatnonzero(active):
                 state.WtW[r] = WtW[r]
                 state.loss_history[r].append(float(losses[r]))
                 state.stop_reasons[r] = _converged(state.loss_history[r], tol)
-            state.HHt = graph.block_grams(H64, restarts)
-            best = int(np.nanargmin(losses))
             if callback is not None:
-                rel = (_ratio(losses[best], sq_norm) if not step.general
-                       or (beta == 2.0 and mask is None) else float("nan"))
-                callback(IterationInfo(it, float(losses[best]), rel, dt, bytes_per_iteration,
-                                       max_iter))
+                best = float(losses[best_restart(losses)])
+                callback(IterationInfo(it, best, step.callback_error(best), dt,
+                                       bytes_per_iteration, max_iter))
             if all(state.stop_reasons):
                 break
             if max_time is not None and time.perf_counter() - t_start >= max_time:
@@ -628,18 +551,55 @@ def iterate_restarts(
                 break
             if checkpoint is not None and checkpoint_every and it % checkpoint_every == 0 and (
                     it < max_iter):
-                restart = checkpoint(state)
+                restart = checkpoint(public(state))
                 if restart is not None:
-                    W = restart.rechunk(W.chunks)
-                    if w_scratch is None:
-                        (W,) = ctx.persist(W)
-                    state.W = W
+                    # continue from W as stored: the scheduler can forget the iterations before
+                    # it, and a lost chunk is recomputed from the store, not from iteration 1
+                    W = state.W = step.resume_from(restart.rechunk(W.chunks))
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):
             raise
-        raise Interrupted(state) from exc  # type: ignore[arg-type]
+        raise Interrupted(public(state)) from exc  # type: ignore[arg-type]
     state.stop_reasons = [s or state.stop_reason for s in state.stop_reasons]
     state.stop_reason = "tol" if all(state.converged) else state.stop_reason
-    state.final_losses, state.final_relative_errors = step.final_all(
-        state.W, state.H, state.loss_history)
+    if any(state.loss_history):
+        state.final_losses, state.final_relative_errors = step.final(
+            state.W, state.H, state.loss_history)
     return state
+
+
+def iterate(X: da.Array, W: da.Array, H: object, *, sq_norm: float, solver: str,
+            ctx: ExecutionContext, loss_history: list[float] | None = None,
+            **options: object) -> SolverState:
+    """One factorization from ``(W, H)``: :func:`run_iterations` with the step of
+    :func:`make_step` (step options, e.g. ``beta``, ``mask``, ``w_scratch``, and loop options
+    are keywords of those two), as a :class:`SolverState`."""
+    step_options, loop_options = _split_options(options)
+    step = make_step(X, ctx, solver=solver, sq_norm=sq_norm, **step_options)
+    state = run_iterations(step, W, H, loss_history=[list(loss_history or [])], **loop_options)
+    return state.solver_state(0)
+
+
+def iterate_restarts(X: da.Array, W: da.Array, H: object, *, restarts: int, sq_norm: float,
+                     solver: str, ctx: ExecutionContext, **options: object) -> RestartsState:
+    """R factorizations from R stacked starting points, batched: one read of X per iteration.
+
+    ``W = [W_1 ... W_R]`` (n_samples, R k) and ``H = [H_1; ...; H_R]`` (R k, n_features); the
+    panel tasks of :func:`dnmf.graph.restarts_iteration_graph` update every block with exactly
+    the kernel of a single fit, so restart ``r``'s iterates are those of :func:`iterate` from
+    ``(W_r, H_r)``. ``impute`` (Frobenius with missing values): EM imputation with ``solver``
+    instead of masked multiplicative updates; the history then holds the EM surrogate loss.
+    Options as for :func:`iterate`; ``loss_history`` is one list per restart.
+    """
+    step_options, loop_options = _split_options(options)
+    step = make_step(X, ctx, solver=solver, sq_norm=sq_norm, restarts=restarts, stacked=True,
+                     **step_options)
+    return run_iterations(step, W, H, **loop_options)
+
+
+_LOOP_OPTIONS = frozenset(inspect.signature(run_iterations).parameters) - {"step", "W", "H"}
+
+
+def _split_options(options: dict[str, object]) -> tuple[dict, dict]:
+    step = {k: v for k, v in options.items() if k not in _LOOP_OPTIONS}
+    return step, {k: v for k, v in options.items() if k in _LOOP_OPTIONS}

@@ -1,0 +1,147 @@
+"""Block kernels of R factorizations stacked side by side (pure numpy, never dask).
+
+The panel task of batched restarts (:func:`dnmf.graph.restarts_iteration_graph`) and of the
+rank survey's EM-imputed held-out fits: ``W = [W_1 ... W_R]`` and ``H = [H_1; ...; H_R]``, each
+block updated by exactly the kernel of a single fit (:mod:`dnmf.kernels`,
+:mod:`dnmf.divergence`), the panel of X read once for all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dnmf import divergence, kernels
+
+
+def stacked_panel_step(
+    X: Any,
+    W: Any,
+    H: Any,
+    HHt: Any,
+    observed: Any = None,
+    *,
+    restarts: int,
+    active: tuple[bool, ...],
+    solver: str,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    beta: float = 2.0,
+    masked: bool = False,
+    sum_to_one: bool = False,
+    impute: bool = False,
+) -> tuple[Any, tuple]:
+    """The row-panel task of ``restarts`` factorizations stacked side by side (pure numpy).
+
+    ``W = [W_1 ... W_R]`` (r, R k) and ``H = [H_1; ...; H_R]`` (R k, n): block ``b`` is one
+    independent factorization. The panel ``X_i`` is read once for all of them; each block is
+    updated by exactly the kernel a single fit runs (:func:`dnmf.kernels.update_w` with its own
+    k x k ``HHt[b]``, or :func:`dnmf.divergence.beta_panel_step`), so the result of block ``b``
+    equals a single fit of ``(W_b, H_b)``. Blocks whose ``active`` flag is False (converged)
+    are carried over unchanged.
+
+    Frobenius on fully observed data: ``X_i H^T`` for all blocks is one GEMM, and so is
+    ``W_new^T X_i``; per block only the k x k work (the HALS sweep, the MU step or the NNLS
+    solve) and ``W_b^T W_b``. Other β, missing values: the element-wise terms need each block's
+    own ``W_b H_b``, so the per-block work is that of a single fit (only the read is shared).
+
+    ``impute`` (Frobenius with missing values, any solver): EM imputation — each block fills
+    the missing entries with its own current model, ``Z_b = M X + (1 - M) W_b H_b``, and runs
+    the solver's ordinary update on ``Z_b``. ``||Z_b - W H||^2`` majorizes the masked loss and
+    touches it at the current factors, so the masked loss never rises; HALS or ANLS on the
+    filled panel converge in far fewer iterations than masked multiplicative updates
+    (Zhang et al., "Learning from incomplete ratings using non-negative matrix
+    factorization", SDM 2006, with MU inside).
+
+    Returns
+    -------
+    W_new : (r, R k), X's dtype
+    partials :
+        Frobenius: ``(WtX (R k, n), WtW (R, k, k))`` in float64; with ``impute`` also
+        ``sum(Z_b^2)`` (R,), for the surrogate loss. Otherwise ``(numH (R k, n), denH (R k, n)
+        or (R k, 1), loss (R,), WtW (R, k, k))``, see :func:`dnmf.divergence.beta_panel_step`;
+        the entries of inactive blocks are zeros.
+    """
+    k = W.shape[1] // restarts
+    blocks = [slice(b * k, (b + 1) * k) for b in range(restarts)]
+    W_new = np.array(W, copy=True)
+    WtW = np.zeros((restarts, k, k))
+    if impute and beta == 2.0:
+        Xz, ok = divergence.observed_entries(X, observed, masked)
+        if ok is not None:
+            return _imputed_panel_step(Xz, ok, W, H, HHt, blocks, active, solver=solver, l1=l1,
+                                       l2=l2, sum_to_one=sum_to_one)
+    if not (beta != 2.0 or masked or observed is not None):
+        XHt = np.asarray(X @ H.T)  # (r, R k): one product for every restart
+        for b, sl in enumerate(blocks):
+            if active[b]:
+                W_new[:, sl] = kernels.update_w(
+                    np.ascontiguousarray(W[:, sl]), XHt[:, sl], HHt[b], solver=solver, l1=l1,
+                    l2=l2, sum_to_one=sum_to_one,
+                    inner_sweeps=kernels.w_inner_sweeps(sl.stop - sl.start, X.shape[1]))
+        WtX = (X.T @ W_new).T if hasattr(X, "tocsr") else W_new.T @ X
+        for b, sl in enumerate(blocks):
+            Wb = W_new[:, sl]
+            WtW[b] = Wb.T @ Wb
+        return W_new, (np.asarray(WtX, dtype=np.float64), WtW)
+    numH: list[Any] = [None] * restarts
+    denH: list[Any] = [None] * restarts
+    loss = np.zeros(restarts)
+    for b, sl in enumerate(blocks):
+        if not active[b]:
+            continue
+        Wb, (numH[b], denH[b], loss[b], WtW[b]) = divergence.beta_panel_step(
+            X, np.ascontiguousarray(W[:, sl]), np.ascontiguousarray(H[sl]), beta=beta, l1=l1,
+            l2=l2, observed=observed, masked=masked, sum_to_one=sum_to_one)
+        W_new[:, sl] = Wb
+    first = next(b for b in range(restarts) if active[b])
+    for b in range(restarts):
+        if numH[b] is None:
+            numH[b], denH[b] = np.zeros_like(numH[first]), np.zeros_like(denH[first])
+    return W_new, (np.concatenate(numH), np.concatenate(denH), loss, WtW)
+
+
+def _imputed_panel_step(X: Any, ok: Any, W: Any, H: Any, HHt: Any, blocks: list[slice],
+                        active: tuple[bool, ...], *, solver: str, l1: float, l2: float,
+                        sum_to_one: bool) -> tuple[Any, tuple]:
+    """The EM-imputation branch of :func:`stacked_panel_step` (X zero where not ``ok``)."""
+    restarts, k = len(blocks), blocks[0].stop
+    W_new = np.array(W, copy=True)
+    WtX = np.zeros((restarts * k, X.shape[1]))
+    WtW = np.zeros((restarts, k, k))
+    sq = np.zeros(restarts)
+    for b, sl in enumerate(blocks):
+        if not active[b]:
+            continue
+        Wb, Hb = np.ascontiguousarray(W[:, sl]), np.ascontiguousarray(H[sl])
+        Z = np.where(ok, X, Wb @ Hb)
+        Wb = kernels.update_w(Wb, np.asarray(Z @ Hb.T), HHt[b], solver=solver, l1=l1, l2=l2,
+                              sum_to_one=sum_to_one,
+                              inner_sweeps=kernels.w_inner_sweeps(Hb.shape[0], Hb.shape[1]))
+        W_new[:, sl] = Wb
+        WtX[sl] = Wb.T @ Z
+        WtW[b] = Wb.T @ Wb
+        sq[b] = float(np.square(Z, dtype=np.float64).sum())
+    return W_new, (WtX, WtW, sq)
+
+
+def stacked_panel_loss(X: Any, W: Any, H: Any, observed: Any = None, *, restarts: int,
+                       beta: float, masked: bool = False) -> tuple[np.ndarray, ...]:
+    """``(β-divergence, squared Frobenius residual, Σ M X²)`` of each block on one panel:
+    arrays of shape (R,) (see :func:`dnmf.divergence.panel_loss`)."""
+    k = W.shape[1] // restarts
+    out = np.zeros((3, restarts))
+    for b in range(restarts):
+        sl = slice(b * k, (b + 1) * k)
+        out[:, b] = divergence.panel_loss(X, np.ascontiguousarray(W[:, sl]),
+                                          np.ascontiguousarray(H[sl]), beta=beta,
+                                          observed=observed, masked=masked)
+    return out[0], out[1], out[2]
+
+
+def block_grams(H: np.ndarray, restarts: int) -> np.ndarray:
+    """``(R, k, k)``: ``H_b H_b^T`` of each block of the stacked ``H`` (R k, n), in float64."""
+    k = H.shape[0] // restarts
+    H64 = np.asarray(H, dtype=np.float64)
+    return np.stack([H64[b * k:(b + 1) * k] @ H64[b * k:(b + 1) * k].T for b in range(restarts)])
