@@ -27,7 +27,7 @@ import time
 import traceback
 from typing import Any
 
-from benchmarks.run import RESULTS, machine_line, new_report, save_report
+from benchmarks.common import RESULTS, machine_line, new_report, save_report
 
 #: section -> (module, results name with {profile})
 SECTIONS: dict[str, tuple[str, str]] = {

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.run import DATA
+from benchmarks.common import DATA
 
 #: Documents drawn per batch: bounds the token arrays (about 40 bytes per token) to ~1 GB.
 BATCH_DOCS = 200_000

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import machine_line, new_report, parse_profile, save_report
+from benchmarks.common import machine_line, new_report, parse_profile, save_report
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"rows": 250_000, "cols": 500, "planted_k": 20, "ks": [20, 100], "iters": 4},

@@ -43,7 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import RESULTS, machine_line, new_report, parse_profile, save_report
+from benchmarks.common import (
+    RESULTS,
+    machine_line,
+    new_report,
+    parse_profile,
+    save_report,
+    yes_no,
+)
 
 TOL = 1e-4
 MAX_ITER = 1000
@@ -377,15 +384,11 @@ def render_in_memory(section: dict[str, Any]) -> list[str]:
                 if row["stop"] in ("budget", "max_time") else "—")
             best = row.get("best_loss", row["final_loss"]) / mat["target_loss"]
             target = f"≤ {row['target']:.1f}" if row.get("target") is not None else "—"
-            met = _yes(row.get("met"))
+            met = yes_no(row.get("met"))
             lines.append(f"| {shape} | {mat['k']} | {row['method']} | {to_target} | "
                          f"{row['total_s']:.2f} ({row['total_iter']}, {row['stop']}) | "
                          f"{best:.4g} | {ratio} | {target} | {met} |")
     return lines
-
-
-def _yes(met: bool | None) -> str:
-    return "—" if met is None else ("yes" if met else "no")
 
 
 def main(argv: list[str] | None = None) -> int:

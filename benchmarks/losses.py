@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import DATA, new_report, parse_profile, save_report
+from benchmarks.common import (
+    DATA,
+    machine_brief,
+    new_report,
+    parse_profile,
+    peak_rss,
+    reset_peak_rss,
+    save_report,
+    time_read_blocks,
+)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"rows": 100_000, "cols": 500, "k": 10, "iters": 4, "sk": (5_000, 500, 10, 30),
@@ -67,16 +76,6 @@ def counts_zarr(rows: int, cols: int, k: int, *, seed: int = 0) -> tuple[Path, P
     return paths
 
 
-def time_read(path: Path | str, client: Any) -> float:
-    from dnmf.io import open_matrix
-
-    X = open_matrix(str(path)).array
-    t0 = time.perf_counter()
-    client.compute(X.map_blocks(lambda b: np.array([[b.sum()]]), chunks=(1, 1)).sum(),
-                   sync=True)
-    return time.perf_counter() - t0
-
-
 def out_of_core(cfg: dict[str, Any]) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
@@ -87,8 +86,8 @@ def out_of_core(cfg: dict[str, Any]) -> dict[str, Any]:
     rows = []
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
-        time_read(path, client)  # warm-up
-        reads = [time_read(path, client) for _ in range(2)]
+        time_read_blocks(path, client)  # warm-up
+        reads = [time_read_blocks(path, client) for _ in range(2)]
         for loss, solver, missing in LOSSES:
             src = nan_path if missing == "mask" else path
             res = dnmf.factorize(str(src), cfg["k"], beta_loss=loss, solver=solver,
@@ -98,7 +97,7 @@ def out_of_core(cfg: dict[str, Any]) -> dict[str, Any]:
             rows.append({"loss": str(loss), "solver": solver, "missing": missing,
                          "s_per_iter": per_iter, "n_panels": res.plan.n_panels})
             print(f"{loss} {solver} {missing}: {per_iter:.2f} s/iteration", flush=True)
-        reads += [time_read(path, client) for _ in range(2)]
+        reads += [time_read_blocks(path, client) for _ in range(2)]
     import zarr
 
     z = zarr.open_array(str(path))
@@ -156,18 +155,6 @@ def sparse_csr(rows: int, cols: int, density: float, *, seed: int = 0) -> tuple[
     return path, X
 
 
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets VmHWM to the current RSS
-        f.write("5")
-
-
-def _peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def sparse(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     from distributed import Client, LocalCluster
     from sklearn.decomposition import NMF as SkNMF
@@ -181,13 +168,13 @@ def sparse(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True,
                       memory_limit=cfg["memory_limit"], dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        time_read(path, client)
-        read = statistics.median(time_read(path, client) for _ in range(3))
+        time_read_blocks(path, client)
+        read = statistics.median(time_read_blocks(path, client) for _ in range(3))
         for loss in ("frobenius", "kullback-leibler"):
-            client.run(_reset_peak)
+            client.run(reset_peak_rss)
             res = dnmf.factorize(str(path), k, beta_loss=loss, init="random", random_state=0,
                                  max_iter=iters, tol=0, client=client, persist_x=False)
-            peaks = client.run(_peak_rss)
+            peaks = client.run(peak_rss)
             per_iter = statistics.median(res.seconds_per_iteration[1:])
             out.append({"loss": loss, "shape": [rows, cols], "density": density, "nnz": X.nnz,
                         "k": k, "dense_gb": rows * cols * 4 / 1e9,
@@ -213,8 +200,7 @@ def render(report: dict[str, Any]) -> str:
     ooc = report["out_of_core"]
     lines = [
         f"### Losses and sparse X, profile `{report['profile']}` — {report['date']}", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
-        f"numpy {m['numpy']}, dask {m['dask']}, scikit-learn {m['scikit-learn']}.", "",
+        machine_brief(m, "python", "numpy", "dask", "scikit-learn"), "",
         f"Out of core: Poisson counts {ooc['shape'][0]:,} x {ooc['shape'][1]} float32, "
         f"{ooc['gb']:.2f} GB raw Zarr; k = {ooc['k']}; LocalCluster {ooc['cluster']}; X read "
         "from the store every iteration.", "",

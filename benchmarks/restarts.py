@@ -11,9 +11,10 @@
     iteration for all of them, ``n_samples x 80`` W), for each solver asked for;
 
 and reports R=10 / R=1 and each against (a). The full profile uses the 4 GB store
-``benchmarks/data/planted-2000000x500-k20-raw.zarr`` (made by ``benchmarks.run`` when missing);
-``--quick`` the 0.25 GB ``planted-125000x500-k20-raw.zarr``. Results go to
-``benchmarks/results/restarts-<profile>.json`` and ``.md``.
+``benchmarks/data/planted-2000000x500-k20-raw.zarr`` (made by
+:func:`benchmarks.common.planted_zarr` when missing); ``--quick`` the 0.25 GB
+``planted-125000x500-k20-raw.zarr``. Results go to ``benchmarks/results/restarts-<profile>.json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import (
+from benchmarks.common import (
     describe_store,
+    machine_brief,
     new_report,
     parse_profile,
     planted_zarr,
@@ -64,8 +66,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"### Restarts, profile `{report['profile']}` — {report['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; dnmf {m['dnmf']}, "
-        f"dask {m['dask']}, numpy {m['numpy']}.",
+        machine_brief(m, "dnmf", "dask", "numpy"),
         "",
         f"X = {x['shape'][0]:,} x {x['shape'][1]} float32, {x['gb']:.2f} GB raw Zarr "
         f"({x['chunks']} chunks), streamed every iteration; k = {report['k']}; LocalCluster "

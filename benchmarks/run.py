@@ -22,21 +22,28 @@ is reported as ratios against baselines measured in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
-RESULTS = HERE / "results"
-MIB = 2**20
+from benchmarks import inmemory
+from benchmarks.common import (
+    HERE,
+    MIB,
+    READERS,
+    describe_store,
+    machine_line,
+    new_report,
+    planted_zarr,
+    read_once,
+    save_report,
+    yes_no,
+)
+from benchmarks.common import machine as machine  # re-exported: tests import it from here
 
 #: The issue's targets for dnmf seconds/iteration with X streamed, as a multiple of one read of
 #: X through the same scheduler (hals and mu; default row panels).
@@ -55,113 +62,6 @@ PROFILES: dict[str, dict[str, Any]] = {
              "zstd": [("hals", 10), ("hals", 20), ("mu", 20)], "panels_mib": [16, 256]},
 }
 PARTS = ("out-of-core", "in-memory")
-
-
-def machine() -> dict[str, Any]:
-    """CPU, cores, memory, BLAS and its threads, library versions, load average."""
-    import dask
-    import psutil
-    import sklearn
-    import zarr
-    from threadpoolctl import threadpool_info
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    blas = [
-        {k: info.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
-        for info in threadpool_info() if info.get("user_api") == "blas"
-    ]
-    import dnmf
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": blas,
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-        "zarr": zarr.__version__,
-        "scikit-learn": sklearn.__version__,
-        "dnmf": dnmf.__version__,
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS")},
-        # other users of a shared machine show here: compare it with the cores
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def parse_profile(doc: str, argv: list[str] | None, *, quick_help: str | None = None,
-                  solvers: bool = False) -> tuple[argparse.Namespace, str]:
-    """The command line every benchmark shares: ``--quick`` (and ``--solvers``); the profile."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    if solvers:
-        parser.add_argument("--solvers", nargs="*", default=None)
-    args = parser.parse_args(argv)
-    return args, "quick" if args.quick else "full"
-
-
-def new_report(profile: str, **fields: Any) -> dict[str, Any]:
-    """A report's header: profile, date and the machine's description, then ``fields``."""
-    return {"profile": profile, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-            **fields}
-
-
-def describe_store(path: Path) -> dict[str, Any]:
-    """Shape, size and chunks of a Zarr array, for a report."""
-    import zarr
-
-    z = zarr.open_array(str(path))
-    return {"shape": list(z.shape), "gb": z.nbytes / 1e9,
-            "chunks": f"{z.chunks[0]:,} x {z.chunks[1]}"}
-
-
-def save_report(name: str, report: dict[str, Any], text: str) -> None:
-    """``results/<name>.json`` and ``.md``, and the table on stdout."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
-
-
-def machine_line(m: dict[str, Any]) -> str:
-    """The machine's description as one Markdown line."""
-    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, "
-                     f"{b['num_threads']} threads)" for b in m["blas"])
-    load = m.get("load_average")
-    load_text = f"; load average at start {load[0]:.1f}" if load else ""
-    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; BLAS {blas}; "
-            f"Python {m['python']}, numpy {m['numpy']}, dask {m['dask']}, zarr {m['zarr']}, "
-            f"scikit-learn {m['scikit-learn']}, dnmf {m['dnmf']}{load_text}.")
-
-
-def planted_zarr(rows: int, cols: int, k: int, *, seed: int = 0) -> Path:
-    """A raw (uncompressed) float32 Zarr of planted rank-k data with 64 MiB row chunks."""
-    import zarr
-
-    path = DATA / f"planted-{rows}x{cols}-k{k}-raw.zarr"
-    if (path / "zarr.json").exists() and zarr.open_array(str(path)).attrs.get("complete"):
-        return path
-    DATA.mkdir(parents=True, exist_ok=True)
-    chunk_rows = max(1, (64 * MIB) // (cols * 4))
-    arr = zarr.create_array(str(path), shape=(rows, cols), chunks=(chunk_rows, cols),
-                            dtype="float32", compressors=None, overwrite=True)
-    rng = np.random.default_rng(seed)
-    H = rng.gamma(1.0, 1.0, size=(k, cols)).astype(np.float32)
-    for start in range(0, rows, chunk_rows):
-        stop = min(rows, start + chunk_rows)
-        W = rng.gamma(1.0, 1.0, size=(stop - start, k)).astype(np.float32)
-        block = W @ H
-        block += 0.05 * np.abs(rng.standard_normal(block.shape, dtype=np.float32))
-        arr[start:stop] = block
-    arr.attrs["complete"] = True
-    return path
 
 
 def zstd_copy(raw: Path, *, level: int = 3) -> Path:
@@ -192,34 +92,6 @@ def store_info(path: Path) -> dict[str, Any]:
     return {**describe_store(path), "path": str(path.relative_to(HERE.parent)),
             "compressor": ", ".join(compressors) or "none", "stored_gb": stored / 1e9,
             "n_chunks": int(np.prod(z.cdata_shape))}
-
-
-def time_read(path: Path, client: Any, repeats: int) -> float:
-    """Median seconds of one streaming read of X with dnmf's reader through ``client``."""
-    return statistics.median(read_once(path, client, "dnmf") for _ in range(repeats))
-
-
-READERS = {"zarr": "dask + zarr-python: da.from_zarr(path).sum(dtype='float64')",
-           "dnmf": "dnmf's reader: open_matrix(path).array.sum(dtype='float64')"}
-
-
-def read_once(path: Path, client: Any, reader: str) -> float:
-    """Seconds of one streaming read of X through ``client``: every chunk read and summed.
-
-    ``reader`` is ``"zarr"`` (plain ``dask.array.from_zarr``, the stored chunks) or ``"dnmf"``
-    (``dnmf.io.open_matrix(path).array``, the reader dnmf's fits use).
-    """
-    import dask.array as da
-
-    from dnmf.io import open_matrix
-
-    if reader == "zarr":
-        X = da.from_zarr(str(path))
-    else:
-        X = open_matrix(str(path)).array
-    t0 = time.perf_counter()
-    client.compute(X.sum(dtype="float64"), sync=True)
-    return time.perf_counter() - t0
 
 
 def read_baselines(stores: dict[str, Path], client: Any, repeats: int,
@@ -370,10 +242,6 @@ def headlines(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _yes(met: bool | None) -> str:
-    return "—" if met is None else ("yes" if met else "no")
-
-
 def render_out_of_core(ooc: dict[str, Any]) -> list[str]:
     raw = ooc["stores"]["raw"]
     lines = [
@@ -412,7 +280,7 @@ def render_out_of_core(ooc: dict[str, Any]) -> list[str]:
         if r.get("panel_mib"):
             panels += f" (asked {r['panel_mib']})"
         target = f"≤ {r['target']:.1f}" if r["target"] is not None else "—"
-        met = (f"{_yes(r['met']['zarr'])} / {_yes(r['met']['dnmf'])}"
+        met = (f"{yes_no(r['met']['zarr'])} / {yes_no(r['met']['dnmf'])}"
                if r["target"] is not None else "—")
         lines.append(f"| {r['store']} | {solver} | {r['k']} | {panels} | {r['s_per_iter']:.2f} "
                      f"({r['spread'][0]:.2f}–{r['spread'][1]:.2f}) | {r['ratio']['zarr']:.2f} | "
@@ -426,9 +294,7 @@ def render(report: dict[str, Any]) -> str:
     if "out_of_core" in report:
         lines += render_out_of_core(report["out_of_core"]) + [""]
     if "in_memory" in report:
-        from benchmarks.inmemory import render_in_memory
-
-        lines += render_in_memory(report["in_memory"]) + [""]
+        lines += inmemory.render_in_memory(report["in_memory"]) + [""]
     heads = report.get("headlines", [])
     if heads:
         met = sum(1 for h in heads if h["met"])
@@ -456,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
         report["out_of_core"] = out_of_core(PROFILES[profile], args.solvers)
         report["out_of_core"]["seconds"] = time.perf_counter() - t
     if "in-memory" in args.parts:
-        from benchmarks import inmemory
-
         t = time.perf_counter()
         report["in_memory"] = inmemory.in_memory(inmemory.PROFILES[profile])
         report["in_memory"]["plot"] = inmemory.plot(report["in_memory"], profile)

@@ -18,8 +18,16 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmarks.losses import _peak_rss, _reset_peak, time_read
-from benchmarks.run import new_report, parse_profile, planted_zarr, save_report
+from benchmarks.common import (
+    machine_brief,
+    new_report,
+    parse_profile,
+    peak_rss,
+    planted_zarr,
+    reset_peak_rss,
+    save_report,
+    time_read_blocks,
+)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"io": (250_000, 500, 10), "compute": (62_500, 500, 100), "iters": 3,
@@ -48,8 +56,8 @@ def scaling(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         for workers in (1, 2):
             with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                               dashboard_address=":0") as cluster, Client(cluster) as client:
-                time_read(path, client)  # warm-up: imports, page cache
-                read = statistics.median(time_read(path, client) for _ in range(3))
+                time_read_blocks(path, client)  # warm-up: imports, page cache
+                read = statistics.median(time_read_blocks(path, client) for _ in range(3))
                 fit = _fit(path, k, cfg["iters"], client)
             rows.append({"case": case, "shape": [n, m], "k": k, "workers": workers,
                          "read_s": read, **fit})
@@ -66,11 +74,11 @@ def larger_than_memory(cfg: dict[str, Any]) -> dict[str, Any]:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       memory_limit=cfg["big_limit"], dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        time_read(path, client)
-        read = statistics.median(time_read(path, client) for _ in range(2))
-        client.run(_reset_peak)
+        time_read_blocks(path, client)
+        read = statistics.median(time_read_blocks(path, client) for _ in range(2))
+        client.run(reset_peak_rss)
         fit = _fit(path, 10, cfg["iters"], client)
-        peaks = client.run(_peak_rss)
+        peaks = client.run(peak_rss)
         limit = next(iter(cluster.workers.values())).memory_manager.memory_limit
     out = {"shape": [n, m], "gb": n * m * 4 / 1e9, "workers": 2, "memory_limit": limit,
            "peak_rss": sorted(peaks.values()), "read_s": read, **fit}
@@ -84,7 +92,7 @@ def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"### Scaling and larger than memory, profile `{report['profile']}` — "
              f"{report['date']}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; dask {m['dask']}.",
+             machine_brief(m, "dask"),
              "", "hals, X streamed from raw Zarr every iteration, LocalCluster of 1-thread "
              "worker processes:", "",
              "| case | X | k | workers | read s | s / iteration | ratio to read | speed-up |",

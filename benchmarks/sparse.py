@@ -6,7 +6,7 @@
 Each corpus is drawn by :func:`benchmarks.corpus.planted_corpus` (k planted topics, cached under
 ``benchmarks/data/``). Every method runs **in a fresh subprocess** that imports its library,
 loads X (CSR, float32 counts) and fits, timed (the fit alone); the process's peak resident
-memory (``VmHWM``, see :func:`_peak_rss_mb`) is its peak, and its resident memory after the
+memory (``VmHWM``, see :func:`child`) is its peak, and its resident memory after the
 imports and loading X is reported beside it. The parent then scores each method's topics H
 (k x n_terms, rows normalised to sum to one), the same way for every method and untimed:
 
@@ -81,8 +81,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
+from benchmarks.common import RESULTS, new_report, parse_profile, save_report, status_mb
 from benchmarks.corpus import corpus_path, describe, planted_corpus
-from benchmarks.run import RESULTS, new_report, parse_profile, save_report
 
 #: Multiplicative KL updates of W (H fixed) before scoring KL per token: the same for every
 #: method, so the score compares topics, not how far each method's own W had converged.
@@ -150,25 +150,6 @@ METHODS: dict[str, tuple[str, dict[str, Any], bool, bool]] = {
 # --- the child: one fit, timed, in a fresh process -----------------------------------------
 
 
-def _status_mb(field: str) -> float:
-    """A memory field of ``/proc/self/status`` (Linux, in KiB there), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / 1e6
-    return float("nan")
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB.
-
-    ``VmHWM``, the high-water mark of this program's own address space. ``ru_maxrss`` would be
-    the same number but for one thing: Linux carries the parent's resident size at ``fork``
-    into the child's ``ru_maxrss`` across ``exec``, so a child of a parent holding X starts
-    with the parent's peak (both are recorded; the table uses ``VmHWM``).
-    """
-    return _status_mb("VmHWM")
-
-
 def _fit(runner: str, params: dict[str, Any], X: sp.csr_matrix, k: int) -> tuple[
         np.ndarray, dict[str, Any]]:
     """Fit one method on X (documents x terms); its topics (k x n_terms) and notes."""
@@ -221,7 +202,14 @@ def _fit(runner: str, params: dict[str, Any], X: sp.csr_matrix, k: int) -> tuple
 
 
 def child(spec: dict[str, Any]) -> None:
-    """Run the fit ``spec`` describes; write its topics and numbers next to ``spec["out"]``."""
+    """Run the fit ``spec`` describes; write its topics and numbers next to ``spec["out"]``.
+
+    The peak resident memory is ``VmHWM``, the high-water mark of this program's own address
+    space. ``ru_maxrss`` would be the same number but for one thing: Linux carries the parent's
+    resident size at ``fork`` into the child's ``ru_maxrss`` across ``exec``, so a child of a
+    parent holding X starts with the parent's peak (both are recorded; the table uses
+    ``VmHWM``).
+    """
     runner = spec["runner"]
     # a warm-up fit of a tiny matrix first, for every method alike: imports (dnmf's are lazy,
     # and dask imports distributed on its first persist) and one-time setup stay out of the
@@ -230,13 +218,13 @@ def child(spec: dict[str, Any]) -> None:
             + sp.eye(300, 60, dtype=np.float32, format="csr"))
     _fit(runner, spec["params"], tiny.tocsr(), 3)
     X = sp.load_npz(spec["path"]).tocsr()
-    baseline = _status_mb("VmRSS")
-    peak_before = _peak_rss_mb()
+    baseline = status_mb("VmRSS")
+    peak_before = status_mb("VmHWM")
     # the machine is shared: the 1-minute load average says how busy it was around the fit
     load = os.getloadavg()[0]
     H, info = _fit(runner, spec["params"], X, spec["k"])
     info.update(baseline_rss_mb=baseline, peak_rss_before_fit_mb=peak_before,
-                peak_rss_mb=_peak_rss_mb(), load_before=load, load_after=os.getloadavg()[0],
+                peak_rss_mb=status_mb("VmHWM"), load_before=load, load_after=os.getloadavg()[0],
                 ru_maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6)
     np.save(spec["out"] + ".npy", np.asarray(H, dtype=np.float64))
     Path(spec["out"] + ".json").write_text(json.dumps(info))

@@ -25,8 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.losses import _peak_rss, _reset_peak
-from benchmarks.run import DATA, new_report, parse_profile, save_report
+from benchmarks.common import (
+    DATA,
+    machine_brief,
+    new_report,
+    parse_profile,
+    peak_rss,
+    reset_peak_rss,
+    save_report,
+)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"big": (1200, 1200), "tile": (200, 200), "limit": "400MB", "iters": 5},
@@ -98,13 +105,13 @@ def larger_than_memory(cfg: dict[str, Any]) -> dict[str, Any]:
             Client(cluster) as client:
         _time_read(cube, client)
         read = statistics.median(_time_read(cube, client) for _ in range(2))
-        client.run(_reset_peak)
+        client.run(reset_peak_rss)
         t0 = time.perf_counter()
         result = unmix(str(path), 6, var="reflectance", client=client, output=out,
                        overwrite=True, max_iter=cfg["iters"], tol=0,
                        callback=lambda info: seconds.append(info.seconds))
         wall = time.perf_counter() - t0
-        peaks = client.run(_peak_rss)
+        peaks = client.run(peak_rss)
         limit = next(iter(cluster.workers.values())).memory_manager.memory_limit
     s_per_iter = statistics.median(seconds[1:])
     res = {"shape": [rows, cols, int(cube.shape[2])], "gb": cube.nbytes / 1e9, "workers": 2,
@@ -120,7 +127,7 @@ def larger_than_memory(cfg: dict[str, Any]) -> dict[str, Any]:
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"### Hyperspectral unmixing, profile `{report['profile']}` — {report['date']}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; dask {m['dask']}.",
+             machine_brief(m, "dask"),
              "", "200 x 200 scene, 6 earthlib spectra, 30 dB, in-process threads:", "",
              "| method | mean SAD (deg) | abundance RMSE | iterations | seconds |",
              "|---|---:|---:|---:|---:|"]
