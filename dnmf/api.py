@@ -30,7 +30,10 @@ from dnmf.pipeline import IN_MEMORY_FORMATS, W_IN_MEMORY_MAX_BYTES, FitResult, c
 from dnmf.plan import ChunkPlan
 from dnmf.solvers import IterationInfo
 from dnmf.spec import (
+    LATE_PARAMETERS,
     MISSING,
+    PARAMETERS,
+    check_parameters,
     regularization,
     resolve,
     resolve_beta,
@@ -321,8 +324,7 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
     numpy in -> numpy out; otherwise a lazy dask array (chunked like X's rows).
     """
     beta = resolve_beta(beta_loss)
-    if missing not in MISSING:
-        raise InputError(f"missing must be 'error' or 'mask'; got {missing!r}")
+    check_parameters(PARAMETERS, {"missing": missing})
     masked = missing == "mask"
     H = np.asarray(H)
     source = open_matrix(X, var, dtype=H.dtype)
@@ -423,8 +425,7 @@ def partial_fit_batch(
     from dnmf import online
 
     beta = resolve_beta(beta_loss)
-    if not 0.0 < forget_factor <= 1.0:
-        raise InputError(f"forget_factor must be in (0, 1]; got {forget_factor!r}")
+    check_parameters(LATE_PARAMETERS, {"forget_factor": forget_factor})
     source = open_matrix(X, var)
     check_variant(source, beta, False)
     if state is not None and source.shape[1] != state.H.shape[1]:

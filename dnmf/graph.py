@@ -104,79 +104,90 @@ def iteration_graph(
         unmasked Frobenius loss; otherwise of ``(numH, denH, loss, residual, observed_sq,
         WtW)``, see :func:`dnmf.divergence.beta_panel_step`.
     """
-    x_keys = _panel_keys(X)
-    w_keys = _panel_keys(W)
     if inner_sweeps is None:
         inner_sweeps = kernels.w_inner_sweeps(W.shape[1], X.shape[1])
-    if X.chunks[0] != W.chunks[0]:
-        raise ValueError(f"W's row chunks {W.chunks[0]} differ from X's {X.chunks[0]}")
     H = np.ascontiguousarray(H, dtype=X.dtype)
-    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
     general = beta != 2.0 or masked or mask is not None
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, solver, l1_w, l2_w,
                      inner_sweeps, beta, masked, sum_to_one)
-    h_name, hht_name = f"dnmf-H-{token}", f"dnmf-HHt-{token}"
-    panel_name, w_name, sum_name = (
-        f"dnmf-panel-{token}",
-        f"dnmf-W-{token}",
-        f"dnmf-partials-{token}",
-    )
-    consts = {(h_name,): H, (hht_name,): HHt}
     if general:
-        if mask is not None and mask.chunks != X.chunks:
-            raise ValueError(f"the mask's chunks {mask.chunks} differ from X's {X.chunks}")
-        m_keys = _panel_keys(mask) if mask is not None else [None] * len(x_keys)
         step = functools.partial(_beta_task, beta=beta, l1=l1_w, l2=l2_w, masked=masked,
                                  sum_to_one=sum_to_one)
-        panel_layer = {
-            (panel_name, i): (kernels.call_aligned, step, xk, wk, (h_name,), mk)
-            for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))
-        }
-    else:
-        step = functools.partial(kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w,
-                                 inner_sweeps=inner_sweeps, sum_to_one=sum_to_one)
-        panel_layer = {
-            (panel_name, i): (kernels.call_aligned, step, xk, wk, (h_name,), (hht_name,))
-            for i, (xk, wk) in enumerate(zip(x_keys, w_keys, strict=True))
-        }
-    w_layer = {
-        (w_name, i, 0): (operator.getitem, (panel_name, i), 0) for i in range(len(x_keys))
-    }
-    # The partials get keys of their own so that the reduction moves k x n floats between
-    # workers, never the panel's W rows.
-    part_name = f"dnmf-partial-{token}"
-    part_layer = {
-        (part_name, i): (operator.getitem, (panel_name, i), 1) for i in range(len(x_keys))
-    }
-    sum_layer, final_key = tree_reduce_layer(
-        list(part_layer), sum_name, kernels.sum_partials, split_every
-    )
-    const_name = f"dnmf-consts-{token}"
-    layers = {
-        **X.__dask_graph__().layers,
-        **W.__dask_graph__().layers,
-        const_name: consts,
-        panel_name: panel_layer,
-        w_name: w_layer,
-        part_name: part_layer,
-        sum_name: sum_layer,
-    }
-    if general and mask is not None:
-        layers.update(mask.__dask_graph__().layers)
-    deps = {
-        **X.__dask_graph__().dependencies,
-        **W.__dask_graph__().dependencies,
-        **(mask.__dask_graph__().dependencies if general and mask is not None else {}),
-        const_name: set(),
-        panel_name: {X.name, W.name, const_name} | (
-            {mask.name} if general and mask is not None else set()),
-        w_name: {panel_name},
-        part_name: {panel_name},
-        sum_name: {part_name},
-    }
-    graph = HighLevelGraph(layers, deps)
-    W_new = da.Array(graph, w_name, chunks=W.chunks, dtype=X.dtype, meta=_block_meta(W, X.dtype))
-    partials = Delayed(final_key, graph, layer=sum_name)
+        return panel_map_reduce(X, step, prefix="dnmf", token=token, W=W, mask=mask,
+                                consts=(H,), with_w=True, split_every=split_every)
+    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    step = functools.partial(kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w,
+                             inner_sweeps=inner_sweeps, sum_to_one=sum_to_one)
+    return panel_map_reduce(X, step, prefix="dnmf", token=token, W=W, consts=(H, HHt),
+                            with_w=True, pass_mask=False, split_every=split_every)
+
+
+def panel_map_reduce(X: da.Array, func: Any, *, prefix: str, token: str,
+                     W: da.Array | None = None, mask: da.Array | None = None,
+                     consts: Sequence[Any] = (), with_w: bool = False, pass_mask: bool = True,
+                     split_every: int = SPLIT_EVERY) -> Any:
+    """THE graph of one pass over the row panels: a task per panel, its partials summed in a
+    fixed-order tree (:func:`tree_reduce_layer`). Every builder of this module uses it.
+
+    Each task runs ``func(X_i[, W_i], *consts[, mask_i])`` through
+    :func:`dnmf.kernels.call_aligned` (``W_i`` when ``W`` is given; ``mask_i``, or None
+    without a mask, unless ``pass_mask`` is False). ``consts`` (H, HHᵀ) are put in the graph
+    once. With ``with_w`` the task returns ``(W_new_i, partials_i)``: the partials get keys of
+    their own so that the reduction moves only them between workers, never the panel's W rows.
+
+    Returns
+    -------
+    ``(W_new, partials)`` with ``with_w`` (W_new chunked like W, blocks of W's kind), else
+    ``partials``: a Delayed of the reduced partials. Layer names: ``{prefix}-panel-{token}``,
+    ``{prefix}-partials-{token}`` (and ``{prefix}-W-``, ``{prefix}-partial-``,
+    ``{prefix}-consts-``).
+    """
+    x_keys = _panel_keys(X)
+    n = len(x_keys)
+    w_keys: list[Any] = [] if W is None else _panel_keys(W)
+    if W is not None and X.chunks[0] != W.chunks[0]:
+        raise ValueError(f"W's row chunks {W.chunks[0]} differ from X's {X.chunks[0]}")
+    if mask is not None and mask.chunks != X.chunks:
+        raise ValueError(f"the mask's chunks {mask.chunks} differ from X's {X.chunks}")
+    m_keys = _panel_keys(mask) if mask is not None else [None] * n
+    const_name = f"{prefix}-consts-{token}"
+    const_keys = [(const_name, i) for i in range(len(consts))]
+    task_name, sum_name = f"{prefix}-panel-{token}", f"{prefix}-partials-{token}"
+
+    def args(i: int) -> tuple:
+        head = (x_keys[i],) if W is None else (x_keys[i], w_keys[i])
+        return (*head, *const_keys, *((m_keys[i],) if pass_mask else ()))
+
+    inputs = [A for A in (X, W, mask) if A is not None]
+    layers = {name: layer for A in inputs for name, layer in A.__dask_graph__().layers.items()}
+    deps = {name: dep for A in inputs
+            for name, dep in A.__dask_graph__().dependencies.items()}
+    layers[task_name] = {(task_name, i): (kernels.call_aligned, func, *args(i))
+                         for i in range(n)}
+    deps[task_name] = {A.name for A in inputs}
+    if consts:
+        layers[const_name] = {(const_name, i): v for i, v in enumerate(consts)}
+        deps[const_name] = set()
+        deps[task_name].add(const_name)
+    part_name = task_name
+    if with_w:
+        w_name, part_name = f"{prefix}-W-{token}", f"{prefix}-partial-{token}"
+        layers[w_name] = {(w_name, i, 0): (operator.getitem, (task_name, i), 0)
+                          for i in range(n)}
+        layers[part_name] = {(part_name, i): (operator.getitem, (task_name, i), 1)
+                             for i in range(n)}
+        deps[w_name] = {task_name}
+        deps[part_name] = {task_name}
+    sum_layer, final_key = tree_reduce_layer([(part_name, i) for i in range(n)], sum_name,
+                                             kernels.sum_partials, split_every)
+    layers[sum_name] = sum_layer
+    deps[sum_name] = {part_name}
+    hlg = HighLevelGraph(layers, deps)
+    partials = Delayed(final_key, hlg, layer=sum_name)
+    if not with_w:
+        return partials
+    assert W is not None
+    W_new = da.Array(hlg, w_name, chunks=W.chunks, dtype=X.dtype, meta=_block_meta(W, X.dtype))
     return W_new, partials
 
 
@@ -196,41 +207,18 @@ def _beta_task(X: Any, W: Any, H: Any, observed: Any, **kwargs: Any) -> tuple:
 def loss_graph(X: da.Array, W: da.Array, H: np.ndarray, *, beta: float, masked: bool = False,
                mask: da.Array | None = None, split_every: int = SPLIT_EVERY) -> Delayed:
     """``(β-divergence, squared Frobenius residual, Σ M X²)`` of ``(W, H)``: one read of X."""
-    x_keys = _panel_keys(X)
-    w_keys = _panel_keys(W)
-    m_keys = _panel_keys(mask) if mask is not None else [None] * len(x_keys)
     H = np.ascontiguousarray(H, dtype=X.dtype)
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, beta, masked)
-    h_name, part_name, sum_name = (f"dnmf-H-{token}", f"dnmf-loss-part-{token}",
-                                   f"dnmf-loss-{token}")
     func = functools.partial(_loss_task, beta=beta, masked=masked)
-    part_layer = {(part_name, i): (kernels.call_aligned, func, xk, wk, (h_name,), mk)
-                  for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))}
-    sum_layer, final_key = tree_reduce_layer(list(part_layer), sum_name, kernels.sum_partials,
-                                             split_every)
-    layers = {**X.__dask_graph__().layers, **W.__dask_graph__().layers,
-              h_name: {(h_name,): H}, part_name: part_layer, sum_name: sum_layer}
-    deps = {**X.__dask_graph__().dependencies, **W.__dask_graph__().dependencies,
-            h_name: set(), part_name: {X.name, W.name, h_name}, sum_name: {part_name}}
-    if mask is not None:
-        layers.update(mask.__dask_graph__().layers)
-        deps.update(mask.__dask_graph__().dependencies)
-        deps[part_name] = deps[part_name] | {mask.name}
-    return Delayed(final_key, HighLevelGraph(layers, deps), layer=sum_name)
+    return panel_map_reduce(X, func, prefix="dnmf-loss", token=token, W=W, mask=mask,
+                            consts=(H,), split_every=split_every)
 
 
 def map_reduce_panels(X: da.Array, func: Any, *, name: str,
                       split_every: int = SPLIT_EVERY) -> Delayed:
     """``func(X_i)`` on every row panel (tuples of partials), summed in a fixed-order tree."""
-    x_keys = _panel_keys(X)
-    token = tokenize(X.name, func)
-    part_name, sum_name = f"{name}-part-{token}", f"{name}-{token}"
-    part_layer = {(part_name, i): (kernels.call_aligned, func, xk) for i, xk in enumerate(x_keys)}
-    sum_layer, final_key = tree_reduce_layer(list(part_layer), sum_name, kernels.sum_partials,
-                                             split_every)
-    layers = {**X.__dask_graph__().layers, part_name: part_layer, sum_name: sum_layer}
-    deps = {**X.__dask_graph__().dependencies, part_name: {X.name}, sum_name: {part_name}}
-    return Delayed(final_key, HighLevelGraph(layers, deps), layer=sum_name)
+    return panel_map_reduce(X, func, prefix=name, token=tokenize(X.name, func), pass_mask=False,
+                            split_every=split_every)
 
 
 def _loss_task(X: Any, W: Any, H: Any, observed: Any, **kwargs: Any) -> tuple:
@@ -275,51 +263,6 @@ def random_w(
 # ---------------------------------------------------------------------------------------------
 # Restarts: R factorizations side by side, one read of X per iteration for all of them
 # ---------------------------------------------------------------------------------------------
-
-
-def _panels_graph(X: da.Array, W: da.Array, mask: da.Array | None, consts: dict[str, Any],
-                  func: Any, *, prefix: str, token: str, with_w: bool,
-                  split_every: int) -> tuple[da.Array | None, Delayed]:
-    """A task per row panel, ``func(X_i, W_i, *consts, mask_i)``, and the tree-reduced
-    partials; with ``with_w`` the task returns ``(W_new_i, partials)`` and W_new is an array."""
-    x_keys = _panel_keys(X)
-    w_keys = _panel_keys(W)
-    if X.chunks[0] != W.chunks[0]:
-        raise ValueError(f"W's row chunks {W.chunks[0]} differ from X's {X.chunks[0]}")
-    if mask is not None and mask.chunks != X.chunks:
-        raise ValueError(f"the mask's chunks {mask.chunks} differ from X's {X.chunks}")
-    m_keys = _panel_keys(mask) if mask is not None else [None] * len(x_keys)
-    const_name = f"{prefix}-consts-{token}"
-    const_layer = {(const_name, i): v for i, v in enumerate(consts.values())}
-    const_keys = [(const_name, i) for i in range(len(consts))]
-    task_name, sum_name = f"{prefix}-panel-{token}", f"{prefix}-partials-{token}"
-    task_layer = {
-        (task_name, i): (kernels.call_aligned, func, xk, wk, *const_keys, mk)
-        for i, (xk, wk, mk) in enumerate(zip(x_keys, w_keys, m_keys, strict=True))
-    }
-    layers = {**X.__dask_graph__().layers, **W.__dask_graph__().layers,
-              const_name: const_layer, task_name: task_layer}
-    deps = {**X.__dask_graph__().dependencies, **W.__dask_graph__().dependencies,
-            const_name: set(), task_name: {X.name, W.name, const_name}}
-    if mask is not None:
-        layers.update(mask.__dask_graph__().layers)
-        deps.update(mask.__dask_graph__().dependencies)
-        deps[task_name] = deps[task_name] | {mask.name}
-    part_name = task_name
-    if with_w:
-        w_name, part_name = f"{prefix}-W-{token}", f"{prefix}-partial-{token}"
-        layers[w_name] = {(w_name, i, 0): (operator.getitem, (task_name, i), 0)
-                          for i in range(len(x_keys))}
-        layers[part_name] = {(part_name, i): (operator.getitem, (task_name, i), 1)
-                             for i in range(len(x_keys))}
-        deps[w_name] = deps[part_name] = {task_name}
-    sum_layer, final_key = tree_reduce_layer([(part_name, i) for i in range(len(x_keys))],
-                                             sum_name, kernels.sum_partials, split_every)
-    layers[sum_name] = sum_layer
-    deps[sum_name] = {part_name}
-    hlg = HighLevelGraph(layers, deps)
-    W_new = da.Array(hlg, w_name, chunks=W.chunks, dtype=X.dtype) if with_w else None
-    return W_new, Delayed(final_key, hlg, layer=sum_name)
 
 
 def restarts_iteration_graph(
@@ -381,11 +324,9 @@ def restarts_iteration_graph(
     func = functools.partial(stacked_panel_step, restarts=restarts, active=active,
                              solver=solver, l1=l1_w, l2=l2_w, beta=beta, masked=masked,
                              sum_to_one=sum_to_one, impute=impute)
-    W_new, partials = _panels_graph(X, W, mask if general else None, {"H": H, "HHt": HHt}, func,
-                                    prefix="dnmf-restarts", token=token, with_w=True,
-                                    split_every=split_every)
-    assert W_new is not None
-    return W_new, partials
+    return panel_map_reduce(X, func, prefix="dnmf-restarts", token=token, W=W,
+                            mask=mask if general else None, consts=(H, HHt), with_w=True,
+                            split_every=split_every)
 
 
 def restarts_loss_graph(X: da.Array, W: da.Array, H: np.ndarray, *, restarts: int,
@@ -397,6 +338,5 @@ def restarts_loss_graph(X: da.Array, W: da.Array, H: np.ndarray, *, restarts: in
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, restarts, beta,
                      masked)
     func = functools.partial(stacked_panel_loss, restarts=restarts, beta=beta, masked=masked)
-    _, total = _panels_graph(X, W, mask, {"H": H}, func, prefix="dnmf-restarts-loss",
-                             token=token, with_w=False, split_every=split_every)
-    return total
+    return panel_map_reduce(X, func, prefix="dnmf-restarts-loss", token=token, W=W, mask=mask,
+                            consts=(H,), split_every=split_every)

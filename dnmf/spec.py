@@ -87,6 +87,7 @@ LATE_PARAMETERS: dict[str, tuple[str, Number | Options]] = {
     "alpha_W": ("alpha_W", Number("a number >= 0", low=0)),
     "alpha_H": ("alpha_H", Number("a number >= 0", low=0, also=("same",))),
     "l1_ratio": ("l1_ratio", Number("in [0, 1]", low=0, high=1)),
+    "forget_factor": ("forget_factor", Number("in (0, 1]", low=0, open_low=True, high=1)),
 }
 
 
