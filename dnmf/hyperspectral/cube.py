@@ -8,11 +8,12 @@ what the caller computes are reflectances with NaN where the sensor has no data.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
 import warnings
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import dask.array as da
@@ -24,12 +25,14 @@ from xarray.core import indexing
 from dnmf.errors import InputError
 from dnmf.hyperspectral.envi import (
     BINARY_EXTENSIONS,
-    _nm_factor,
-    _tile_shape,
     find_envi_files,
+    nm_factor,
     open_envi,
+    tile_shape,
 )
-from dnmf.io._common import Location, listing, resolve_location
+from dnmf.io import hdf5, netcdf, zarr_
+from dnmf.io.common import Location, listing, resolve_location
+from dnmf.io.open import detect_format
 
 __all__ = ["BAND_DIM_NAMES", "WAVELENGTH_NAMES", "describe_cube", "open_cube"]
 
@@ -247,7 +250,7 @@ def _standard_band_coords(array: xr.DataArray, bdim: Hashable) -> xr.DataArray:
     if found is not None:
         name, coord = found
         values = np.asarray(coord.values, dtype=np.float64)
-        factor = _nm_factor(values, _units(coord.attrs))
+        factor = nm_factor(values, _units(coord.attrs))
         if factor is not None:
             new["wavelength"] = (bdim, values * factor, {"units": "nm"})
             if name not in ("wavelength", bdim):
@@ -257,7 +260,7 @@ def _standard_band_coords(array: xr.DataArray, bdim: Hashable) -> xr.DataArray:
         name, coord = found
         values = np.asarray(coord.values, dtype=np.float64)
         units = _units(coord.attrs)
-        f = _nm_factor(values, units) if units else factor
+        f = nm_factor(values, units) if units else factor
         if f is not None:
             new["fwhm"] = (bdim, values * f, {"units": "nm"})
             if name != "fwhm":
@@ -306,7 +309,7 @@ def _wavelengths_from_text(texts: Any) -> np.ndarray | None:
             return None
     out = np.asarray(values, dtype=np.float64)
     if not any(_WL_TEXT.search(str(t)) for t in texts):
-        out = out * (_nm_factor(out, "") or 1.0)  # bare numbers: below 100 means µm
+        out = out * (nm_factor(out, "") or 1.0)  # bare numbers: below 100 means µm
     return out
 
 
@@ -348,9 +351,9 @@ def _chunk(array: xr.DataArray, bdim: Hashable, spatial: tuple[Hashable, ...], c
         return array
     itemsize = max(array.dtype.itemsize, 4)
     s = (stored or {})
-    tile = _tile_shape((array.sizes[spatial[0]], array.sizes[spatial[1]]),
-                       array.sizes[bdim] * itemsize,
-                       (s.get(spatial[0], 1), s.get(spatial[1], 1)) if stored else None)
+    tile = tile_shape((array.sizes[spatial[0]], array.sizes[spatial[1]]),
+                      array.sizes[bdim] * itemsize,
+                      (s.get(spatial[0], 1), s.get(spatial[1], 1)) if stored else None)
     spec = {spatial[0]: tile[0], spatial[1]: tile[1], bdim: -1}
     return _chunk_data(array, spec, source)
 
@@ -508,22 +511,17 @@ def _open_path(path: str, var: str | None, chunks: Any
         return array, "envi", None
     if ext in (".tif", ".tiff"):
         return _open_geotiff(loc, var)
-    from dnmf.io.open import detect_format
-
     try:
         fmt = detect_format(loc)
     except InputError as err:
         raise InputError(f"cannot open {path} as a cube ({_CUBE_FORMATS}): {err}") from err
-    if fmt == "zarr":
-        return _open_zarr(loc, var)
-    if fmt in ("netcdf", "netcdf3"):
-        return _open_netcdf(loc, var, "h5netcdf" if fmt == "netcdf" else "scipy")
-    if fmt == "hdf5":
-        return _open_hdf5(loc, var)
-    raise InputError(
-        f"{path} is a {fmt} file; hyperspectral cubes are read from {_CUBE_FORMATS} — convert "
-        "it to Zarr or NetCDF"
-    )
+    reader = _CUBE_READERS.get(fmt)
+    if reader is None:
+        raise InputError(
+            f"{path} is a {fmt} file; hyperspectral cubes are read from {_CUBE_FORMATS} — "
+            "convert it to Zarr or NetCDF"
+        )
+    return reader(loc, var)
 
 
 def _has_envi_header(loc: Location) -> bool:
@@ -538,30 +536,35 @@ def _has_envi_header(loc: Location) -> bool:
 
 
 def _stored_map(variable: xr.DataArray) -> dict[Hashable, int] | None:
-    from dnmf.io.netcdf import _stored_chunks
-
-    stored = _stored_chunks(variable)
+    stored = netcdf.stored_chunks(variable)
     return dict(zip(variable.dims, stored, strict=True)) if stored else None
 
 
-def _open_xarray(target: Any, engine: str, var: str | None, where: str, loc: Location,
-                 **kwargs: Any) -> tuple[xr.DataArray, dict[Hashable, int] | None]:
-    from dnmf.io.netcdf import _open_dataset
-
-    group, name = None, var
+def _split_var(var: str | None) -> tuple[str | None, str | None]:
+    """``"group/sub/name"`` -> ``("group/sub", "name")``; a bare name has no group."""
     if var is not None and "/" in var.strip("/"):
         group, name = var.strip("/").rsplit("/", 1)
-    ds = _open_dataset(target, engine, group, mask_and_scale=False, decode_coords="all", **kwargs)
-    array = _pick_variable(ds, name, where if group is None else f"{where} (group {group})")
+        return group, name
+    return None, var
+
+
+def _dataset_variable(open_group: Callable[[str | None], xr.Dataset], var: str | None,
+                      loc: Location) -> tuple[xr.DataArray, dict[Hashable, int] | None]:
+    """The cube's variable of a store xarray reads: ``open_group(group)`` opens the
+    variables (of the group ``var`` names, if any)."""
+    group, name = _split_var(var)
+    ds = open_group(group)
+    where = loc.original if group is None else f"{loc.original} (group {group})"
+    array = _pick_variable(ds, name, where)
     array.attrs["_stamp"] = loc.stamp()
     return array, _stored_map(array)
 
 
-def _open_netcdf(loc: Location, var: str | None, engine: str
+def _open_netcdf(loc: Location, var: str | None, *, engine: str
                  ) -> tuple[xr.DataArray, str, dict[Hashable, int] | None]:
-    target: Any = loc.path if loc.is_local else loc.fs.open(loc.path, "rb")
     try:
-        array, stored = _open_xarray(target, engine, var, loc.original, loc)
+        array, stored = _dataset_variable(
+            functools.partial(netcdf.open_cube, loc, engine=engine), var, loc)
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - every backend failure becomes one message
@@ -572,11 +575,8 @@ def _open_netcdf(loc: Location, var: str | None, engine: str
 
 def _open_zarr(loc: Location, var: str | None
                ) -> tuple[xr.DataArray, str, dict[Hashable, int] | None]:
-    kwargs: dict[str, Any] = {"consolidated": False}
-    if not loc.is_local and loc.storage_options:
-        kwargs["storage_options"] = dict(loc.storage_options)
     try:
-        array, stored = _open_xarray(loc.url, "zarr", var, loc.original, loc, **kwargs)
+        array, stored = _dataset_variable(functools.partial(zarr_.open_cube, loc), var, loc)
         return array, "zarr", stored
     except InputError:
         raise
@@ -616,9 +616,7 @@ def _open_raw_zarr(loc: Location, var: str | None
                    ) -> tuple[xr.DataArray, str, dict[Hashable, int] | None]:
     import zarr
 
-    from dnmf.io.zarr_ import ZarrChunkReader, _dimension_names, _open_node
-
-    node = _open_node(loc)
+    node = zarr_.open_node(loc)
     parent = None
     if isinstance(node, zarr.Group):
         arrays = [(p, tuple(a.shape), a.dtype) for p, a in node.members(max_depth=None)
@@ -645,7 +643,7 @@ def _open_raw_zarr(loc: Location, var: str | None
             raise InputError(f"{loc.original} is a single zarr array, so --var {var!r} does "
                              "not apply — drop it or point at the enclosing group")
     assert isinstance(arr, zarr.Array)
-    names = _dimension_names(arr)
+    names = zarr_.dimension_names(arr)
     dims = (tuple(str(n) for n in names) if names and all(names)
             else tuple(f"dim_{i}" for i in range(arr.ndim)))
     attrs = {k: v for k, v in arr.attrs.items() if k != "_ARRAY_DIMENSIONS"}
@@ -658,7 +656,7 @@ def _open_raw_zarr(loc: Location, var: str | None
     aux.update(_aux_from_attrs(attrs))
     sizes = dict(zip(dims, arr.shape, strict=True))
     coords = _aux_coords(sizes, aux) if arr.ndim == 3 else {}
-    reader = ZarrChunkReader(arr, label)
+    reader = zarr_.ZarrChunkReader(arr, label)
     stored = dict(zip(dims, reader.stored_chunks, strict=True))
     name = (component or posixpath.basename(loc.path.rstrip("/"))).rsplit("/", 1)[-1]
     return _lazy(reader, dims, attrs, coords, name, loc.stamp()), "zarr", stored
@@ -681,15 +679,13 @@ def _open_hdf5(loc: Location, var: str | None
                ) -> tuple[xr.DataArray, str, dict[Hashable, int] | None]:
     import h5py
 
-    from dnmf.io.hdf5 import HDF5Array, _close, _datasets, _open_file
-
     stamp = loc.stamp()
     try:
-        h5file, fileobj = _open_file(loc)
+        h5file, fileobj = hdf5.open_file(loc)
     except OSError as err:
         raise InputError(f"cannot read {loc.original} as HDF5: {err}") from err
     try:
-        entries = _datasets(h5file)
+        entries = hdf5.datasets(h5file)
         if var is None:
             cubes = [e for e in entries if len(e[1]) == 3]
             if len(cubes) != 1:
@@ -720,8 +716,8 @@ def _open_hdf5(loc: Location, var: str | None
     except (OSError, RuntimeError, KeyError) as err:
         raise InputError(f"cannot read {loc.original} as HDF5: {err}") from err
     finally:
-        _close((h5file, fileobj))
-    reader = HDF5Array(loc, name, shape, stored_dtype, stamp)
+        hdf5.close((h5file, fileobj))
+    reader = hdf5.HDF5Array(loc, name, shape, stored_dtype, stamp)
     array = _lazy(reader, dims, attrs, coords, name.rsplit("/", 1)[-1], stamp)
     return array, "hdf5", stored
 
@@ -791,3 +787,14 @@ def _open_geotiff(loc: Location, var: str | None
     array.attrs["_stamp"] = loc.stamp()
     stored = {"y": block[0], "x": block[1]} if block else None
     return array, "geotiff", stored
+
+
+#: Format (as :func:`dnmf.io.open.detect_format` names it) -> the reader of a cube stored in
+#: it, each built on its :mod:`dnmf.io` engine; other formats hold no cube.
+_CUBE_READERS: dict[str, Callable[[Location, str | None],
+                                  tuple[xr.DataArray, str, dict[Hashable, int] | None]]] = {
+    "zarr": _open_zarr,
+    "netcdf": functools.partial(_open_netcdf, engine="h5netcdf"),
+    "netcdf3": functools.partial(_open_netcdf, engine="scipy"),
+    "hdf5": _open_hdf5,
+}

@@ -27,9 +27,11 @@ from dnmf.errors import InputError
 __all__ = [
     "ENVIReader",
     "find_envi_files",
+    "nm_factor",
     "open_envi",
     "parse_map_info",
     "read_envi_header",
+    "tile_shape",
     "write_envi",
 ]
 
@@ -193,10 +195,19 @@ def _convert(key: str, raw: str, where: str) -> Any:
     return _number(raw)
 
 
-def _nm_factor(values: np.ndarray, units: str) -> float | None:
+def nm_factor(values: np.ndarray, units: str) -> float | None:
     """What turns wavelengths in ``units`` into nm; ``None`` when ``units`` is not a length
     (``Index``, ``Wavenumber``, ``GHz``). Without units (or ``Unknown``) values below 100 are
-    taken as micrometres."""
+    taken as micrometres.
+
+    Used for ENVI headers here and for wavelength coordinates of every other cube by
+    :func:`dnmf.hyperspectral.cube.open_cube`.
+
+    Examples
+    --------
+    >>> nm_factor(np.array([0.45, 2.5]), ""), nm_factor(np.array([450.0]), "Micrometers")
+    (1000.0, 1000.0)
+    """
     u = units.strip().lower()
     if u in _NM_UNITS:
         return 1.0
@@ -295,7 +306,7 @@ def read_envi_header(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"— fix or remove {key!r}"
             )
     if "wavelength" in h:
-        factor = _nm_factor(h["wavelength"], str(h.get("wavelength units", "")))
+        factor = nm_factor(h["wavelength"], str(h.get("wavelength units", "")))
         if factor is not None:
             h["wavelength"] = h["wavelength"] * factor
             if "fwhm" in h:
@@ -470,10 +481,21 @@ class ENVIReader:
                 f"interleave={self.interleave!r})")
 
 
-def _tile_shape(shape: tuple[int, int], bytes_per_pixel: int, stored: tuple[int, int] | None = None,
-                *, target: int = TILE_BYTES) -> tuple[int, int]:
-    """A spatial tile of about ``target`` bytes: full-width row strips when a row fits, else
-    square-ish tiles; whole multiples of ``stored`` (the storage's own spatial chunking)."""
+def tile_shape(shape: tuple[int, int], bytes_per_pixel: int, stored: tuple[int, int] | None = None,
+               *, target: int = TILE_BYTES) -> tuple[int, int]:
+    """The spatial chunk of a cube with all its bands: a tile of about ``target`` bytes.
+
+    Full-width row strips when a row fits, else square-ish tiles; whole multiples of
+    ``stored`` (the storage's own spatial chunking), clipped to ``shape``. Used for ENVI
+    rasters here and for every other cube by :func:`dnmf.hyperspectral.cube.open_cube`.
+
+    Examples
+    --------
+    >>> tile_shape((1000, 500), 4 * 200, target=2**20)  # 1310 pixels of 200 float32 bands
+    (2, 500)
+    >>> tile_shape((100_000, 5000), 4 * 200, (64, 64), target=2**20)
+    (64, 64)
+    """
     n0, n1 = shape
     s0, s1 = stored if stored is not None else (1, 1)
     s0, s1 = max(1, min(s0, n0)), max(1, min(s1, n1))
@@ -556,7 +578,7 @@ def open_envi(path: str | os.PathLike[str], chunks: Any = None) -> xr.DataArray:
     dims = ("y", "x", "band")
     if chunks is None:
         itemsize = max(dtype.itemsize, 4)  # the cube becomes float32 downstream
-        rows, cols = _tile_shape((lines, samples), bands * itemsize)
+        rows, cols = tile_shape((lines, samples), bands * itemsize)
         chunks = (rows, cols, bands)
     chunks = _normalize_chunks(chunks, dims)
     array = da.from_array(reader, chunks=chunks, name="envi-" + tokenize(reader, chunks),

@@ -2,7 +2,9 @@
 
 One module per storage engine (:mod:`~dnmf.io.zarr_`, :mod:`~dnmf.io.hdf5`,
 :mod:`~dnmf.io.netcdf`, :mod:`~dnmf.io.npy`, and :mod:`~dnmf.io.sparse` for CSR matrices in
-zarr, HDF5, ``.npz`` or memory); :func:`open_matrix` dispatches among them.
+zarr, HDF5, ``.npz`` or memory); :func:`open_matrix` dispatches among them through the table
+:data:`dnmf.io.open.ENGINES` (format name -> the engine's entry points). Helpers the engines
+share (locations, chunk sizing, dtype and shape checks, messages) are in :mod:`dnmf.io.common`.
 """
 
 from __future__ import annotations

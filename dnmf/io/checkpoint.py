@@ -24,10 +24,10 @@ import zarr
 from dnmf.errors import InputError, OutputError
 from dnmf.io.result_store import (
     SCHEMA_VERSION,
-    _write_arrays,
     consolidate,
     jsonable,
     local_path,
+    write_arrays,
 )
 from dnmf.io.zarr_ import read_version
 
@@ -101,7 +101,7 @@ def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
     current = group.attrs.get("current")
     slot = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
     target = group.require_group(slot)
-    _write_arrays(target, W, H, scheduler)
+    write_arrays(target, W, H, scheduler)
     version = uuid.uuid4().hex  # names what the slot holds now (see read_version)
     target.attrs.update(jsonable({"iteration": iteration, "loss_history": loss_history,
                                    "seconds_per_iteration": seconds_per_iteration,
@@ -185,7 +185,7 @@ def finish(out: str | os.PathLike, *, W: da.Array, H: Any, attrs: dict,
            scheduler: Any = None) -> None:
     """Write the final W and H, the metadata, ``status = complete`` (last), drop the checkpoint."""
     root = zarr.open_group(_store(out), mode="r+")
-    _write_arrays(root, W, H, scheduler)
+    write_arrays(root, W, H, scheduler)
     root.attrs.update({**jsonable(attrs), "schema_version": SCHEMA_VERSION})
     root.attrs["status"] = "complete"
     if GROUP in root:

@@ -3,6 +3,11 @@
 h5py ``Dataset`` objects hold an open file id and cannot be pickled, so the dask graph
 carries an :class:`HDF5Array` instead: a small array-like that knows the file's location and
 the dataset's name and opens the file on first use in each process, then keeps the handle.
+
+Engine surface (see :data:`dnmf.io.open.ENGINES`): :func:`can_open` and :func:`open_hdf5`;
+for readers built on HDF5 elsewhere (CSR groups, hyperspectral cubes): :func:`open_file` and
+:func:`close` (a short-lived handle for metadata), :func:`datasets` (a file's listing) and
+:func:`cached_file` (the per-process handle chunks are read through).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from dnmf.io._common import (
+from dnmf.io.common import (
     Location,
     cannot_read,
     check_shape,
@@ -30,10 +35,25 @@ from dnmf.io.source import MatrixSource
 if TYPE_CHECKING:  # h5py is imported when a file is opened: ~11 MB a fit of in-memory X
     import h5py
 
-__all__ = ["HDF5Array", "HDF5_SIGNATURE", "open_hdf5"]
+__all__ = [
+    "EXTENSIONS",
+    "HDF5Array",
+    "HDF5_SIGNATURE",
+    "can_open",
+    "cached_file",
+    "close",
+    "close_cached_files",
+    "datasets",
+    "open_file",
+    "open_hdf5",
+    "sniff_hdf5",
+]
 
 #: The 8 bytes that start an HDF5 superblock (at offset 0, 512, 1024, ... with a user block).
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+#: File extensions that claim HDF5 (the file's signature wins where it has one).
+EXTENSIONS = (".h5", ".hdf5", ".he5", ".h5ad")
 
 # One open handle per (process, file, stamp). The pid is part of the key because a handle
 # inherited through fork() must not be used by the child. The stamp (size, mtime) makes a
@@ -45,8 +65,9 @@ _HANDLES_LOCK = threading.Lock()
 _MAX_HANDLES = 64
 
 
-def _open_file(loc: Location) -> tuple[h5py.File, Any]:
-    """Open the file read-only; returns the h5py file and the object keeping it alive."""
+def open_file(loc: Location) -> tuple[h5py.File, Any]:
+    """Open the file read-only; returns the h5py file and the object keeping it alive (the
+    fsspec file of a URL, else ``None``): hand both to :func:`close` when done."""
     import h5py
 
     if loc.is_local:
@@ -55,7 +76,9 @@ def _open_file(loc: Location) -> tuple[h5py.File, Any]:
     return h5py.File(fileobj, "r"), fileobj
 
 
-def _cached_file(loc: Location, stamp: tuple[Any, ...]) -> h5py.File:
+def cached_file(loc: Location, stamp: tuple[Any, ...]) -> h5py.File:
+    """This process's open handle on the file (opened on first use, then kept; see
+    :func:`close_cached_files`), for readers that run on the workers."""
     key = (os.getpid(), loc.protocol, loc.path, stamp)
     with _HANDLES_LOCK:
         entry = _HANDLES.get(key)
@@ -64,15 +87,16 @@ def _cached_file(loc: Location, stamp: tuple[Any, ...]) -> h5py.File:
             return entry[0]
         # One handle per file and process: drop handles of older versions of the file.
         for old in [k for k in _HANDLES if k[:3] == key[:3]]:
-            _close(_HANDLES.pop(old))
+            close(_HANDLES.pop(old))
         while len(_HANDLES) >= _MAX_HANDLES:
-            _close(_HANDLES.popitem(last=False)[1])
-        entry = _open_file(loc)
+            close(_HANDLES.popitem(last=False)[1])
+        entry = open_file(loc)
         _HANDLES[key] = entry
         return entry[0]
 
 
-def _close(entry: tuple[h5py.File, Any]) -> None:
+def close(entry: tuple[h5py.File, Any]) -> None:
+    """Close what :func:`open_file` returned; never raises."""
     h5file, fileobj = entry
     try:
         h5file.close()
@@ -90,7 +114,7 @@ def close_cached_files() -> None:
     """
     with _HANDLES_LOCK:
         while _HANDLES:
-            _close(_HANDLES.popitem()[1])
+            close(_HANDLES.popitem()[1])
 
 
 class HDF5Array:
@@ -129,7 +153,7 @@ class HDF5Array:
         return len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        dset = _cached_file(self.location, self.stamp)[self.dataset]
+        dset = cached_file(self.location, self.stamp)[self.dataset]
         return dset[key]
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
@@ -142,7 +166,8 @@ class HDF5Array:
         )
 
 
-def _datasets(h5file: h5py.File) -> list[tuple[str, tuple[int, ...], Any]]:
+def datasets(h5file: h5py.File) -> list[tuple[str, tuple[int, ...], Any]]:
+    """``(absolute path, shape, dtype)`` of every dataset in the file, for listings."""
     import h5py
 
     found: list[tuple[str, tuple[int, ...], Any]] = []
@@ -168,11 +193,11 @@ def open_hdf5(
     stamp = loc.stamp()
     try:
         # A short-lived handle for metadata: opening X leaves no file open behind it.
-        h5file, fileobj = _open_file(loc)
+        h5file, fileobj = open_file(loc)
     except OSError as err:
         raise cannot_read(loc, "HDF5", err) from err
     try:
-        entries = _datasets(h5file)
+        entries = datasets(h5file)
         if var is None:
             name = pick_variable(entries, where=loc.original, noun="dataset")
         else:
@@ -187,7 +212,7 @@ def open_hdf5(
         # A damaged file can open but fail while walking its groups.
         raise cannot_read(loc, "HDF5", err) from err
     finally:
-        _close((h5file, fileobj))
+        close((h5file, fileobj))
     target, notes = float_dtype(stored, dtype)
     if chunks is None:
         itemsize = max(stored.itemsize, target.itemsize)
@@ -212,6 +237,16 @@ def open_hdf5(
         notes=notes,
         stored_chunks=stored_chunks,
     )
+
+
+def can_open(loc: Location, head: bytes | None) -> bool:
+    """Whether a file is HDF5 by its signature (``head``: its first bytes; ``None`` for a
+    directory, which is never HDF5).
+
+    NetCDF-4 files are HDF5 too: :mod:`~dnmf.io.netcdf` claims those whose extension says
+    NetCDF, and is asked first.
+    """
+    return head is not None and sniff_hdf5(head)
 
 
 def sniff_hdf5(head: bytes) -> bool:

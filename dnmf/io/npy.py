@@ -2,6 +2,9 @@
 
 As with HDF5, the graph carries a small picklable :class:`NpyArray` rather than a
 ``numpy.memmap`` (which would pickle its whole contents to every worker process).
+
+Engine surface (see :data:`dnmf.io.open.ENGINES`): :func:`can_open` and :func:`open_npy`;
+:func:`from_numpy` wraps arrays already in memory.
 """
 
 from __future__ import annotations
@@ -14,12 +17,22 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from dnmf.io._common import Location, cannot_read, check_shape, float_dtype, panel_chunks
+from dnmf.errors import InputError
+from dnmf.io.common import Location, cannot_read, check_shape, float_dtype, panel_chunks
 from dnmf.io.source import MatrixSource
 
-__all__ = ["NPY_MAGIC", "NpyArray", "open_npy", "from_numpy"]
+__all__ = ["EXTENSIONS", "NPY_MAGIC", "NpyArray", "can_open", "from_numpy", "open_npy"]
 
 NPY_MAGIC = b"\x93NUMPY"
+
+#: The file extension that claims ``.npy`` (the file's signature wins where it has one).
+EXTENSIONS = (".npy",)
+
+
+def can_open(loc: Location, head: bytes | None) -> bool:
+    """Whether a file is a ``.npy`` file by its first bytes (``head``; ``None`` for a
+    directory, which never is)."""
+    return head is not None and head.startswith(NPY_MAGIC)
 
 _MEMMAPS: dict[tuple[Any, ...], np.memmap] = {}
 _MEMMAPS_LOCK = threading.Lock()
@@ -130,11 +143,20 @@ def _read_header(loc: Location) -> tuple[tuple[int, ...], bool, np.dtype[Any], i
 
 def open_npy(
     loc: Location,
+    var: str | None = None,
     *,
     dtype: str | np.dtype[Any] | None = None,
     chunks: Any = None,
 ) -> MatrixSource:
-    """Open a ``.npy`` file as a lazy matrix (see :func:`dnmf.io.open_matrix`)."""
+    """Open a ``.npy`` file as a lazy matrix (see :func:`dnmf.io.open_matrix`).
+
+    The file holds one array: ``var`` must be ``None``.
+    """
+    if var is not None:
+        raise InputError(
+            f"{loc.original} is a .npy file holding one array, so var={var!r} does not apply "
+            "— drop var (--var)"
+        )
     shape, fortran, stored, offset = _read_header(loc)
     shape = check_shape(shape)
     target, notes = float_dtype(stored, dtype)

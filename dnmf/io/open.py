@@ -2,15 +2,18 @@
 
 Dispatch only: each storage engine lives in its own module (:mod:`~dnmf.io.zarr_`,
 :mod:`~dnmf.io.hdf5`, :mod:`~dnmf.io.netcdf`, :mod:`~dnmf.io.npy`); sparse (CSR) inputs in
-any container go to :mod:`~dnmf.io.sparse`.
+any container go to :mod:`~dnmf.io.sparse`. :data:`ENGINES` names each format's entry points
+(in the spirit of xarray's backend entry points): :func:`detect_format` asks them in turn
+whether they recognise a path, and :func:`open_matrix` opens it with the one that does.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import posixpath
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -20,7 +23,8 @@ import xarray as xr
 import zarr
 
 from dnmf.errors import InputError
-from dnmf.io._common import (
+from dnmf.io import hdf5, netcdf, npy, sparse, zarr_
+from dnmf.io.common import (
     SUPPORTED_FORMATS,
     Location,
     cannot_read,
@@ -29,28 +33,58 @@ from dnmf.io._common import (
     not_found,
     resolve_location,
 )
-from dnmf.io.hdf5 import open_hdf5, sniff_hdf5
-from dnmf.io.netcdf import NETCDF3_MAGICS, open_netcdf
-from dnmf.io.npy import NPY_MAGIC, from_numpy, open_npy
+from dnmf.io.npy import from_numpy
 from dnmf.io.source import MatrixSource
-from dnmf.io.sparse import ZIP_MAGIC, from_scipy, open_npz, probe_sparse
-from dnmf.io.zarr_ import ZARR_MARKERS, from_zarr_array, open_zarr
+from dnmf.io.sparse import from_scipy, probe_sparse
+from dnmf.io.zarr_ import from_zarr_array
 
-__all__ = ["open_matrix"]
+__all__ = ["ENGINES", "EXTENSIONS", "Engine", "detect_format", "open_matrix"]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One storage format's entry points.
+
+    Attributes
+    ----------
+    can_open : callable ``(Location, head) -> bool``
+        Whether the engine recognises an existing location by its signature: ``head`` is a
+        file's first bytes (enough for an HDF5 superblock behind a 2 KiB user block), ``None``
+        for a directory.
+    open_matrix : callable ``(Location, var, *, dtype, chunks) -> MatrixSource``
+        Opens X lazily (see :func:`open_matrix`).
+    extensions : tuple of str
+        File extensions that claim the format when no engine recognises the file's signature.
+    csr_groups : bool
+        The container may hold X as a CSR group: :func:`~dnmf.io.sparse.probe_sparse` looks
+        for one before ``open_matrix`` reads X as dense.
+    directory : bool
+        The format is a directory (a zarr store): its extension never claims a file.
+    """
+
+    can_open: Callable[[Location, bytes | None], bool]
+    open_matrix: Callable[..., MatrixSource]
+    extensions: tuple[str, ...] = ()
+    csr_groups: bool = False
+    directory: bool = False
+
+
+#: Format name (as :func:`detect_format` returns it) -> its engine, in the order they are
+#: asked: the first whose ``can_open`` accepts the path opens it. NetCDF-4 is HDF5 inside, so
+#: ``netcdf`` (HDF5 with a NetCDF extension) is asked before ``hdf5``.
+ENGINES: dict[str, Engine] = {
+    "zarr": Engine(zarr_.can_open, zarr_.open_zarr, zarr_.EXTENSIONS, csr_groups=True,
+                   directory=True),
+    "netcdf": Engine(netcdf.can_open, netcdf.open_netcdf, netcdf.EXTENSIONS),
+    "hdf5": Engine(hdf5.can_open, hdf5.open_hdf5, hdf5.EXTENSIONS, csr_groups=True),
+    "npy": Engine(npy.can_open, npy.open_npy, npy.EXTENSIONS),
+    "netcdf3": Engine(netcdf.can_open_classic,
+                      functools.partial(netcdf.open_netcdf, engine="scipy")),
+    "npz": Engine(sparse.can_open_npz, sparse.open_npz, sparse.NPZ_EXTENSIONS),
+}
 
 #: What each file extension claims to be; the file's own signature wins where it has one.
-EXTENSIONS = {
-    ".npy": "npy",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".he5": "hdf5",
-    ".nc": "netcdf",
-    ".nc4": "netcdf",
-    ".cdf": "netcdf",
-    ".zarr": "zarr",
-    ".h5ad": "hdf5",
-    ".npz": "npz",
-}
+EXTENSIONS = {ext: name for name, engine in ENGINES.items() for ext in engine.extensions}
 
 # Enough bytes for an HDF5 signature behind a user block of up to 2 KiB.
 _SNIFF_BYTES = 2048 + 8
@@ -158,32 +192,13 @@ def _from_dask(x: da.Array, *, dtype: Any, chunks: Any) -> MatrixSource:
 
 def _open_path(loc: Location, var: str | None, dtype: Any, chunks: Any) -> MatrixSource:
     fmt = detect_format(loc)
-    if fmt in ("zarr", "hdf5"):
+    engine = ENGINES[fmt]
+    if engine.csr_groups:
         # A group holding data/indices/indptr is a sparse (CSR) matrix.
         source, var = probe_sparse(loc, fmt, var, dtype=dtype, chunks=chunks)
         if source is not None:
             return source
-    if fmt == "zarr":
-        return open_zarr(loc, var, dtype=dtype, chunks=chunks)
-    if fmt == "hdf5":
-        return open_hdf5(loc, var, dtype=dtype, chunks=chunks)
-    if fmt == "npz":
-        if var is not None:
-            raise InputError(
-                f"{loc.original} is an .npz file holding one sparse matrix, so var={var!r} "
-                "does not apply — drop var (--var)"
-            )
-        return open_npz(loc, dtype=dtype, chunks=chunks)
-    if fmt == "netcdf":
-        return open_netcdf(loc, var, dtype=dtype, chunks=chunks)
-    if fmt == "netcdf3":
-        return open_netcdf(loc, var, dtype=dtype, chunks=chunks, engine="scipy")
-    if var is not None:
-        raise InputError(
-            f"{loc.original} is a .npy file holding one array, so var={var!r} does not apply "
-            "— drop var (--var)"
-        )
-    return open_npy(loc, dtype=dtype, chunks=chunks)
+    return engine.open_matrix(loc, var, dtype=dtype, chunks=chunks)
 
 
 def detect_format(loc: Location) -> str:
@@ -208,33 +223,27 @@ def detect_format(loc: Location) -> str:
         raise InputError(f"cannot access {loc.original}: {type(err).__name__}: {err}") from err
     if not exists:
         raise not_found(loc)
+    head: bytes | None = None
+    if not is_dir:
+        try:
+            with fs.open(loc.path, "rb") as f:
+                head = f.read(_SNIFF_BYTES)
+        except OSError as err:
+            raise cannot_read(loc, None, err) from err
+    for name, engine in ENGINES.items():
+        if engine.can_open(loc, head):
+            return name
     ext = loc.extension
-    if is_dir:
-        markers = [m for m in ZARR_MARKERS if fs.exists(posixpath.join(loc.path, m))]
-        if markers or ext == ".zarr":
-            return "zarr"
+    if head is None:
         raise cannot_read(
             loc,
             None,
             "it is a directory without zarr metadata (zarr.json, .zarray or .zgroup) — "
             "point at a zarr store or a file",
         )
-    try:
-        with fs.open(loc.path, "rb") as f:
-            head = f.read(_SNIFF_BYTES)
-    except OSError as err:
-        raise cannot_read(loc, None, err) from err
-    if sniff_hdf5(head):
-        # NetCDF-4 is HDF5 inside; the extension says which reader the user expects.
-        return "netcdf" if EXTENSIONS.get(ext) == "netcdf" else "hdf5"
-    if head.startswith(NPY_MAGIC):
-        return "npy"
-    if head[:4] in NETCDF3_MAGICS:
-        return "netcdf3"
-    if head.startswith(ZIP_MAGIC) and ext in ("", ".npz"):
-        return "npz"  # a zip archive: scipy.sparse.save_npz writes one
-    if ext in EXTENSIONS and ext != ".zarr":
-        return EXTENSIONS[ext]  # the engine will say what is wrong with the file
+    claimed = EXTENSIONS.get(ext)
+    if claimed is not None and not ENGINES[claimed].directory:
+        return claimed  # the engine will say what is wrong with the file
     raise cannot_read(
         loc,
         None,

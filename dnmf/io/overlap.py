@@ -8,7 +8,7 @@ plots may hold an input (``--plots .`` beside the data) but may not be or lie in
 no file it writes may be one. Two outputs of one run may not overlap either.
 
 Each location is put in the form its own reader or writer gives it: inputs as
-:func:`dnmf.io._common.resolve_location` opens them (``~`` expanded, a percent-encoded
+:func:`dnmf.io.common.resolve_location` opens them (``~`` expanded, a percent-encoded
 ``file://`` URL decoded when that names the existing path), outputs as the writers of
 :mod:`dnmf.io.result_store` write them (no expansion). Local paths are then compared after
 :func:`os.path.realpath` (symbolic links followed; two existing paths that are one file,
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dnmf.errors import OutputError
-from dnmf.io._common import resolve_location
+from dnmf.io.common import resolve_location
 from dnmf.io.result_store import local_path
 
 __all__ = [

@@ -125,13 +125,13 @@ def _remove(path: Path) -> None:
 
 def _write_group(store: str, W: da.Array, H: Any, attrs: dict, scheduler: Any) -> None:
     root = zarr.open_group(store, mode="w", zarr_format=3)
-    _write_arrays(root, W, H, scheduler)
+    write_arrays(root, W, H, scheduler)
     root.attrs.update({**jsonable(attrs), "schema_version": SCHEMA_VERSION, "status": "running"})
     root.attrs["status"] = "complete"  # last: every chunk of W and H is written by now
     consolidate(store)
 
 
-def _write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any) -> None:
+def write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any) -> None:
     """``W`` (chunk by chunk, on the workers) and ``H`` into ``group``, replacing old ones."""
     rows = int(max(W.chunks[0]))
     k = W.shape[1]

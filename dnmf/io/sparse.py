@@ -18,6 +18,10 @@ Layouts read:
 The dask graph carries a small picklable reader (:class:`CSRReader`) that opens the store in
 each worker process, as :mod:`dnmf.io.hdf5` does, so a process-based cluster can read it.
 :func:`save_csr` writes the zarr/HDF5 layout.
+
+Engine surface (see :data:`dnmf.io.open.ENGINES`): :func:`probe_sparse`, which
+:func:`dnmf.io.open_matrix` asks first for zarr stores and HDF5 files; :func:`can_open_npz`
+and :func:`open_npz` for ``.npz`` files; :func:`from_scipy` for matrices in memory.
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ import zarr.errors
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-import dnmf.io._common as common
+import dnmf.io.common as common
 from dnmf.errors import InputError, OutputError
 from dnmf.io import hdf5
-from dnmf.io._common import Location, cannot_read, check_shape, float_dtype, listing
+from dnmf.io.common import Location, cannot_read, check_shape, float_dtype, listing
 from dnmf.io.source import MatrixSource
 
 if TYPE_CHECKING:  # imported where an HDF5 file is opened (~11 MB otherwise)
@@ -51,8 +55,10 @@ if TYPE_CHECKING:  # imported where an HDF5 file is opened (~11 MB otherwise)
 __all__ = [
     "CSRReader",
     "DEFAULT_CHUNK_NNZ",
+    "NPZ_EXTENSIONS",
     "SPARSE_MEMBERS",
     "ZIP_MAGIC",
+    "can_open_npz",
     "from_scipy",
     "open_npz",
     "panel_rows",
@@ -67,6 +73,9 @@ SPARSE_MEMBERS = ("data", "indices", "indptr")
 
 #: First bytes of a zip archive (``.npz`` files are zip archives of ``.npy`` members).
 ZIP_MAGIC = b"PK\x03\x04"
+
+#: The file extension that claims a :func:`scipy.sparse.save_npz` archive.
+NPZ_EXTENSIONS = (".npz",)
 
 #: Stored chunk length of ``data``/``indices`` written by :func:`save_csr` (4 MiB of float32).
 DEFAULT_CHUNK_NNZ = 1 << 20
@@ -87,7 +96,7 @@ _CACHE_LOCK = threading.Lock()
 
 
 def target_nnz(itemsize: int, index_itemsize: int) -> int:
-    """Stored entries per row panel: :data:`~dnmf.io._common.TARGET_CHUNK_BYTES` worth.
+    """Stored entries per row panel: :data:`~dnmf.io.common.TARGET_CHUNK_BYTES` worth.
 
     One entry costs its value and its column index: float32 values with int32 indices give
     8 Mi entries (64 MiB) per panel, float64 with int64 indices 4 Mi.
@@ -313,7 +322,7 @@ class HDF5CSR(CSRReader):
 
     def members(self) -> tuple[Any, Any, Any]:
         # Not cached here: the handle cache may close the file, and a lookup is cheap.
-        grp = hdf5._cached_file(self.location, self.stamp)[self.group]
+        grp = hdf5.cached_file(self.location, self.stamp)[self.group]
         return tuple(grp[m] for m in SPARSE_MEMBERS)  # type: ignore[return-value]
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
@@ -685,7 +694,7 @@ def probe_sparse(
             raise cannot_read(loc, "HDF5" if engine == "hdf5" else "zarr", err) from err
     finally:
         if engine == "hdf5":
-            hdf5._close((root, closer))
+            hdf5.close((root, closer))
     target, _ = float_dtype(layout.stored_dtype, dtype)
     if engine == "zarr":
         reader: CSRReader = ZarrCSR(loc, path, layout.shape, target, loc.stamp())
@@ -774,14 +783,29 @@ class _Header:
         return self.values[key]
 
 
-def open_npz(loc: Location, *, dtype: Any = None, chunks: Any = None) -> MatrixSource:
+def can_open_npz(loc: Location, head: bytes | None) -> bool:
+    """Whether a file is a :func:`scipy.sparse.save_npz` archive: a zip archive by its first
+    bytes (``head``; ``None`` for a directory, which never is) named ``*.npz`` or without an
+    extension."""
+    return head is not None and head.startswith(ZIP_MAGIC) and loc.extension in (
+        "", *NPZ_EXTENSIONS)
+
+
+def open_npz(loc: Location, var: str | None = None, *, dtype: Any = None, chunks: Any = None
+             ) -> MatrixSource:
     """Open a :func:`scipy.sparse.save_npz` file (CSR) as a lazy sparse matrix.
 
     Opening reads the small ``format``, ``shape`` and ``indptr`` members and the headers of
     ``data`` and ``indices``. Members of a zip archive cannot be read in parts, so each worker
     process loads ``data`` and ``indices`` whole, once, on its first panel: the source's notes
-    say so, and :func:`save_csr` converts the file to a zarr store read panel by panel.
+    say so, and :func:`save_csr` converts the file to a zarr store read panel by panel. The
+    file holds one matrix: ``var`` must be ``None``.
     """
+    if var is not None:
+        raise InputError(
+            f"{loc.original} is an .npz file holding one sparse matrix, so var={var!r} "
+            "does not apply — drop var (--var)"
+        )
     try:
         with loc.fs.open(loc.path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             files = set(npz.files)

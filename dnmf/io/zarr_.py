@@ -7,6 +7,10 @@ naming the array, the chunk, its rows and the fix. Arrays that xarray wrote with
 stand for.
 
 A chunk file that is *missing* is not an error to zarr: it reads as the array's fill value.
+
+Engine surface (see :data:`dnmf.io.open.ENGINES`): :func:`can_open` and :func:`open_zarr`;
+for hyperspectral cubes :func:`open_cube` (a store written by xarray) and, for plain stores,
+:func:`open_node` and :func:`dimension_names`.
 """
 
 from __future__ import annotations
@@ -14,19 +18,21 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
+import posixpath
 import uuid
 import warnings
 from typing import Any
 
 import dask.array as da
 import numpy as np
+import xarray as xr
 import zarr
 import zarr.errors
 import zarr.storage
 from dask.base import tokenize
 
 from dnmf.errors import InputError
-from dnmf.io._common import (
+from dnmf.io.common import (
     Location,
     cannot_read,
     check_shape,
@@ -35,17 +41,47 @@ from dnmf.io._common import (
     panel_chunks,
     pick_variable,
 )
-from dnmf.io.netcdf import CF_ATTRS, _open_dataset, from_xarray_dataset
+from dnmf.io.netcdf import CF_ATTRS, from_xarray_dataset, open_dataset
 from dnmf.io.source import MatrixSource
 
-__all__ = ["ZARR_MARKERS", "ZarrChunkReader", "from_zarr_array", "open_zarr", "owned_block",
-           "read_version"]
+__all__ = [
+    "EXTENSIONS",
+    "ZARR_MARKERS",
+    "ZarrChunkReader",
+    "can_open",
+    "dimension_names",
+    "from_zarr_array",
+    "open_cube",
+    "open_node",
+    "open_zarr",
+    "owned_block",
+    "read_version",
+]
 
 #: Metadata documents that mark a directory as a zarr store (v3, then v2).
 ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 
+#: The extension that claims a directory is a zarr store (never a file).
+EXTENSIONS = (".zarr",)
 
-def _open_node(loc: Location) -> zarr.Array | zarr.Group:
+
+def can_open(loc: Location, head: bytes | None) -> bool:
+    """Whether a location is a zarr store: a directory (``head is None``; files never are)
+    holding zarr metadata, or named ``*.zarr``."""
+    if head is not None:
+        return False
+    markers = [m for m in ZARR_MARKERS if loc.fs.exists(posixpath.join(loc.path, m))]
+    return bool(markers) or loc.extension in EXTENSIONS
+
+
+def open_node(loc: Location) -> zarr.Array | zarr.Group:
+    """The store's root array or group, read-only (metadata only).
+
+    Raises
+    ------
+    InputError
+        The store holds no zarr metadata, or it cannot be read.
+    """
     kwargs: dict[str, Any] = {}
     if not loc.is_local and loc.storage_options:
         kwargs["storage_options"] = dict(loc.storage_options)
@@ -81,7 +117,9 @@ def _np_dtype(arr: zarr.Array) -> Any:
         return str(arr.dtype)
 
 
-def _dimension_names(arr: zarr.Array) -> Any:
+def dimension_names(arr: zarr.Array) -> Any:
+    """The array's dim names as stored (zarr format 3 metadata, or xarray's
+    ``_ARRAY_DIMENSIONS`` attribute in format 2); ``None`` when it has none."""
     names = getattr(arr.metadata, "dimension_names", None)  # zarr format 3
     return names or arr.attrs.get("_ARRAY_DIMENSIONS")  # zarr format 2, written by xarray
 
@@ -98,7 +136,7 @@ def open_zarr(
     See :func:`dnmf.io.open_matrix`. ``var`` is the array's path inside the group
     (``"sub/x"``); with ``var=None`` a group's single 2-D numeric array is used.
     """
-    node = _open_node(loc)
+    node = open_node(loc)
     component: str | None = None
     if isinstance(node, zarr.Group):
         try:
@@ -147,16 +185,32 @@ def open_zarr(
 
 
 def _is_cf_packed(arr: zarr.Array) -> bool:
-    return any(a in arr.attrs for a in CF_ATTRS) and _dimension_names(arr) is not None
+    return any(a in arr.attrs for a in CF_ATTRS) and dimension_names(arr) is not None
+
+
+def _xarray_options(loc: Location) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"consolidated": False}
+    if not loc.is_local and loc.storage_options:
+        kwargs["storage_options"] = dict(loc.storage_options)
+    return kwargs
+
+
+def open_cube(loc: Location, group: str | None = None) -> xr.Dataset:
+    """The variables of a zarr store written by xarray (or of one of its groups) for a
+    hyperspectral cube: lazily, values as stored (no CF masking or scaling: the cube decodes
+    them itself) and coordinates decoded.
+
+    Raises whatever xarray raises for a store it cannot read (a plain zarr array or group
+    without dim names): read those with :func:`open_node`.
+    """
+    return open_dataset(loc.url, "zarr", group, mask_and_scale=False, decode_coords="all",
+                        **_xarray_options(loc))
 
 
 def _open_with_xarray(loc: Location, component: str, *, dtype: Any, chunks: Any) -> MatrixSource:
     group, _, name = component.rpartition("/")
-    kwargs: dict[str, Any] = {"consolidated": False}
-    if not loc.is_local and loc.storage_options:
-        kwargs["storage_options"] = dict(loc.storage_options)
     try:
-        ds = _open_dataset(loc.url, "zarr", group or None, **kwargs)
+        ds = open_dataset(loc.url, "zarr", group or None, **_xarray_options(loc))
     except Exception as err:  # noqa: BLE001
         raise cannot_read(loc, "zarr (xarray)", err) from err
     source = from_xarray_dataset(

@@ -17,11 +17,11 @@ import xarray as xr
 import zarr
 from dask.array.utils import assert_eq
 
-import dnmf.io._common as common
+import dnmf.io.common as common
 import dnmf.io.hdf5 as hdf5
 from dnmf.errors import InputError
 from dnmf.io import MatrixSource, open_matrix, validate
-from dnmf.io._common import panel_chunks
+from dnmf.io.common import panel_chunks
 
 # --- every format ---------------------------------------------------------------------------
 
@@ -211,14 +211,14 @@ def test_hdf5_array_pickles(dumps, loads, tmp_path, X):
 def h5_opens(monkeypatch) -> list[str]:
     """Paths of every HDF5 file opened from now on (a spy around the real opener)."""
     opened: list[str] = []
-    real_open = hdf5._open_file
+    real_open = hdf5.open_file
 
     def spy(loc):
         opened.append(loc.path)
         return real_open(loc)
 
     hdf5.close_cached_files()
-    monkeypatch.setattr(hdf5, "_open_file", spy)
+    monkeypatch.setattr(hdf5, "open_file", spy)
     yield opened
     hdf5.close_cached_files()
 

@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
-import dnmf.io._common as common
+import dnmf.io.common as common
 import dnmf.io.hdf5 as hdf5
 from dnmf.errors import InputError, OutputError
 from dnmf.io import MatrixSource, open_matrix, save_csr, validate
