@@ -521,6 +521,8 @@ def run_iterations(
                       else _converged(h, tol) or "tol" for h in histories],
         stop_reason="max_iter")
 
+    updated = [False] * R  # restarts whose WtW this run computed
+
     def public(state: RestartsState) -> object:
         return state.solver_state(0) if R == 1 else state
 
@@ -537,6 +539,7 @@ def run_iterations(
             state.W, state.H, state.HHt, state.n_iter = W, H_work, HHt, it
             state.seconds_per_iteration.append(dt)
             for r in np.flatnonzero(active):
+                updated[r] = True
                 state.WtW[r] = WtW[r]
                 state.loss_history[r].append(float(losses[r]))
                 state.stop_reasons[r] = _converged(state.loss_history[r], tol)
@@ -562,6 +565,15 @@ def run_iterations(
         raise Interrupted(public(state)) from exc  # type: ignore[arg-type]
     state.stop_reasons = [s or state.stop_reason for s in state.stop_reasons]
     state.stop_reason = "tol" if all(state.converged) else state.stop_reason
+    stale = [r for r in range(R) if not updated[r] and state.loss_history[r]]
+    if stale:
+        # resumed at (or after) a restart's stop: its W^T W, which orders the components, is
+        # not in the checkpoint; one pass over W (not X) gives it
+        W64 = state.W.astype(np.float64)
+        (gram,) = step.ctx.compute(W64.T @ W64)
+        gram = kernels.to_host(gram)
+        for r in stale:
+            state.WtW[r] = gram[r * k:(r + 1) * k, r * k:(r + 1) * k]
     if any(state.loss_history):
         state.final_losses, state.final_relative_errors = step.final(
             state.W, state.H, state.loss_history)

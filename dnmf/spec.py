@@ -95,7 +95,9 @@ def check_parameters(table: dict[str, tuple[str, Number | Options]], values: dic
     """Raise for the first value of ``values`` (in the table's order) that breaks its entry."""
     for name, (label, constraint) in table.items():
         if name in values and not constraint.ok(values[name]):
-            raise InputError(f"{label} must be {constraint.what}; got {values[name]!r}")
+            value = values[name]
+            shown = value.item() if isinstance(value, np.generic) else value  # 1.5, not np.float64(1.5)
+            raise InputError(f"{label} must be {constraint.what}; got {shown!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,3 +110,23 @@ def test_the_loop_stops_each_restart_on_its_own_tol(X):
     for history in loop.loss_history:  # stopped at the first iteration that met tol
         decrease = (np.asarray(history[:-1]) - history[1:]) / np.asarray(history[:-1])
         assert decrease[-1] <= 1e-3 and np.all(decrease[:-1] > 1e-3)
+
+
+def test_a_run_interrupted_at_its_converging_iteration_resumes_to_the_same_result(X, tmp_path):
+    # the callback runs before the stop test, so the checkpoint of an interrupt there already
+    # meets tol: the resumed run must stop at once, as the undisturbed run did
+    kwargs = dict(random_state=0, max_iter=200, tol=1e-2, scheduler="threads")
+    whole = dnmf.factorize(X, 3, **kwargs)
+    assert whole.stop_reason == "tol" and whole.n_iter > 2
+
+    def interrupt_at_the_last(info):
+        if info.iteration == whole.n_iter:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "fit.zarr"
+    with pytest.raises(solvers.Interrupted):
+        dnmf.factorize(X, 3, out=out, checkpoint_every=1, callback=interrupt_at_the_last, **kwargs)
+    resumed = dnmf.factorize(X, 3, out=out, resume=True, **kwargs)
+    assert resumed.n_iter == whole.n_iter and resumed.stop_reason == "tol"
+    assert resumed.loss_history == whole.loss_history
+    np.testing.assert_array_equal(resumed.H, whole.H)

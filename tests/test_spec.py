@@ -35,6 +35,8 @@ LEGACY = Path(__file__).parent / "data" / "legacy"
     ({"alpha_H": "twice"}, "alpha_H must be a number >= 0; got 'twice'"),
     ({"l1_ratio": 1.5}, "l1_ratio must be in [0, 1]; got 1.5"),
     ({"l1_ratio": "half"}, "l1_ratio must be in [0, 1]; got 'half'"),  # a TypeError before
+    ({"l1_ratio": np.float64(1.5)}, "l1_ratio must be in [0, 1]; got 1.5"),
+    ({"max_iter": np.int64(0)}, "max_iter must be an integer >= 1; got 0"),
     ({"random_state": -1}, "random_state must be >= 0; got -1"),
     ({"resume": True, "has_out": False}, "resume needs the output to resume"),
     ({"resume": True, "overwrite": True}, "--resume and --overwrite contradict each other"),
