@@ -26,6 +26,10 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name: str):  # lazy: `import dnmf` stays cheap for the CLI's --help
     if name == "NMF":
         from dnmf.estimator import NMF

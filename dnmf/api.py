@@ -8,6 +8,7 @@ finish) on a :class:`~dnmf.spec.FitSpec` that holds every parameter check needin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -459,20 +460,29 @@ def partial_fit_batch(
 
 @dataclass
 class MatrixInfo:
-    """What ``dnmf info`` reports: layout, sizes and one validation pass."""
+    """What ``dnmf info`` reports: layout, sizes, one validation pass, and the chunk plan a fit
+    of rank ``plan_rank`` would use."""
 
     source: Any
     report: Any
     disk_bytes: int | None
+    plan: DryRun | None = None
+    plan_rank: int | None = None
 
     def describe(self) -> list[str]:
         src, rep = self.source, self.report
         rows, cols = src.chunks
+        n_entries = src.shape[0] * src.shape[1]
+        sparse = "no" if not src.sparse else (
+            "yes (CSR), non-zeros unknown" if src.nnz is None else
+            f"yes (CSR), {src.nnz:,} non-zeros ({src.nnz / max(n_entries, 1):.2%})")
         lines = [
             f"path: {src.path or src.format}" + (f" [{src.var}]" if src.var else ""),
             f"format: {src.format}",
             f"shape: {src.shape[0]:,} x {src.shape[1]:,}",
             f"dtype: {src.stored_dtype} as stored, {src.dtype} in memory",
+            f"sparse: {sparse}",
+            f"codec: {src.codec or ('none (in memory)' if src.path is None else 'unknown')}",
             f"chunks: {len(rows) * len(cols)} ({max(rows):,} x {max(cols):,} at most)",
             f"size in memory: {src.nbytes / 1e9:,.3f} GB",
             "size on disk: " + (f"{self.disk_bytes / 1e9:,.3f} GB" if self.disk_bytes is not None
@@ -484,18 +494,55 @@ class MatrixInfo:
             f"||X||_F: {np.sqrt(rep.sq_norm):.6g}",
             *[f"note: {n}" for n in src.notes],
         ]
+        if self.plan is not None:
+            lines += [f"fit plan (k = {self.plan_rank}; -k for another): {self.plan.where}",
+                      *[f"fit plan: {line}" for line in self.plan.plan.describe()]]
         problems = rep.problems()
         lines.append("usable for NMF: yes" if not problems else f"usable for NMF: no — {problems[0]}")
         return lines
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (``dnmf info --json``; schema in the README)."""
+        from dnmf.io.result_store import jsonable
 
-def matrix_info(X: Any, *, var: str | None = None, scheduler: Any = "auto") -> MatrixInfo:
-    """Open X and run the validation pass: shape, chunks, sizes, range, sign, NaN/Inf, zeros."""
+        src, rep = self.source, self.report
+        problems = rep.problems()
+        return jsonable({
+            "path": src.path, "var": src.var, "format": src.format,
+            "shape": list(src.shape), "dtype": str(src.dtype), "stored_dtype": src.stored_dtype,
+            "sparse": bool(src.sparse), "nnz": src.nnz, "codec": src.codec,
+            "chunk_count": len(src.chunks[0]) * len(src.chunks[1]),
+            "chunk_shape": [max(src.chunks[0]), max(src.chunks[1])],
+            "stored_chunks": None if src.stored_chunks is None else list(src.stored_chunks),
+            "nbytes": src.nbytes, "disk_bytes": self.disk_bytes,
+            "min": rep.min_value, "max": rep.max_value, "n_negative": rep.n_negative,
+            "n_nan": rep.n_nan, "n_inf": rep.n_inf, "n_zero_rows": rep.n_zero_rows,
+            "n_zero_cols": rep.n_zero_cols, "frobenius_norm": float(np.sqrt(rep.sq_norm)),
+            "notes": list(src.notes), "usable": not problems,
+            "problem": problems[0] if problems else None,
+            "plan": None if self.plan is None else {
+                "rank": self.plan_rank, "scheduler": self.plan.where,
+                **self.plan.plan.as_dict()},
+        })
+
+
+def matrix_info(X: Any, *, var: str | None = None, scheduler: Any = "auto",
+                rank: int | None = None) -> MatrixInfo:
+    """Open X and run the validation pass: shape, chunks, sizes, codec, sparsity, range, sign,
+    NaN/Inf, zeros; and the chunk plan of a fit of ``rank`` (default ``min(10, n_samples,
+    n_features)``) as :func:`dry_run` makes it."""
     source = open_matrix(X, var)
     with execution_context(scheduler, x_nbytes=source.nbytes) as ctx:
         report = validate(source.array, scheduler=ctx.scheduler,
                           stored_chunks=source.stored_chunks)
-    return MatrixInfo(source=source, report=report, disk_bytes=_disk_bytes(source.path))
+    k = rank if rank is not None else max(1, min(10, *source.shape))
+    try:
+        plan: DryRun | None = dry_run(X, k, var=var, scheduler=scheduler)
+    except InputError as err:  # e.g. an impossible -k: the report stands without a plan
+        plan, source = None, dataclasses.replace(
+            source, notes=(*source.notes, f"no fit plan: {err}"))
+    return MatrixInfo(source=source, report=report, disk_bytes=_disk_bytes(source.path),
+                      plan=plan, plan_rank=k)
 
 
 def _disk_bytes(path: str | None) -> int | None:

@@ -1,11 +1,14 @@
 """The ``dnmf`` command line: parse, call the API, render progress and errors.
 
+Streams: stdout carries results only (a command's summary, ``--dry-run``'s plan, ``info``'s
+report, or with ``--json`` exactly one JSON object); progress, notes and warnings go to stderr.
 Errors a user can cause print one line ``error: ...`` on stderr and exit 1, with no traceback;
 typer's own usage errors exit 2; Ctrl-C exits 130. ``DNMF_DEBUG=1`` shows tracebacks.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -19,9 +22,27 @@ app = typer.Typer(
     name="dnmf",
     help="Distributed, out-of-core non-negative matrix factorization on Dask.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from dnmf._version import __version__
+
+        typer.echo(f"dnmf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print dnmf's version and exit.")] = False) -> None:
+    """Distributed, out-of-core non-negative matrix factorization on Dask.
+
+    Results go to stdout (one JSON object with --json), progress and notes to stderr.
+    """
 
 
 class Solver(StrEnum):
@@ -72,11 +93,28 @@ TolOpt = Annotated[float, typer.Option(
     help="Stop when the loss falls by less than this fraction in one iteration.")]
 VarOpt = Annotated[str | None, typer.Option(
     help="Array/variable/dataset inside INPUT (a Zarr group, HDF5 file or NetCDF).")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print the result as one JSON object on stdout, nothing else (progress "
+                   "stays on stderr; schema in the README).")]
 
 
 def _echo(text: str, quiet: bool = False) -> None:
+    """A result line: stdout."""
     if not quiet:
         typer.echo(text)
+
+
+def _log(text: str, quiet: bool = False) -> None:
+    """A note or a log line: stderr (stdout carries results only)."""
+    if not quiet:
+        typer.echo(text, err=True)
+
+
+def _print_json(value: Any) -> None:
+    """Exactly one JSON object on stdout (NaN and infinities as null)."""
+    from dnmf.io.result_store import jsonable
+
+    typer.echo(json.dumps(jsonable(value), allow_nan=False))
 
 
 def _plan_printer(progress: Any) -> Any:
@@ -142,6 +180,7 @@ def fit(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the chunk plan and memory per worker; write nothing.")] = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT (Zarr)."""
     import numpy as np
@@ -158,6 +197,11 @@ def fit(
                    mask_var=mask_var, w_sum_to_one=sum_to_one)
     if dry_run:
         plan = api.dry_run(input, rank, n_restarts=restarts, **common)
+        if as_json:
+            _print_json({"dry_run": True, "input": plan.source.describe(),
+                         "scheduler": plan.where, "solver": plan.solver, "init": plan.init,
+                         "plan": plan.plan.as_dict()})
+            return
         for line in plan.describe():
             typer.echo(line)
         typer.echo("dry run: nothing was read or written")
@@ -175,7 +219,10 @@ def fit(
     except KeyboardInterrupt as exc:  # typer would swallow the message (and the resume hint)
         _exit_with(str(exc) or "interrupted", 130)
     for note in result.notes:
-        _echo(f"note: {note}", quiet)
+        _log(f"note: {note}", quiet)
+    if as_json:
+        _print_json(_fit_summary(result))
+        return
     if restarts > 1:
         losses = np.asarray(result.restart_losses)
         _echo(f"restarts: best {result.best_restart} of {restarts}; final losses "
@@ -187,6 +234,20 @@ def fit(
         f"wall time {result.wall_time_s:.1f} s; W and H written to {result.path}",
         quiet,
     )
+
+
+def _fit_summary(result: Any) -> dict[str, Any]:
+    """``dnmf fit --json``: the result store and the run's figures."""
+    return {
+        "path": result.path, "n_components": result.n_components, "n_iter": result.n_iter,
+        "converged": result.converged, "stop_reason": result.stop_reason,
+        "relative_error": result.relative_error,
+        "reconstruction_err": result.reconstruction_err, "wall_time_s": result.wall_time_s,
+        "solver": result.solver, "beta_loss": result.beta_loss, "init": result.init,
+        "seed": result.seed, "n_restarts": result.n_restarts,
+        "best_restart": result.best_restart, "restart_losses": result.restart_losses,
+        "scheduler": result.scheduler, "notes": result.notes,
+    }
 
 
 def _alpha(text: str) -> float | str:
@@ -218,15 +279,22 @@ def transform(
     seed: SeedOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """W for the rows of INPUT with the model's H fixed; OUT has the layout of a fit's store."""
     from dnmf import api
+    from dnmf.io.result_store import open_result
     from dnmf.progress import TaskProgress
 
     with TaskProgress("transforming", quiet=quiet):
         path = api.transform_to_store(model, input, out, var=var, scheduler=scheduler,
                                       workers=workers, memory_limit=memory_limit,
                                       overwrite=overwrite)
+    if as_json:
+        W, _, _ = open_result(path)
+        _print_json({"path": path, "model": model, "input": input,
+                     "n_samples": int(W.shape[0]), "n_components": int(W.shape[1])})
+        return
     _echo(f"W written to {path} (H copied from {model})", quiet)
 
 
@@ -276,13 +344,15 @@ def rank(
     memory_limit: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Survey ranks A..B: error, consensus stability, silhouette and held-out error per k."""
     from dnmf.rank import run_rank_cli
 
     run_rank_cli(input, ks, runs, out, plots, seed, var=var, scheduler=scheduler,
                  workers=workers, memory_limit=memory_limit, max_iter=max_iter, tol=tol,
-                 heldout_fraction=heldout_fraction, overwrite=overwrite, quiet=quiet)
+                 heldout_fraction=heldout_fraction, overwrite=overwrite, quiet=quiet,
+                 json=as_json)
 
 
 class UnmixInit(StrEnum):
@@ -323,6 +393,7 @@ def unmix(
     memory_limit: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT."""
     from dnmf.errors import InputError
@@ -355,6 +426,14 @@ def unmix(
             output=out, overwrite=overwrite, plots=plots, netcdf=netcdf, callback=progress,
             on_prepared=on_prepared)
     attrs = result.attrs
+    if as_json:
+        _print_json({
+            "path": out, "n_endmembers": attrs["n_endmembers"], "n_iter": attrs["n_iter"],
+            "converged": attrs.get("converged"), "relative_error": attrs["relative_error"],
+            "wall_time_s": attrs["wall_time_s"], "plots": None if plots is None else str(plots),
+            "netcdf": None if netcdf is None else str(netcdf),
+            "n_endmembers_estimate": attrs.get("n_endmembers_estimate")})
+        return
     _echo(f"{attrs['n_endmembers']} endmembers after {attrs['n_iter']} iterations: relative "
           f"error {attrs['relative_error']:.6f}, wall time {attrs['wall_time_s']:.1f} s; "
           f"written to {out}" + (f"; plots in {plots}" if plots else ""), quiet)
@@ -368,6 +447,7 @@ def score(
              "optionally abundances_true (endmember, y, x), e.g. from dnmf.datasets.")],
     scheduler: SchedulerOpt = "auto",
     quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Spectral angles (after Hungarian matching) and abundance RMSE against a reference."""
     from dnmf.cluster import execution_context
@@ -377,6 +457,9 @@ def score(
     estimated, reference = open_dataset(result), open_dataset(truth)
     with execution_context(scheduler, x_nbytes=int(estimated.nbytes)) as ctx, ctx.activate():
         report = run_score(estimated, reference)
+    if as_json:
+        _print_json(report)
+        return
     lines = format_score(report)
     for line in lines[:2] if quiet else lines:  # --quiet: the two summary lines only
         typer.echo(line)
@@ -386,14 +469,22 @@ def score(
 def info(
     path: Annotated[str, typer.Argument(help="Zarr/HDF5/NetCDF/.npy path or URL.")],
     var: VarOpt = None,
+    rank: Annotated[int | None, typer.Option(
+        "-k", "--rank", help="Plan the chunks of a fit of this rank (default min(10, shape)).")
+                    ] = None,
     scheduler: SchedulerOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
-    """Shape, chunks, dtype, sizes, range, sign, NaN/Inf and zero rows of a matrix (one pass)."""
+    """Shape, chunks, dtype, codec, sparsity, sizes, range, sign, NaN/Inf, zero rows of a
+    matrix (one pass), and the chunk plan a fit would use."""
     from dnmf import api
     from dnmf.progress import TaskProgress
 
     with TaskProgress("reading"):
-        report = api.matrix_info(path, var=var, scheduler=scheduler)
+        report = api.matrix_info(path, var=var, scheduler=scheduler, rank=rank)
+    if as_json:
+        _print_json(report.as_dict())
+        return
     for line in report.describe():
         typer.echo(line)
 
@@ -420,9 +511,9 @@ def demo(
         _planted_demo(out, scheduler, workers, memory_limit, seed, quiet)
         return
     rows, cols = demos.SCENE_SHAPE
-    _echo(f"demo: {rows} x {cols} scene of {demos.SCENE_ENDMEMBERS} measured spectra "
-          f"(earthlib) at {demos.SCENE_SNR_DB:g} dB, tiles {demos.SCENE_TILE}, in "
-          f"{out}/scene.zarr", quiet)
+    _log(f"demo: {rows} x {cols} scene of {demos.SCENE_ENDMEMBERS} measured spectra "
+         f"(earthlib) at {demos.SCENE_SNR_DB:g} dB, tiles {demos.SCENE_TILE}, in "
+         f"{out}/scene.zarr", quiet)
     with FitProgress(quiet=quiet) as progress:
         def on_prepared(pm: Any, n: int, estimate: Any) -> None:
             progress.echo(f"cube: {pm.X.shape[0]:,} valid pixels, {pm.n_nodata:,} no-data, "
@@ -444,8 +535,8 @@ def _planted_demo(out: Path, scheduler: str, workers: int | None, memory_limit: 
     from dnmf.demo import DEMO_RANK, DEMO_SHAPE, run_demo
     from dnmf.progress import FitProgress
 
-    _echo(f"demo: planted rank-{DEMO_RANK} matrix {DEMO_SHAPE[0]:,} x {DEMO_SHAPE[1]} "
-          f"(float32 Zarr) in {out}/input.zarr", quiet)
+    _log(f"demo: planted rank-{DEMO_RANK} matrix {DEMO_SHAPE[0]:,} x {DEMO_SHAPE[1]} "
+         f"(float32 Zarr) in {out}/input.zarr", quiet)
     with FitProgress(quiet=quiet) as progress:
         res = run_demo(out, scheduler=scheduler, workers=workers, memory_limit=memory_limit,
                        seed=seed, callback=progress, on_plan=_plan_printer(progress))

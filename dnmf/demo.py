@@ -129,6 +129,7 @@ def run_unmix_demo(
     from dnmf.datasets import make_scene
     from dnmf.hyperspectral.metrics import score
     from dnmf.hyperspectral.unmix import unmix
+    from dnmf.io.result_store import consolidate
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,10 @@ def run_unmix_demo(
             shutil.rmtree(stale)
     scene = make_scene(*SCENE_SHAPE, n_endmembers=SCENE_ENDMEMBERS, snr_db=SCENE_SNR_DB,
                        seed=seed, chunks=SCENE_TILE)
-    scene.to_zarr(scene_path, mode="w")
+    # consolidated by our own helper: zarr warns that consolidated metadata is not (yet) in
+    # the v3 spec, a warning for zarr's developers, not for a newcomer running the demo
+    scene.to_zarr(scene_path, mode="w", consolidated=False, zarr_format=3)
+    consolidate(str(scene_path))
     result = unmix(str(scene_path), SCENE_ENDMEMBERS, var="reflectance", seed=seed,
                    scheduler=scheduler, workers=workers, memory_limit=memory_limit,
                    output=result_path, plots=plots, callback=callback, on_prepared=on_prepared)

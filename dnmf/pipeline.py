@@ -265,8 +265,6 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
     w_scratch = w_scratch_dir(out, stack) if plan.w_in_store else None
     Xp = planned_input(X, var, dtype, source, plan, ctx, stack)
     mask_p = None if opened.mask is None else opened.mask.array.rechunk(Xp.chunks)
-    if on_plan is not None:
-        on_plan(plan, ctx)
     report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks,
                       optimize_graph=False)
     report.raise_if_invalid(allow_nan=spec.masked)
@@ -283,6 +281,8 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
         total, count = ctx.compute(da.where(observed, Xp, 0).sum(dtype=np.float64),
                                    observed.sum())
         x_mean = float(total) / max(int(count), 1)
+    if on_plan is not None:  # once X is known to be usable: a bad X gets its error line alone
+        on_plan(plan, ctx)
     return Prepared(plan=plan, X=Xp, mask=mask_p, report=report, x_mean=x_mean,
                     w_scratch=w_scratch)
 

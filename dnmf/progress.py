@@ -48,7 +48,8 @@ class FitProgress:
     quiet : bool
         Show nothing.
     stream : file, optional
-        Where to write (default: stdout). A live display is used only when it is a terminal.
+        Where to write (default: stderr: stdout carries results only). A live display is used
+        only when it is a terminal.
     every : int
         Iterations between plain lines when not on a terminal.
     """
@@ -56,7 +57,7 @@ class FitProgress:
     def __init__(self, *, quiet: bool = False, stream: IO[str] | None = None,
                  every: int = PLAIN_EVERY) -> None:
         self.quiet = quiet
-        self.stream = stream or sys.stdout
+        self.stream = stream or sys.stderr
         self.every = every
         self.console = Console(file=self.stream, highlight=False)
         self.live: Live | None = None

@@ -389,12 +389,12 @@ def test_fit_through_a_scheduler_address_equals_a_local_cluster(tmp_path, two_wo
                             "--scheduler", "local", "--workers", "2", "--memory-limit", "1GB"],
                            capture_output=True, text=True, timeout=300, env=env)
     assert local.returncode == 0, local.stderr
-    assert "scheduler: cluster: 2 worker(s)" in remote.stdout
+    assert "scheduler: cluster: 2 worker(s)" in remote.stderr  # log lines: stderr
 
-    def plan(stdout: str) -> list[str]:
-        return [ln for ln in stdout.splitlines() if ln.startswith("plan: ")]
+    def plan(log: str) -> list[str]:
+        return [ln for ln in log.splitlines() if ln.startswith("plan: ")]
 
-    assert plan(remote.stdout) == plan(local.stdout) != []  # the same chunk plan ...
+    assert plan(remote.stderr) == plan(local.stderr) != []  # the same chunk plan ...
     W_r, H_r, attrs_r = _factors(tmp_path / "remote.zarr")
     W_l, H_l, attrs_l = _factors(tmp_path / "local.zarr")
     assert attrs_r["n_iter"] == attrs_l["n_iter"] == 25
@@ -434,7 +434,7 @@ def test_dnmf_job_waits_for_the_workers_and_resumes_from_a_checkpoint(tmp_path, 
                             env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert f"dnmf-job: {out} holds a checkpoint; continuing with --resume" in second.stdout
-    assert f"resumed from the checkpoint at iteration {done}" in second.stdout
+    assert f"resumed from the checkpoint at iteration {done}" in second.stderr
     assert _factors(out)[2]["n_iter"] == done + 3
 
 

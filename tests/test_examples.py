@@ -56,7 +56,7 @@ def test_cli_fit_against_scheduler_address(tmp_path, loopback_cluster):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "scheduler: cluster: 1 worker(s)" in proc.stdout
+    assert "scheduler: cluster: 1 worker(s)" in proc.stderr  # a log line: stderr
     assert xr.open_zarr(tmp_path / "out.zarr").attrs["relative_error"] < 0.01
 
 

@@ -185,7 +185,7 @@ def test_driver_sigkilled_after_a_checkpoint_resumes_to_the_undisturbed_result(
     done = _sigkill_after_first_checkpoint(args(out), out)
     resumed = run_cli("fit", *args(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from the checkpoint at iteration {done}" in resumed.stdout
+    assert f"resumed from the checkpoint at iteration {done}" in resumed.stderr
 
     W, H, attrs = _factors(out)
     W_ref, H_ref, ref = _factors(tmp_path / "ref.zarr")
@@ -350,5 +350,5 @@ def test_cli_garbled_chunk_one_error_line_and_the_checkpoint_survives(tmp_path, 
     chunk.write_bytes(original)
     resumed = run_cli("fit", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from the checkpoint at iteration {done}" in resumed.stdout
+    assert f"resumed from the checkpoint at iteration {done}" in resumed.stderr
     assert _factors(out)[2]["status"] == "complete"

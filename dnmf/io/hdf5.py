@@ -208,6 +208,9 @@ def open_hdf5(
         shape = check_shape(tuple(dset.shape or ()))
         stored = dset.dtype
         stored_chunks = dset.chunks  # None when contiguous or compact
+        codec = "none" if dset.compression is None else (
+            dset.compression + ("" if dset.compression_opts is None
+                                else f"({dset.compression_opts})"))
     except (OSError, RuntimeError, KeyError) as err:
         # A damaged file can open but fail while walking its groups.
         raise cannot_read(loc, "HDF5", err) from err
@@ -236,6 +239,7 @@ def open_hdf5(
         stored_dtype=str(stored),
         notes=notes,
         stored_chunks=stored_chunks,
+        codec=codec,
     )
 
 

@@ -197,4 +197,14 @@ def from_xarray_dataset(
         stored_dtype=str(stored),
         notes=notes,
         stored_chunks=chunking,
+        codec=netcdf_codec(variable.encoding),
     )
+
+
+def netcdf_codec(encoding: dict[str, Any]) -> str:
+    """The compression xarray read from a NetCDF variable's encoding (``"none"`` without)."""
+    name = encoding.get("compression") or ("zlib" if encoding.get("zlib") else None)
+    if name is None:
+        return "none"
+    level = encoding.get("complevel")
+    return f"{name}({level})" if level is not None else str(name)

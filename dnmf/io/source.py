@@ -46,6 +46,9 @@ class MatrixSource:
         For sparse stores, the bytes reading X once takes: the stored values and column
         indices of the ``nnz`` entries plus ``indptr``, in their stored dtypes. ``None`` for
         dense X.
+    codec : str or None
+        The stored compression, e.g. ``"ZstdCodec(level=3)"``, ``"gzip(4)"`` or ``"none"``;
+        None where it is not known (in memory, sparse stores, remote metadata).
     in_row_panels : callable or None
         ``in_row_panels(rows)`` is X cut into row panels of ``rows`` rows (all columns in one
         chunk), each read on its own: where the store can be cut at any row (CSR), the chunk
@@ -63,6 +66,7 @@ class MatrixSource:
     nnz: int | None = None
     stored_nbytes: int | None = None
     in_row_panels: Callable[[tuple[int, ...]], da.Array] | None = None
+    codec: str | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -181,6 +181,7 @@ def open_zarr(
         stored_dtype=source.stored_dtype,
         notes=notes,
         stored_chunks=source.stored_chunks,
+        codec=source.codec,
     )
 
 
@@ -277,7 +278,14 @@ def from_zarr_array(
         stored_dtype=str(stored),
         notes=notes,
         stored_chunks=stored_chunks,
+        codec=codec_of(arr),
     )
+
+
+def codec_of(arr: zarr.Array) -> str:
+    """The array's compressors as written in its metadata (``"none"`` without any)."""
+    compressors = tuple(getattr(arr, "compressors", ()) or ())
+    return ", ".join(repr(c) for c in compressors) or "none"
 
 
 class ZarrChunkReader:

@@ -24,8 +24,9 @@ def test_unmix_k_auto_plots_then_score(scene_store, tmp_path):
     proc = run_cli("unmix", str(scene_store), "--var", "reflectance", "-k", "auto", "-o",
                    str(out), "--plots", str(plots), "--scheduler", "threads")
     assert proc.returncode == 0, proc.stderr
-    assert "HySime signal subspace: 4 endmember(s)" in proc.stdout
-    assert "unmixing into 4 endmembers" in proc.stdout and "written to" in proc.stdout
+    # the cube and HySime lines are progress (stderr); the summary is the result (stdout)
+    assert "HySime signal subspace: 4 endmember(s)" in proc.stderr
+    assert "unmixing into 4 endmembers" in proc.stderr and "written to" in proc.stdout
     ds = xr.open_zarr(out)
     assert ds.attrs["status"] == "complete" and ds.sizes["endmember"] == 4
     assert (plots / "rgb_composite.png").stat().st_size > 10_000
@@ -35,6 +36,30 @@ def test_unmix_k_auto_plots_then_score(scene_store, tmp_path):
     sad = float(first.split("mean spectral angle ")[1].split()[0])
     rmse = float(proc.stdout.split("abundance RMSE ")[1].split()[0])
     assert sad < 2.0 and rmse < 0.04, proc.stdout
+
+
+def test_unmix_and_score_json(scene_store, tmp_path):
+    import json
+
+    out = tmp_path / "j.zarr"
+    proc = run_cli("unmix", str(scene_store), "--var", "reflectance", "-k", "4", "-o",
+                   str(out), "--scheduler", "threads", "--json")
+    assert proc.returncode == 0, proc.stderr
+    value = json.loads(proc.stdout)  # stdout is exactly one JSON object
+    assert proc.stdout.strip().count("\n") == 0
+    schema = {"path": str, "n_endmembers": int, "n_iter": int, "relative_error": float,
+              "wall_time_s": float}
+    assert all(isinstance(value[key], kind) for key, kind in schema.items()), value
+    assert value["path"] == str(out) and value["n_endmembers"] == 4
+    assert value["plots"] is None and value["netcdf"] is None
+    assert value["n_iter"] == xr.open_zarr(out).attrs["n_iter"]
+    proc = run_cli("score", str(out), "--truth", str(scene_store), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert isinstance(report["mean_sad_deg"], float) and report["mean_sad_deg"] < 2.0
+    assert isinstance(report["abundance_rmse"], float) and report["n_reference"] == 4
+    assert len(report["matching"]) == 4 and {"estimated", "reference", "name", "sad_deg"} <= set(
+        report["matching"][0])
 
 
 def test_unmix_envi_with_bbl_and_no_sum_to_one(tmp_path):
@@ -76,11 +101,17 @@ def test_unmix_without_var_names_the_candidates(scene_store, tmp_path):
 
 @pytest.mark.cluster
 def test_demo_unmixes_a_scene_on_a_local_cluster(tmp_path):
-    proc = run_cli("demo", "--out", str(tmp_path / "demo"), timeout=600)
+    # the README's command exactly (`dnmf demo`, into ./dnmf-demo)
+    proc = run_cli("demo", timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    # a newcomer sees no Python warning and none of dnmf's own warning: lines
+    for line in (proc.stdout + proc.stderr).splitlines():
+        assert "Warning:" not in line and not line.lower().startswith("warning:"), line
+    assert len(proc.stdout.strip().splitlines()) == 2  # results only; progress on stderr
+    assert "iter " in proc.stderr and "iter " not in proc.stdout
     last = proc.stdout.strip().splitlines()[-1]
     sad = float(last.split("mean spectral angle ")[1].split()[0])
     rmse = float(last.split("abundance RMSE ")[1].split()[0])
     assert sad < 2.0 and rmse < 0.04, proc.stdout
-    assert (tmp_path / "demo" / "plots" / "endmembers.png").exists()
-    assert xr.open_zarr(tmp_path / "demo" / "unmix.zarr").sizes["endmember"] == 6
+    assert (tmp_path / "dnmf-demo" / "plots" / "endmembers.png").exists()
+    assert xr.open_zarr(tmp_path / "dnmf-demo" / "unmix.zarr").sizes["endmember"] == 6
