@@ -9,7 +9,9 @@ one, each writing its own results under ``benchmarks/results/``):
 - ``sparse`` (:mod:`benchmarks.sparse`, when present): sparse bag-of-words against gensim and
   scikit-learn — ``sparse-<profile>.{json,md}``;
 - ``scaling`` (:mod:`benchmarks.scaling`): 1 against 2 workers, and X larger than the workers'
-  memory — ``scaling-<profile>.{json,md}``.
+  memory — ``scaling-<profile>.{json,md}``;
+- ``rank`` (:mod:`benchmarks.rank`): the rank survey's hit rate on planted structures over
+  seeds, and its wall time against the single fits it stands for — ``rank-<profile>.{json,md}``.
 
 A section that fails is reported and the others still run; the exit status is 1 then. The
 summary (each section's time and results, the headline ratios against their targets, the total
@@ -34,6 +36,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "core": ("benchmarks.run", "{profile}"),
     "sparse": ("benchmarks.sparse", "sparse-{profile}"),
     "scaling": ("benchmarks.scaling", "scaling-{profile}"),
+    "rank": ("benchmarks.rank", "rank-{profile}"),
 }
 
 

@@ -20,20 +20,37 @@ For each k, :func:`select_rank` runs two batched fits (:func:`dnmf.factorize` wi
   run, repeated until the assignment is stable); the report gives the lowest cluster's mean
   silhouette (cosine distance) and the mean over all points. Unlike NMFk, the runs differ by
   their random start only, not by perturbed copies of X;
-* **held-out error**: a seeded random ``heldout_fraction`` of the entries is hidden (a lazy
-  mask generated block by block, the same for every k), the runs are fitted on the rest, and
-  one pass computes ``||(X - W H)_hidden|| / ||X_hidden||`` for the best run (lowest loss on
-  the kept entries). Too small a k misses structure, too large a k fits noise that does not
-  carry over to hidden entries: the **recommended k is the one with the lowest held-out
-  error** (no threshold to tune; ``criterion = "heldout_error"``). For the Frobenius loss the
-  masked fit is EM imputation with the fit's solver (HALS by default; see
-  :func:`dnmf.stacked_kernels.stacked_panel_step`), which converges far faster than the masked
-  multiplicative updates of ``factorize(..., mask=...)``: with those, the few-tenths-of-a-percent
-  differences between ranks just above the true one drown in optimisation error. Other losses
-  use ``factorize(..., mask=...)`` (multiplicative updates).
+* **held-out error** (the criterion): each run ``r`` hides its own seeded ``heldout_fraction``
+  of the entries, the same for every k (the runs are paired across k), is fitted on the rest,
+  and is scored by ``||(X - W H)_hidden|| / ||X_hidden||`` on its hidden entries. As in k-fold
+  cross-validation, up to ``1 / heldout_fraction`` runs hide disjoint folds (more runs start
+  another, independent, set of folds). The hidden
+  entries are never stored: each panel task generates its panel's entries of every run from
+  ``(seed, run, block of rows)`` (:mod:`dnmf.heldout`). For sparse X (CSR) they are a fraction
+  of the stored entries plus a sample of about as many zeros (as recommender systems are
+  evaluated), so the survey stays O(stored entries). The R held-out fits of a k are batched
+  restarts that share every read of X. For the Frobenius loss the masked fit is EM imputation
+  with the fit's solver (HALS by default; see :func:`dnmf.stacked_kernels.stacked_panel_step`),
+  which converges far faster than masked multiplicative updates: with those, the
+  few-tenths-of-a-percent differences between ranks just above the true one drown in
+  optimisation error. Other losses use multiplicative updates on each run's kept entries
+  (dense X only).
+
+**The recommended k** follows the *one-standard-error rule* (Breiman et al. 1984; Hastie,
+Tibshirani & Friedman, *The Elements of Statistical Learning*, 7.10): the smallest k whose mean
+held-out error over the R runs is at most the minimum mean plus that minimum's standard error
+``sd / sqrt(R)`` (``rule = "one_standard_error"``, ``criterion = "heldout_error"``). Too small a
+k misses structure; beyond the true k the held-out error flattens and wanders with noise that
+does not carry over to hidden entries, and the bare minimum of such a curve can overfit (with
+one shared held-out set and the best run's error, a planted k = 7 with an offset gave k = 9
+in one seed of ten; ``benchmarks/rank.py`` measures the hit rate). Where the recommendation
+is an end of the surveyed range, the report warns (``warnings``): widen the range.
 
 The other criteria are reported as evidence: where they disagree (nested structure, e.g. four
-groups of two similar components), the report shows it rather than hiding it.
+groups of two similar components, where consensus and the elbow prefer the four strong groups
+and the held-out error the eight components), the report shows it
+(:meth:`RankReport.disagreements`, the summary's last line) rather than hiding it, and the
+recommendation follows the held-out error.
 """
 
 from __future__ import annotations
@@ -56,8 +73,8 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from dnmf.errors import InputError
+from dnmf.heldout import HeldoutSets, heldout_panel_error, panel_stats
 from dnmf.io.overlap import resolved_locations
-from dnmf.solvers import best_restart
 from dnmf.spec import resolve_beta
 
 #: The criteria of a report, in the order of its table and plots.
@@ -69,8 +86,16 @@ HIGHER_IS_BETTER = {"relative_error": False, "cophenetic": True, "dispersion": T
                     "silhouette": True, "heldout_error": False}
 #: Features in the consensus matrix at most (a seeded sample beyond): its memory is the square.
 MAX_CONSENSUS_FEATURES = 2000
-#: Rows per independently seeded block of the held-out mask (chunking-invariant mask).
-HELDOUT_BLOCK_ROWS = 4096
+#: The rule that picks the recommended k from the held-out error, and what each rule means.
+RULE = "one_standard_error"
+RULES = {"one_standard_error": "the smallest k whose mean held-out error over the runs is "
+                               "within one standard error of the minimum",
+         "minimum": "the k of the lowest held-out error (reports written before the "
+                    "one-standard-error rule)"}
+#: Sparse X: hidden zeros sampled per hidden stored entry (about; see dnmf.heldout).
+ZEROS_PER_HIDDEN = 1.0
+#: In-process, the held-out fits split X into more panels, none below this (task overhead).
+HELDOUT_MIN_PANEL_BYTES = 4 * 2**20
 #: Parameters :func:`select_rank` sets itself and refuses in ``fit_kwargs``.
 _RESERVED = ("n_restarts", "random_state", "mask", "mask_var", "out", "resume", "overwrite",
              "checkpoint_every", "callback", "W_init", "H_init", "on_plan")
@@ -176,39 +201,31 @@ def elbow(ks: Sequence[int], values: Sequence[float]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The held-out mask: lazy, seeded per block
+# Held-out sets (generated in the panel tasks, see dnmf.heldout) and the one-standard-error rule
 # ---------------------------------------------------------------------------------------------
 
 
-def _observed_rows(start: int, stop: int, col_start: int, col_stop: int, *, n_features: int,
-                   fraction: float, seed: int) -> np.ndarray:
-    """Rows ``start:stop`` (columns ``col_start:col_stop``) of the observed-entry mask: each
-    block of :data:`HELDOUT_BLOCK_ROWS` rows has its own seed, so the mask does not depend on
-    how X is chunked."""
-    out = np.empty((stop - start, col_stop - col_start), dtype=bool)
-    first, last = start // HELDOUT_BLOCK_ROWS, (stop - 1) // HELDOUT_BLOCK_ROWS
-    for b in range(first, last + 1):
-        lo = max(start, b * HELDOUT_BLOCK_ROWS)
-        hi = min(stop, (b + 1) * HELDOUT_BLOCK_ROWS)
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, b)))
-        u = rng.random((HELDOUT_BLOCK_ROWS, n_features), dtype=np.float32)
-        rows = slice(lo - b * HELDOUT_BLOCK_ROWS, hi - b * HELDOUT_BLOCK_ROWS)
-        out[lo - start:hi - start] = u[rows, col_start:col_stop] >= fraction
-    return out
+def _observed_block(sets: HeldoutSets, run: int, start: int, stop: int, col_start: int,
+                    col_stop: int) -> np.ndarray:
+    ok = sets.panel(start, stop).observed(run, np.empty((stop - start, 0)))
+    return ok[:, col_start:col_stop]
 
 
 def heldout_mask(shape: tuple[int, int], chunks: tuple[tuple[int, ...], tuple[int, ...]], *,
-                 fraction: float, seed: int) -> da.Array:
-    """A lazy boolean dask array, True where an entry is kept for fitting and False for the
-    seeded random ``fraction`` held out; each chunk is generated on its own."""
+                 fraction: float, seed: int, run: int = 0) -> da.Array:
+    """A lazy boolean dask array, True where run ``run`` of a survey of dense X fits an entry
+    and False for its seeded random ``fraction`` held out (a fold: runs ``0 .. 1/fraction - 1``
+    hide disjoint ones; see :mod:`dnmf.heldout`); each chunk is generated on its own, and the
+    mask does not depend on the chunking. The survey itself never builds it: its panel tasks
+    generate their entries (:func:`heldout_sets`)."""
+    sets = HeldoutSets(seed=int(seed), runs=int(run) + 1, fraction=float(fraction),
+                       n_features=int(shape[1]))
     row_starts = np.cumsum((0, *chunks[0][:-1]))
     col_starts = np.cumsum((0, *chunks[1][:-1]))
-    token = tokenize(tuple(shape), chunks, fraction, seed)
-    name = f"dnmf-heldout-mask-{token}"
-    func = functools.partial(_observed_rows, n_features=int(shape[1]), fraction=float(fraction),
-                             seed=int(seed))
+    name = f"dnmf-heldout-mask-{tokenize(tuple(shape), chunks, fraction, seed, run)}"
     layer = {
-        (name, i, j): (func, int(rs), int(rs + r), int(cs), int(cs + c))
+        (name, i, j): (_observed_block, sets, int(run), int(rs), int(rs + r), int(cs),
+                       int(cs + c))
         for i, (rs, r) in enumerate(zip(row_starts, chunks[0], strict=True))
         for j, (cs, c) in enumerate(zip(col_starts, chunks[1], strict=True))
     }
@@ -216,70 +233,182 @@ def heldout_mask(shape: tuple[int, int], chunks: tuple[tuple[int, ...], tuple[in
     return da.Array(graph, name, chunks=chunks, dtype=bool)
 
 
-def heldout_error(X: da.Array, observed: da.Array, W: Any, H: np.ndarray) -> tuple[Any, Any]:
-    """Lazy ``(Σ_hidden (X - W H)^2, Σ_hidden X^2)`` in float64 over the finite held-out
-    entries: one pass over X (compute both together)."""
-    k = H.shape[0]
-    if isinstance(W, da.Array):
-        Wd = W.rechunk((X.chunks[0], (k,)))
-    else:
-        Wd = da.from_array(np.asarray(W), chunks=(X.chunks[0], (k,)))
-    model = (Wd @ np.asarray(H, dtype=X.dtype)).rechunk(X.chunks)
-    hidden = ~observed.rechunk(X.chunks) & da.isfinite(X)
-    residual = da.where(hidden, (X - model).astype(np.float64) ** 2, 0.0).sum()
-    norm = da.where(hidden, X.astype(np.float64) ** 2, 0.0).sum()
-    return residual, norm
+def heldout_sets(chunks: tuple[tuple[int, ...], tuple[int, ...]], sets: HeldoutSets) -> da.Array:
+    """The survey's held-out sets as a lazy array of X's shape and row panels (``chunks``, one
+    column chunk) whose blocks are :class:`dnmf.heldout.HeldoutPanel` recipes, not arrays: a
+    panel task that receives one (as the mask of :func:`dnmf.pipeline.run`) generates the
+    hidden entries of every run from its panel of X. Never compute it as an array."""
+    if len(chunks[1]) != 1:
+        raise ValueError(f"held-out sets need row panels (one column chunk); got {chunks[1]}")
+    starts = np.cumsum((0, *chunks[0][:-1]))
+    name = f"dnmf-heldout-sets-{tokenize(chunks, sets)}"
+    layer = {(name, i, 0): (sets.panel, int(s), int(s + r))
+             for i, (s, r) in enumerate(zip(starts, chunks[0], strict=True))}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, chunks=chunks, dtype=bool)
 
 
-def _observed_stats(X: da.Array, observed: da.Array, ctx: Any) -> tuple[float, float]:
-    """``(Σ X², mean of X)`` over the entries kept for fitting: one pass."""
-    ok = observed & da.isfinite(X)
-    kept = da.where(ok, X, 0).astype(np.float64)
-    total, sq, count = ctx.compute(kept.sum(), (kept**2).sum(), ok.sum())
-    return float(sq), float(total) / max(int(count), 1)
+def mean_and_standard_error(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``runs`` (ks x runs): the mean of its finite values and their standard
+    error ``std(ddof=1) / sqrt(count)`` (NaN with fewer than two)."""
+    runs = np.asarray(runs, dtype=np.float64)
+    ok = np.isfinite(runs)
+    count = ok.sum(axis=1)
+    mean = np.where(count > 0, np.where(ok, runs, 0.0).sum(axis=1) / np.maximum(count, 1),
+                    np.nan)
+    deviation = np.where(ok, runs - mean[:, None], 0.0)
+    variance = np.square(deviation).sum(axis=1) / np.maximum(count - 1, 1)
+    return mean, np.where(count > 1, np.sqrt(variance / np.maximum(count, 1)), np.nan)
 
 
-def _heldout_em(X: Any, var: str | None, source: Any, plan: Any, observed: da.Array,
-                observed_stats: tuple[float, float], k: int, *, n_runs: int, seed: int, ctx: Any,
-                stack: contextlib.ExitStack, max_iter: int, tol: float, solver: str,
-                callback: Callable[[Any], None], fit_kwargs: dict[str, Any]) -> tuple[float, int]:
-    """``(held-out error, passes)`` of rank k: ``n_runs`` batched fits of the kept entries by
-    EM imputation (:func:`dnmf.pipeline.run` with ``impute=True``), then one pass
-    for the error of the best run on the held-out entries.
+def one_standard_error(ks: Sequence[int], mean: Sequence[float],
+                       se: Sequence[float]) -> tuple[int, int, float]:
+    """``(recommended k, k of the minimum, threshold)`` by the one-standard-error rule: the
+    smallest k whose mean held-out error is at most the minimum mean plus the standard error
+    at the minimum (Breiman et al., *Classification and Regression Trees*, 1984; Hastie,
+    Tibshirani & Friedman, *The Elements of Statistical Learning*, 2nd ed., 7.10). NaN means
+    are skipped; a NaN standard error (one run) counts as 0, which leaves the minimum."""
+    ks = np.asarray(ks)
+    mean = np.asarray(mean, dtype=np.float64)
+    se = np.asarray(se, dtype=np.float64)
+    if not np.any(np.isfinite(mean)):
+        raise InputError("no held-out error is finite — X has too many missing values for a "
+                         "held-out error; raise heldout_fraction")
+    i_min = int(np.nanargmin(mean))
+    threshold = float(mean[i_min] + (se[i_min] if np.isfinite(se[i_min]) else 0.0))
+    within = np.flatnonzero(np.isfinite(mean) & (mean <= threshold))
+    return int(ks[within[0]]), int(ks[i_min]), threshold
 
-    In the row panels of the full fit's chunk plan (same stacked width). EM imputation with
-    HALS instead of the masked multiplicative updates of :func:`dnmf.factorize`: MU converges
-    too slowly for the small differences of held-out error between ranks near the true one
-    (planted k = 8: after 400 MU iterations the minimum moved to 9-11 in two of three seeds,
-    with EM-HALS it is at 8 for all).
-    """
+
+def edge_warnings(ks: Sequence[int], recommended: int, shape: tuple[int, int]) -> list[str]:
+    """What to say when the recommendation sits at an end of the surveyed range (an end that
+    could be widened: not k = 1, not k = min(shape))."""
+    ks = sorted(int(k) for k in ks)
+    if len(ks) == 1:
+        return [f"only k = {ks[0]} was surveyed: the recommendation compares nothing — give a "
+                "range, e.g. --ks 2:10"]
+    out = []
+    if recommended == ks[-1] and ks[-1] < min(shape):
+        out.append(f"recommended k is the largest surveyed: widen --ks (the held-out error "
+                   f"still falls at k = {ks[-1]}; try up to {min(2 * ks[-1], min(shape))})")
+    if recommended == ks[0] and ks[0] > 1:
+        out.append(f"recommended k is the smallest surveyed: widen --ks (nothing below "
+                   f"k = {ks[0]} was tried; try from {max(1, ks[0] // 2)})")
+    return out
+
+
+@dataclass
+class _Survey:
+    """What every k's held-out fits share: the stats of X (one pass) and the sets."""
+
+    sets: HeldoutSets | None = None
+    sq_norm: float = 0.0
+    x_mean: float = 0.0
+
+
+def _heldout_plan(plan: Any, source: Any, columns: int, ctx: Any,
+                  fit_kwargs: dict[str, Any]) -> Any:
+    """The full fit's chunk plan, or, in-process with fewer than two panels per thread, the
+    same with smaller panels (of at least :data:`HELDOUT_MIN_PANEL_BYTES`): the held-out fits'
+    work per entry (their hidden entries, the imputation) is element-wise numpy that BLAS
+    threads do not share, so the panels must (on a cluster, and for sparse X, the plan has
+    them already). Their sets do not depend on the panels."""
     from dnmf import pipeline
+
+    threads = ctx.n_workers * ctx.threads_per_worker
+    x_bytes = source.shape[0] * source.shape[1] * np.dtype(source.dtype).itemsize
+    cap = max(HELDOUT_MIN_PANEL_BYTES, x_bytes // (2 * threads))
+    if (ctx.is_distributed or threads < 2 or plan.is_2d or getattr(source, "sparse", False)
+            or plan.n_panels >= 2 * threads or cap >= x_bytes):
+        return plan
+    given = fit_kwargs.get("max_panel_bytes")
+    return pipeline.plan_for(source, columns, ctx, fit_kwargs.get("persist_x", "auto"),
+                             min(cap, given) if given else cap,
+                             fit_kwargs.get("min_panel_bytes"), fit_kwargs.get("scheme", "auto"),
+                             fit_kwargs.get("persist_w", "auto"))
+
+
+def _heldout_fits(X: Any, var: str | None, source: Any, plan: Any, survey: _Survey, k: int, *,
+                  n_runs: int, heldout_fraction: float, seed: int, k_seed: int, ctx: Any,
+                  stack: contextlib.ExitStack, max_iter: int, tol: float, solver: str,
+                  beta: float, callback: Callable[[Any], None],
+                  fit_kwargs: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """``(held-out error of each run, passes)`` of rank k: ``n_runs`` fits batched as
+    restarts (:func:`dnmf.pipeline.run`: one read of X per iteration for all), run ``r``
+    missing its own held-out set, then one pass for each run's error on its hidden entries.
+
+    In the row panels of the full fit's chunk plan (same stacked width; split further
+    in-process, see :func:`_heldout_plan`). Frobenius: EM
+    imputation with the fit's solver (``impute=True``) instead of masked multiplicative
+    updates, which converge too slowly for the small differences of held-out error between
+    ranks near the true one (planted k = 8: after 400 MU iterations the minimum moved to 9-11
+    in two of three seeds, with EM-HALS it is at 8 for all). Other losses: multiplicative
+    updates, each run on its own kept entries.
+    """
+    from dnmf import graph, pipeline
     from dnmf.spec import resolve
 
-    spec = resolve(k, solver=solver, init="random", random_state=seed, n_restarts=n_runs,
-                   max_iter=max_iter, tol=tol, alpha_W=fit_kwargs.get("alpha_W", 0.0),
+    spec = resolve(k, solver=solver if beta == 2.0 else "mu",
+                   beta_loss=fit_kwargs.get("beta_loss", "frobenius"), init="random",
+                   random_state=k_seed, n_restarts=n_runs, max_iter=max_iter, tol=tol,
+                   alpha_W=fit_kwargs.get("alpha_W", 0.0),
                    alpha_H=fit_kwargs.get("alpha_H", "same"),
                    l1_ratio=fit_kwargs.get("l1_ratio", 0.0), checkpoint_every=0,
                    w_sum_to_one=bool(fit_kwargs.get("w_sum_to_one", False)))
+    plan = _heldout_plan(plan, source, spec.columns, ctx, fit_kwargs)
     Xp = pipeline.planned_input(X, var, fit_kwargs.get("dtype"), source, plan, ctx, stack)
-    sq_norm, x_mean = observed_stats
-    # the kept entries are the fit's mask, filled in by EM (impute), not skipped by MU
+    if survey.sets is None:  # the first k: one pass for the stats, then the sets' recipe
+        (stats,) = ctx.compute(graph.map_reduce_panels(Xp, panel_stats, name="dnmf-rank-stats"))
+        sq, total, count, nnz = stats
+        n, m = source.shape
+        zero_rate = 0.0
+        if getattr(source, "sparse", False):
+            zeros = max(n * m - int(nnz), 1)
+            zero_rate = min(float(heldout_fraction),
+                            ZEROS_PER_HIDDEN * float(heldout_fraction) * int(nnz) / zeros)
+        survey.sets = HeldoutSets(seed=int(seed), runs=int(n_runs),
+                                  fraction=float(heldout_fraction), n_features=int(m),
+                                  zero_rate=zero_rate)
+        survey.sq_norm, survey.x_mean = float(sq), float(total) / max(int(count), 1)
+    masks = heldout_sets(Xp.chunks, survey.sets)
     opened = pipeline.Opened(spec=spec, source=source, mask=None, checkpoint=None, notes=[])
-    prepared = pipeline.Prepared(plan=plan, X=Xp, mask=observed.rechunk(Xp.chunks), report=None,
-                                 x_mean=x_mean, w_scratch=None)
+    prepared = pipeline.Prepared(plan=plan, X=Xp, mask=masks, report=None,
+                                 x_mean=survey.x_mean, w_scratch=None)
     start = pipeline.starting_point(spec, opened, prepared, None)
-    state = pipeline.run(spec, opened, prepared, start, ctx, callback=callback, impute=True,
-                         sq_norm=sq_norm)
-    block = state.block(best_restart(state.final_losses))
-    residual, norm = ctx.compute(*heldout_error(Xp, prepared.mask, state.W[:, block],
-                                                state.H[block]))
-    return (float(np.sqrt(residual / norm)) if norm > 0 else float("nan"),
-            int(state.n_iter))
+    state = pipeline.run(spec, opened, prepared, start, ctx, callback=callback,
+                         impute=beta == 2.0, sq_norm=survey.sq_norm)
+    func = functools.partial(heldout_panel_error, restarts=n_runs)
+    H = np.asarray(state.H, dtype=np.float64)
+    part = graph.panel_map_reduce(Xp, func, prefix="dnmf-heldout-error",
+                                  token=tokenize(Xp.name, state.W.name, masks.name, H),
+                                  W=state.W, mask=masks, consts=(H,))
+    ((residual, norm),) = ctx.compute(part)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        errors = np.where(norm > 0, np.sqrt(residual / np.where(norm > 0, norm, 1.0)), np.nan)
+    return errors, int(state.n_iter)
 
 
 # ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars and arrays as numbers and lists, NaN and inf as None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray)
+                                       else value)]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
 
 
 @dataclass
@@ -299,16 +428,31 @@ class RankReport:
     silhouette, silhouette_mean : ndarray
         Lowest cluster mean and overall mean silhouette of the runs' components (NMFk).
     heldout_error : ndarray
-        ``||(X - W H)_hidden|| / ||X_hidden||`` of the best masked run.
+        Mean over the runs of ``||(X - W H)_hidden|| / ||X_hidden||``, each run on its own
+        held-out entries (reports written before the one-standard-error rule: the best run's).
     n_iter, heldout_n_iter : ndarray of int
         Passes over X of each k's batched fit (the slowest run's iterations).
     recommended_k : int
-        The k of the lowest held-out error.
+        By ``rule`` on ``criterion``: the smallest k whose mean held-out error is within one
+        standard error of the minimum.
     criterion : str
         ``"heldout_error"``.
     elbow_k : int
         The elbow of the relative error curve (see :func:`elbow`).
     n_runs, heldout_fraction, seed, n_consensus_features, wall_time_s
+    heldout_error_runs : ndarray of shape (len(ks), n_runs)
+        Each run's held-out error (run ``r`` hides the same entries for every k).
+    heldout_error_se : ndarray
+        Standard error of ``heldout_error``: ``std(runs, ddof=1) / sqrt(n_runs)`` (NaN for one
+        run).
+    rule : str
+        ``"one_standard_error"`` (``"minimum"`` for reports written before it).
+    heldout_min_k : int
+        The k of the lowest mean held-out error.
+    heldout_threshold : float
+        The minimum plus its standard error: ``recommended_k`` is the smallest k at or below.
+    warnings : list of str
+        E.g. the recommendation is at an end of the surveyed range.
     """
 
     ks: np.ndarray
@@ -331,11 +475,32 @@ class RankReport:
     n_consensus_features: int
     wall_time_s: float = 0.0
     attrs: dict[str, Any] = field(default_factory=dict)
+    heldout_error_runs: np.ndarray | None = None
+    heldout_error_se: np.ndarray | None = None
+    rule: str = RULE
+    heldout_min_k: int | None = None
+    heldout_threshold: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     #: Where the surveyed matrix lives, resolved when it was surveyed (real paths, URLs):
     #: what :meth:`save` and :meth:`plot` may not write over. A report read back from disk
     #: has its input's path as given instead.
     input_paths: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shape = (len(self.ks), int(np.shape(self.relative_error_runs)[1])
+                 if np.ndim(self.relative_error_runs) == 2 else int(self.n_runs))
+        if self.heldout_error_runs is None:
+            self.heldout_error_runs = np.full(shape, np.nan)
+        if self.heldout_error_se is None:
+            self.heldout_error_se = np.full(len(self.ks), np.nan)
+        if self.heldout_min_k is None:
+            finite = np.isfinite(np.asarray(self.heldout_error, dtype=np.float64))
+            self.heldout_min_k = int(self.ks[int(np.nanargmin(self.heldout_error))]
+                                     if finite.any() else self.recommended_k)
+        if self.heldout_threshold is None:
+            i = int(np.flatnonzero(np.asarray(self.ks) == self.heldout_min_k)[0])
+            self.heldout_threshold = float(self.heldout_error[i])
 
     @property
     def input_locations(self) -> tuple[str, ...]:
@@ -349,6 +514,24 @@ class RankReport:
         if name not in CRITERIA:
             raise InputError(f"unknown criterion {name!r}: choose one of {', '.join(CRITERIA)}")
         return np.asarray(getattr(self, name), dtype=np.float64)
+
+    def best_by(self, name: str) -> int | None:
+        """The k a criterion alone would pick (its best value; the first on ties), or None
+        when it has no finite value."""
+        values = self.criterion_values(name)
+        if not np.any(np.isfinite(values)):
+            return None
+        pick = np.nanargmax(values) if HIGHER_IS_BETTER[name] else np.nanargmin(values)
+        return int(self.ks[int(pick)])
+
+    def disagreements(self) -> dict[str, int]:
+        """The other criteria's picks that differ from the recommendation: the consensus
+        criteria's best k and the elbow of the relative error (evidence, not the rule)."""
+        picks = {name: self.best_by(name) for name in ("cophenetic", "dispersion",
+                                                        "silhouette")}
+        picks["elbow"] = int(self.elbow_k)
+        return {name: k for name, k in picks.items()
+                if k is not None and k != self.recommended_k}
 
     def to_dataset(self) -> Any:
         """An :class:`xarray.Dataset` with every criterion over dim ``k`` (and ``run``)."""
@@ -377,8 +560,14 @@ class RankReport:
                 "silhouette_mean": over_k(self.silhouette_mean,
                                           "mean silhouette of the runs' components"),
                 "heldout_error": over_k(self.heldout_error,
-                                        "||(X - WH)_hidden|| / ||X_hidden|| of the best masked "
-                                        "run"),
+                                        "mean over the runs of ||(X - WH)_hidden|| / "
+                                        "||X_hidden||, each run on its own hidden entries"),
+                "heldout_error_se": over_k(self.heldout_error_se,
+                                           "standard error of heldout_error: std over the "
+                                           "runs (ddof=1) / sqrt(n_runs)"),
+                "heldout_error_runs": (("k", "run"), np.asarray(self.heldout_error_runs),
+                                       {"description": "held-out error of every run (run r "
+                                        "hides the same entries for every k)"}),
                 "n_iter": over_k(self.n_iter, "passes over X of the batched fit"),
                 "heldout_n_iter": over_k(self.heldout_n_iter,
                                          "passes over X of the batched masked fit"),
@@ -389,6 +578,11 @@ class RankReport:
         ds.attrs.update(jsonable({
             **self.attrs,
             "recommended_k": int(self.recommended_k), "criterion": self.criterion,
+            "rule": self.rule, "rule_description": RULES.get(self.rule, self.rule),
+            "heldout_min_k": int(self.heldout_min_k),  # type: ignore[arg-type]
+            "heldout_min_error": float(np.nanmin(self.heldout_error)),
+            "heldout_threshold": float(self.heldout_threshold),  # type: ignore[arg-type]
+            "warnings": list(self.warnings),
             "elbow_k": int(self.elbow_k), "n_runs": int(self.n_runs),
             "heldout_fraction": float(self.heldout_fraction), "seed": int(self.seed),
             "n_consensus_features": int(self.n_consensus_features),
@@ -398,13 +592,16 @@ class RankReport:
 
     @classmethod
     def from_dataset(cls, ds: Any) -> RankReport:
-        """The report back from :meth:`to_dataset` (e.g. ``xr.open_zarr(path)``)."""
+        """The report back from :meth:`to_dataset` (e.g. ``xr.open_zarr(path)``); reports
+        written before the one-standard-error rule read with ``rule="minimum"``."""
         a = dict(ds.attrs)
         known = ("recommended_k", "criterion", "elbow_k", "n_runs", "heldout_fraction", "seed",
-                 "n_consensus_features", "wall_time_s", "status", "dnmf_version")
+                 "n_consensus_features", "wall_time_s", "status", "dnmf_version", "rule",
+                 "rule_description", "heldout_min_k", "heldout_min_error", "heldout_threshold",
+                 "warnings")
 
-        def values(name: str) -> np.ndarray:
-            return np.asarray(ds[name].values)
+        def values(name: str) -> np.ndarray | None:
+            return np.asarray(ds[name].values) if name in ds.variables else None
 
         return cls(
             ks=values("k"), relative_error=values("relative_error"),
@@ -419,6 +616,13 @@ class RankReport:
             n_consensus_features=int(a["n_consensus_features"]),
             wall_time_s=float(a.get("wall_time_s") or 0.0),
             attrs={k: v for k, v in a.items() if k not in known},
+            heldout_error_runs=values("heldout_error_runs"),
+            heldout_error_se=values("heldout_error_se"),
+            rule=str(a.get("rule", "minimum")),
+            heldout_min_k=None if a.get("heldout_min_k") is None else int(a["heldout_min_k"]),
+            heldout_threshold=(None if a.get("heldout_threshold") is None
+                               else float(a["heldout_threshold"])),
+            warnings=[str(w) for w in a.get("warnings") or []],
         )
 
     @classmethod
@@ -455,24 +659,74 @@ class RankReport:
 
         return write_atomically(path, write, overwrite=overwrite)
 
+    def as_json_dict(self, *, report: str | os.PathLike | None = None,
+                     plots: Iterable[str | os.PathLike] = ()) -> dict[str, Any]:
+        """The report as plain JSON values (``dnmf rank --json``): snake_case keys, numbers as
+        numbers, NaN as None (``json.dumps`` of it is strict JSON); ``report`` and ``plots``
+        are where the CLI wrote them."""
+        return _jsonable({
+            "recommended_k": int(self.recommended_k),
+            "criterion": self.criterion,
+            "rule": self.rule,
+            "warnings": list(self.warnings),
+            "ks": np.asarray(self.ks),
+            "heldout_error": np.asarray(self.heldout_error),
+            "heldout_error_se": np.asarray(self.heldout_error_se),
+            "heldout_error_runs": np.asarray(self.heldout_error_runs),
+            "heldout_min_k": self.heldout_min_k,
+            "heldout_threshold": self.heldout_threshold,
+            "relative_error": np.asarray(self.relative_error),
+            "relative_error_spread": np.asarray(self.relative_error_spread),
+            "relative_error_runs": np.asarray(self.relative_error_runs),
+            "cophenetic": np.asarray(self.cophenetic),
+            "dispersion": np.asarray(self.dispersion),
+            "silhouette": np.asarray(self.silhouette),
+            "silhouette_mean": np.asarray(self.silhouette_mean),
+            "n_iter": np.asarray(self.n_iter),
+            "heldout_n_iter": np.asarray(self.heldout_n_iter),
+            "elbow_k": int(self.elbow_k),
+            "disagreements": self.disagreements(),
+            "n_runs": int(self.n_runs),
+            "heldout_fraction": float(self.heldout_fraction),
+            "seed": int(self.seed),
+            "n_consensus_features": int(self.n_consensus_features),
+            "wall_time_s": float(self.wall_time_s),
+            "report": None if report is None else os.fspath(report),
+            "plots": [os.fspath(p) for p in plots],
+        })
+
     def summary(self) -> str:
         """A text table: one row per k, the recommended k marked."""
         head = (f"{'k':>4}  {'rel.err':>9}  {'spread':>8}  {'cophenetic':>10}  "
-                f"{'dispersion':>10}  {'silhouette':>10}  {'held-out':>9}")
+                f"{'dispersion':>10}  {'silhouette':>10}  {'held-out':>9}  {'± SE':>8}")
         lines = [f"rank survey: {self.n_runs} runs per k, {self.heldout_fraction:.0%} of the "
-                 f"entries held out, seed {self.seed}", head, "-" * len(head)]
+                 f"entries held out (each run its own), seed {self.seed}", head,
+                 "-" * len(head)]
+        se = np.asarray(self.heldout_error_se, dtype=np.float64)
         for i, k in enumerate(self.ks):
             mark = "  <- recommended" if k == self.recommended_k else ""
+            if k == self.heldout_min_k and k != self.recommended_k:
+                mark += "  (held-out minimum)"
             if k == self.elbow_k:
                 mark += "  (elbow)"
             lines.append(
                 f"{int(k):>4}  {self.relative_error[i]:>9.5f}  "
                 f"{self.relative_error_spread[i]:>8.2e}  {self.cophenetic[i]:>10.4f}  "
                 f"{self.dispersion[i]:>10.4f}  {self.silhouette[i]:>10.4f}  "
-                f"{self.heldout_error[i]:>9.5f}{mark}")
-        lines.append(f"criterion: {self.criterion} (lowest); elbow of the relative error: "
-                     f"k = {self.elbow_k}")
+                f"{self.heldout_error[i]:>9.5f}  {se[i]:>8.2e}{mark}")
+        if self.rule == RULE:
+            lines.append(f"criterion: {self.criterion}, one-standard-error rule: the smallest k "
+                         f"within {self.heldout_threshold:.5f} (the minimum at k = "
+                         f"{self.heldout_min_k} plus its standard error)")
+        else:
+            lines.append(f"criterion: {self.criterion} ({self.rule})")
+        others = self.disagreements()
+        lines.append(f"elbow of the relative error: k = {self.elbow_k}" + (
+            "; the recommendation follows the held-out error, where "
+            + ", ".join(f"{name} picks k = {k}" for name, k in others.items()) if others
+            else "; the other criteria agree"))
         return "\n".join(lines)
+
 
     def plot(self, directory: str | os.PathLike) -> list[Path]:
         """PNG figures in ``directory``: ``rank-<criterion>.png`` for each criterion against k,
@@ -493,13 +747,19 @@ class RankReport:
         titles = {"relative_error": "relative error (best run)",
                   "cophenetic": "cophenetic correlation", "dispersion": "dispersion",
                   "silhouette": "silhouette (lowest cluster)",
-                  "heldout_error": "held-out error"}
+                  "heldout_error": "held-out error (mean over runs)"}
         paths = []
 
         def draw(ax: Any, name: str) -> None:
             ks = np.asarray(self.ks)
             y = self.criterion_values(name)
             ax.plot(ks, y, "o-", color="C0")
+            se = np.asarray(self.heldout_error_se, dtype=np.float64)
+            if name == "heldout_error" and np.any(np.isfinite(se)):
+                ax.errorbar(ks, y, yerr=np.where(np.isfinite(se), se, 0.0), fmt="none",
+                            ecolor="C0", capsize=3, label="± 1 standard error")
+                ax.axhline(float(self.heldout_threshold), color="0.5", ls=":",  # type: ignore[arg-type]
+                           label="minimum + 1 SE")
             if name == "relative_error" and self.relative_error_runs.size:
                 runs = np.asarray(self.relative_error_runs)
                 ax.fill_between(ks, runs.min(axis=1), runs.max(axis=1), color="C0", alpha=0.2,
@@ -528,8 +788,9 @@ class RankReport:
         FigureCanvasAgg(fig)
         for i, name in enumerate(CRITERIA):
             draw(fig.add_subplot(2, 3, i + 1), name)
+        rule = "one-standard-error rule" if self.rule == RULE else self.rule
         fig.suptitle(f"rank survey ({self.n_runs} runs per k): recommended k = "
-                     f"{self.recommended_k} by {self.criterion}")
+                     f"{self.recommended_k} by {self.criterion} ({rule})")
         fig.tight_layout()
         path = out / "rank-criteria.png"
         fig.savefig(path)
@@ -659,28 +920,33 @@ def select_rank(
 
     For each k: ``n_runs`` random starts batched into one fit (they share every read of X,
     see ``n_restarts`` of :func:`dnmf.factorize`) for the relative error, the consensus and the
-    silhouette; ``n_runs`` more, batched, on X with a seeded ``heldout_fraction`` of the
-    entries hidden; and one pass for the error on the hidden entries. See :mod:`dnmf.rank` for
-    the criteria. The recommended k has the lowest held-out error.
+    silhouette; ``n_runs`` more, batched the same way, run ``r`` fitted with its own seeded
+    ``heldout_fraction`` of the entries hidden; and one pass for each run's error on its hidden
+    entries. See :mod:`dnmf.rank` for the criteria. The recommended k is the smallest whose
+    mean held-out error is within one standard error of the minimum; ``warnings`` says when it
+    is an end of the surveyed range.
 
     Parameters
     ----------
-    X : array-like, dask/zarr array or path of shape (n_samples, n_features)
-        Dense (the held-out fit masks entries).
+    X : array-like, dask/zarr array, scipy.sparse matrix or path, shape (n_samples, n_features)
+        Dense or sparse (CSR: the held-out entries are a fraction of the stored entries and a
+        sample of about as many zeros; Frobenius loss only).
     ks : iterable of int
         Ranks to try (sorted, duplicates dropped).
     n_runs : int
-        Runs per k (random starts).
+        Runs per k (random starts, and held-out sets: the standard error of the held-out
+        error comes from them, so give at least 3; one run gives none, and the rule then
+        takes the minimum).
     heldout_fraction : float in (0, 0.5]
-        Fraction of the entries hidden for the held-out error (the same entries for every k).
+        Fraction of the entries (sparse X: of the stored entries) each run hides; run ``r``
+        hides the same entries for every k.
     seed : int
-        Seeds every run (each k's runs from ``SeedSequence([seed, k])``), the held-out mask and
+        Seeds every run (each k's runs from ``SeedSequence([seed, k])``), the held-out sets and
         the feature sample of the consensus.
     max_iter, tol : int, float
         Of every fit (each run stops on its own ``tol``).
     heldout_max_iter : int, optional
-        ``max_iter`` of the masked fits (multiplicative updates, slower to converge); default
-        ``2 * max_iter``.
+        ``max_iter`` of the held-out fits; default ``2 * max_iter``.
     var, scheduler, client, workers, memory_limit
         As :func:`dnmf.factorize`; one scheduler (e.g. one LocalCluster) serves every fit.
     max_consensus_features : int
@@ -691,9 +957,9 @@ def select_rank(
         ETA), or a rich Progress to which a task "rank survey" is added and advanced.
     **fit_kwargs
         Passed to every :func:`dnmf.factorize` (``solver``, ``beta_loss``, ``dtype``,
-        ``alpha_W``, ``persist_x``, ...). The held-out fit (Frobenius) runs EM imputation with
-        the same solver, in the full fit's row panels; for other losses it is
-        ``factorize(..., mask=...)`` with multiplicative updates.
+        ``alpha_W``, ``persist_x``, ...). The held-out fits (Frobenius) run EM imputation
+        with the same solver, in the full fit's row panels; for other losses (dense X only),
+        multiplicative updates on each run's kept entries.
 
     Returns
     -------
@@ -731,28 +997,28 @@ def select_rank(
     # where X lives, resolved now: the report's save() and plot() may not write over it
     input_paths = resolved_locations(X, var)
     source = open_matrix(X, var, dtype=fit_kwargs.get("dtype"))
-    if getattr(source, "sparse", False):
-        raise InputError("the rank survey's held-out error hides entries, which sparse X cannot "
-                         "(its zeros are observed values) — densify X first")
+    beta = resolve_beta(fit_kwargs.get("beta_loss", "frobenius"))
+    sparse = bool(getattr(source, "sparse", False))
+    if sparse and beta != 2.0:
+        raise InputError(
+            "the rank survey of sparse X fits its held-out entries by EM imputation, which "
+            "needs the Frobenius loss — use beta_loss='frobenius' (--loss frobenius) for the "
+            "survey, or densify X")
     ks_list = _check_ks(ks, source.shape)
     n_features = source.shape[1]
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
     sample = (np.arange(n_features) if n_features <= max_consensus_features
               else np.sort(rng.choice(n_features, max_consensus_features, replace=False)))
-    observed = heldout_mask(source.shape, source.array.chunks, fraction=float(heldout_fraction),
-                            seed=seed)
     reporter = _Reporter(progress, 2 * len(ks_list))
-    heldout_kwargs = {key: v for key, v in fit_kwargs.items() if key != "solver"}
-    beta = resolve_beta(fit_kwargs.get("beta_loss", "frobenius"))
+    survey = _Survey()
     columns: dict[str, list[Any]] = {name: [] for name in (
         "relative_error", "relative_error_spread", "relative_error_runs", "cophenetic",
-        "dispersion", "silhouette", "silhouette_mean", "heldout_error", "n_iter",
+        "dispersion", "silhouette", "silhouette_mean", "heldout_error_runs", "n_iter",
         "heldout_n_iter")}
     with execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
                            memory_limit=memory_limit, client=client) as ctx:
         where: dict[str, Any] = ({"client": ctx.client} if ctx.client is not None
                                  else {"scheduler": ctx.kind})
-        observed_stats = _observed_stats(source.array, observed, ctx) if beta == 2.0 else None
         for k in ks_list:
             k_seed = _k_seed(seed, k)
             fit = api.factorize(X, k, var=var, n_restarts=n_runs, random_state=k_seed,
@@ -775,39 +1041,36 @@ def select_rank(
             columns["silhouette_mean"].append(sil_mean)
             columns["n_iter"].append(max(fit.restart_n_iter))
 
-            with contextlib.ExitStack() as stack:
-                if beta == 2.0:
-                    held_err, held_iter = _heldout_em(
-                        X, var, source, fit.plan, observed, observed_stats, k, n_runs=n_runs,
-                        seed=k_seed, ctx=ctx, stack=stack, max_iter=heldout_max_iter, tol=tol,
-                        solver=fit.solver, callback=reporter.callback(k, "heldout", n_runs),
-                        fit_kwargs=fit_kwargs)
-                else:
-                    held = api.factorize(X, k, var=var, n_restarts=n_runs, random_state=k_seed,
-                                         mask=observed, max_iter=heldout_max_iter, tol=tol,
-                                         callback=reporter.callback(k, "heldout", n_runs),
-                                         **where, **heldout_kwargs)
-                    residual, norm = ctx.compute(*heldout_error(source.array, observed, held.W,
-                                                                held.H))
-                    held_err = float(np.sqrt(residual / norm)) if norm > 0 else float("nan")
-                    held_iter = max(held.restart_n_iter)
-            columns["heldout_error"].append(held_err)
+            with contextlib.ExitStack() as stack, ctx.activate():
+                held_errs, held_iter = _heldout_fits(
+                    X, var, source, fit.plan, survey, k, n_runs=n_runs,
+                    heldout_fraction=float(heldout_fraction), seed=int(seed), k_seed=k_seed,
+                    ctx=ctx, stack=stack, max_iter=heldout_max_iter, tol=tol,
+                    solver=fit.solver, beta=beta,
+                    callback=reporter.callback(k, "heldout", n_runs), fit_kwargs=fit_kwargs)
+            columns["heldout_error_runs"].append(held_errs)
             columns["heldout_n_iter"].append(held_iter)
             reporter.finished(k, "heldout", n_runs, heldout_max_iter)
     values = {name: np.asarray(v) for name, v in columns.items()}
-    heldout = values["heldout_error"]
-    if not np.any(np.isfinite(heldout)):
-        raise InputError("no held-out entry is finite — X has too many missing values for a "
-                         "held-out error; raise heldout_fraction")
-    recommended = int(ks_list[int(np.nanargmin(heldout))])
+    runs_err = values["heldout_error_runs"]
+    mean, se = mean_and_standard_error(runs_err)
+    recommended, min_k, threshold = one_standard_error(ks_list, mean, se)
     return RankReport(
-        ks=np.asarray(ks_list), **values, recommended_k=recommended,
-        criterion="heldout_error", elbow_k=elbow(ks_list, values["relative_error"]),
+        ks=np.asarray(ks_list), **values, heldout_error=mean, heldout_error_se=se,
+        recommended_k=recommended, criterion="heldout_error", rule=RULE,
+        heldout_min_k=min_k, heldout_threshold=threshold,
+        warnings=edge_warnings(ks_list, recommended, source.shape),
+        elbow_k=elbow(ks_list, values["relative_error"]),
         n_runs=int(n_runs), heldout_fraction=float(heldout_fraction), seed=int(seed),
         n_consensus_features=int(sample.size), wall_time_s=time.perf_counter() - t_start,
-        input_paths=input_paths, attrs={"input": source.describe(), "max_iter": max_iter, "tol": tol,
-               "heldout_max_iter": heldout_max_iter,
-               **{key: v for key, v in fit_kwargs.items() if isinstance(v, str | int | float)}},
+        input_paths=input_paths, attrs={
+            "input": source.describe(), "max_iter": max_iter, "tol": tol,
+            "heldout_max_iter": heldout_max_iter,
+            "heldout_entries": ("stored entries and a sample of zeros (sparse X)" if sparse
+                                else "all entries"),
+            **({"heldout_zero_rate": survey.sets.zero_rate}
+               if sparse and survey.sets is not None else {}),
+            **{key: v for key, v in fit_kwargs.items() if isinstance(v, str | int | float)}},
     )
 
 
@@ -848,15 +1111,24 @@ def run_rank_cli(
     heldout_fraction: float = 0.1,
     overwrite: bool = False,
     quiet: bool = False,
+    json: bool = False,
     stream: IO[str] | None = None,
+    out_stream: IO[str] | None = None,
     **fit_kwargs: Any,
 ) -> RankReport:
     """What ``dnmf rank`` does: parse ``ks``, check the output before any work, survey, save,
-    plot, print the table, and end with the line ``recommended k: N``.
+    plot, and print the results.
 
-    Progress goes to ``stream`` (stdout by default): a live bar with ETA on a terminal, a line
-    per finished fit otherwise, nothing with ``quiet`` (the last line is always printed).
+    Results go to ``out_stream`` (stdout by default): the table, then the last line
+    ``recommended k: N``; with ``json``, exactly one JSON object instead
+    (:meth:`RankReport.as_json_dict` with the report's path and the plots) and nothing else.
+    Progress and logs go to ``stream`` (stderr by default): a live bar with ETA on a terminal,
+    a line per finished fit otherwise, nothing of it with ``quiet``; then ``report: PATH``,
+    ``plot: PATH`` and ``warning: ...`` lines (warnings even with ``quiet``).
     """
+    import json as json_module
+    import sys
+
     from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
     from dnmf.io.result_store import check_output
     from dnmf.progress import FitProgress
@@ -867,13 +1139,17 @@ def run_rank_cli(
     check_plots_are_not_inputs(plots, PLOT_FILES, inputs)
     if out is not None:
         check_output(out, overwrite=overwrite)
-    display = FitProgress(quiet=quiet, stream=stream)
+    results = out_stream if out_stream is not None else sys.stdout
+    display = FitProgress(quiet=quiet, stream=stream if stream is not None else sys.stderr)
     last_done = [0]
 
     def plain(step: RankStep) -> None:
         if step.done > last_done[0]:
             last_done[0] = step.done
             display.echo(step.describe())
+
+    def log(line: str) -> None:
+        print(line, file=display.stream, flush=True)
 
     bar = None
     if not quiet and display.interactive:
@@ -882,23 +1158,32 @@ def run_rank_cli(
         bar = Progress("[progress.description]{task.description}", BarColumn(),
                        TaskProgressColumn(), TimeRemainingColumn(), console=display.console,
                        transient=True)
+    survey = functools.partial(
+        select_rank, input, k_range, runs, heldout_fraction=heldout_fraction, seed=seed,
+        max_iter=max_iter, tol=tol, var=var, scheduler=scheduler, workers=workers,
+        memory_limit=memory_limit, **fit_kwargs)
     if bar is not None:
         with bar:
-            report = select_rank(input, k_range, runs, heldout_fraction=heldout_fraction,
-                                 seed=seed, max_iter=max_iter, tol=tol, var=var,
-                                 scheduler=scheduler, workers=workers,
-                                 memory_limit=memory_limit, progress=bar, **fit_kwargs)
+            report = survey(progress=bar)
     else:
-        report = select_rank(input, k_range, runs, heldout_fraction=heldout_fraction, seed=seed,
-                             max_iter=max_iter, tol=tol, var=var, scheduler=scheduler,
-                             workers=workers, memory_limit=memory_limit,
-                             progress=None if quiet else plain, **fit_kwargs)
+        report = survey(progress=None if quiet else plain)
+    path = None
     if out is not None:
         path = report.save(out, overwrite=overwrite)
-        display.echo(f"report: {path}")
+        if not quiet:
+            log(f"report: {path}")
+    plotted = []
     if plots is not None:
-        for p in report.plot(plots):
-            display.echo(f"plot: {p}")
-    display.echo(report.summary())
-    print(f"recommended k: {report.recommended_k}", file=display.stream, flush=True)
+        plotted = report.plot(plots)
+        if not quiet:
+            for p in plotted:
+                log(f"plot: {p}")
+    for warning in report.warnings:
+        log(f"warning: {warning}")
+    if json:
+        print(json_module.dumps(report.as_json_dict(report=path, plots=plotted),
+                                allow_nan=False), file=results, flush=True)
+    else:
+        print(report.summary(), file=results)
+        print(f"recommended k: {report.recommended_k}", file=results, flush=True)
     return report
