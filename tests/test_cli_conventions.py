@@ -185,3 +185,23 @@ def test_dir_lists_the_public_names():
     assert set(dnmf.__all__) <= set(names)
     assert {"NMF", "factorize", "load", "select_rank", "__version__"} <= set(names)
     assert dnmf.__doc__ and "factorize" in dnmf.__doc__
+
+
+def test_rank_json_is_one_object_and_the_edge_warning_goes_to_stderr(tmp_path):
+    from tests.test_rank import planted
+
+    X = planted(600, 40, 3, seed=1).astype(np.float32)  # rank 3: the top of ks 2:3
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    proc = run_cli("rank", str(path), "--ks", "2:3", "--runs", "3", "--scheduler", "threads",
+                   "--max-iter", "100", "--json")
+    value = only_json(proc)
+    check_schema(value, {"recommended_k": int, "warnings": list, "criterion": str, "ks": list,
+                         "heldout_error": list, "heldout_error_se": list,
+                         "heldout_error_runs": list, "relative_error": list, "cophenetic": list,
+                         "dispersion": list, "silhouette": list, "elbow_k": int, "n_runs": int,
+                         "wall_time_s": float, "plots": list})
+    assert value["ks"] == [2, 3] and value["recommended_k"] == 3 and value["report"] is None
+    assert len(value["heldout_error_runs"]) == 2 and len(value["heldout_error_runs"][0]) == 3
+    assert any("largest surveyed" in w for w in value["warnings"])
+    assert "warning: recommended k is the largest surveyed" in proc.stderr
