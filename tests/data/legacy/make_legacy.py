@@ -30,8 +30,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +48,14 @@ UNMIX_CALL = {"max_iter": 12, "tol": 0.0, "seed": 0, "scheduler": "threads"}
 RANK = 4
 
 
-def load_golden():
-    spec = importlib.util.spec_from_file_location("golden_cases", ROOT / "benchmarks" / "golden.py")
+def golden_generator():
+    """``tests/data/golden/make_golden.py``, loaded by its path: its ``load_cases`` (the case
+    table of ``benchmarks/golden.py``) and ``commit_of`` serve this generator too."""
+    spec = importlib.util.spec_from_file_location("make_golden",
+                                                  HERE.parent / "golden" / "make_golden.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def commit_of(path: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def fresh(path: Path) -> Path:
@@ -136,10 +128,11 @@ def main() -> None:
     import dnmf
 
     source = Path(dnmf.__file__).resolve().parent
-    commit = commit_of(source)
+    golden = golden_generator()
+    commit = golden.commit_of(source)
     print(f"dnmf from {source} (commit {commit})")
     meta = {"dnmf_commit": commit, "numpy": np.__version__}
-    X = load_golden().planted()
+    X = golden.load_cases().planted()
     make_fit(X, meta)
     make_checkpoint(X, meta)
     make_unmix(meta)
