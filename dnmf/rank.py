@@ -393,24 +393,6 @@ def _heldout_fits(X: Any, var: str | None, source: Any, plan: Any, survey: _Surv
 # ---------------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars and arrays as numbers and lists, NaN and inf as None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray)
-                                       else value)]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
-
-
 @dataclass
 class RankReport:
     """The outcome of :func:`select_rank`: criteria per k and the recommended k.
@@ -664,7 +646,9 @@ class RankReport:
         """The report as plain JSON values (``dnmf rank --json``): snake_case keys, numbers as
         numbers, NaN as None (``json.dumps`` of it is strict JSON); ``report`` and ``plots``
         are where the CLI wrote them."""
-        return _jsonable({
+        from dnmf.io.result_store import jsonable
+
+        return jsonable({
             "recommended_k": int(self.recommended_k),
             "criterion": self.criterion,
             "rule": self.rule,
@@ -896,6 +880,40 @@ def _k_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, k]).generate_state(1, dtype=np.uint32)[0])
 
 
+def _check_survey(fit_kwargs: dict[str, Any], n_runs: Any, heldout_fraction: Any, seed: Any,
+                  max_consensus_features: Any) -> None:
+    """The survey's own parameters, before any work (the fits' are checked by their spec)."""
+    reserved = sorted(set(fit_kwargs) & set(_RESERVED))
+    if reserved:
+        raise InputError(f"select_rank sets {', '.join(reserved)} itself — leave "
+                         f"{'it' if len(reserved) == 1 else 'them'} out")
+    if not isinstance(n_runs, numbers.Integral) or isinstance(n_runs, bool) or n_runs < 1:
+        raise InputError(f"n_runs must be an integer >= 1; got {n_runs!r}")
+    if not isinstance(heldout_fraction, numbers.Real) or not 0.0 < heldout_fraction <= 0.5:
+        raise InputError(f"heldout_fraction must be in (0, 0.5]; got {heldout_fraction!r}")
+    if not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0; got {seed!r}")
+    if not isinstance(max_consensus_features, numbers.Integral) or max_consensus_features < 2:
+        raise InputError("max_consensus_features must be an integer >= 2; got "
+                         f"{max_consensus_features!r}")
+
+
+def _fit_criteria(fit: Any, sample: np.ndarray) -> dict[str, Any]:
+    """The criteria of one k from its batched full fit: relative errors over the runs, the
+    consensus of the runs' feature labels (on the ``sample`` of features), the silhouette."""
+    assert fit.restart_H is not None and fit.restart_W_norms is not None
+    labels = np.stack([feature_labels(H[:, sample], norms) for H, norms in
+                       zip(fit.restart_H, fit.restart_W_norms, strict=True)])
+    C = consensus_matrix(labels)
+    sil_min, sil_mean = nmfk_silhouette(fit.restart_H, reference=fit.best_restart)
+    runs = np.asarray(fit.restart_relative_errors)
+    return {"relative_error": fit.relative_error,
+            "relative_error_spread": float(runs.max() - runs.min()),
+            "relative_error_runs": runs, "cophenetic": cophenetic_correlation(C),
+            "dispersion": dispersion(C), "silhouette": sil_min, "silhouette_mean": sil_mean,
+            "n_iter": max(fit.restart_n_iter)}
+
+
 def select_rank(
     X: Any,
     ks: Iterable[int] = range(2, 11),
@@ -980,19 +998,7 @@ def select_rank(
     from dnmf.io import open_matrix
 
     t_start = time.perf_counter()
-    reserved = sorted(set(fit_kwargs) & set(_RESERVED))
-    if reserved:
-        raise InputError(f"select_rank sets {', '.join(reserved)} itself — leave "
-                         f"{'it' if len(reserved) == 1 else 'them'} out")
-    if not isinstance(n_runs, numbers.Integral) or isinstance(n_runs, bool) or n_runs < 1:
-        raise InputError(f"n_runs must be an integer >= 1; got {n_runs!r}")
-    if not isinstance(heldout_fraction, numbers.Real) or not 0.0 < heldout_fraction <= 0.5:
-        raise InputError(f"heldout_fraction must be in (0, 0.5]; got {heldout_fraction!r}")
-    if not isinstance(seed, numbers.Integral) or seed < 0:
-        raise InputError(f"seed must be an integer >= 0; got {seed!r}")
-    if not isinstance(max_consensus_features, numbers.Integral) or max_consensus_features < 2:
-        raise InputError("max_consensus_features must be an integer >= 2; got "
-                         f"{max_consensus_features!r}")
+    _check_survey(fit_kwargs, n_runs, heldout_fraction, seed, max_consensus_features)
     heldout_max_iter = heldout_max_iter or 2 * max_iter
     # where X lives, resolved now: the report's save() and plot() may not write over it
     input_paths = resolved_locations(X, var)
@@ -1026,20 +1032,8 @@ def select_rank(
                                 callback=reporter.callback(k, "fit", n_runs), **where,
                                 **fit_kwargs)
             reporter.finished(k, "fit", n_runs, max_iter)
-            assert fit.restart_H is not None and fit.restart_W_norms is not None
-            labels = np.stack([feature_labels(H[:, sample], norms) for H, norms in
-                               zip(fit.restart_H, fit.restart_W_norms, strict=True)])
-            C = consensus_matrix(labels)
-            sil_min, sil_mean = nmfk_silhouette(fit.restart_H, reference=fit.best_restart)
-            runs = np.asarray(fit.restart_relative_errors)
-            columns["relative_error"].append(fit.relative_error)
-            columns["relative_error_spread"].append(float(runs.max() - runs.min()))
-            columns["relative_error_runs"].append(runs)
-            columns["cophenetic"].append(cophenetic_correlation(C))
-            columns["dispersion"].append(dispersion(C))
-            columns["silhouette"].append(sil_min)
-            columns["silhouette_mean"].append(sil_mean)
-            columns["n_iter"].append(max(fit.restart_n_iter))
+            for name, value in _fit_criteria(fit, sample).items():
+                columns[name].append(value)
 
             with contextlib.ExitStack() as stack, ctx.activate():
                 held_errs, held_iter = _heldout_fits(
