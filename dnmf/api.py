@@ -282,8 +282,6 @@ def dry_run(
     A LocalCluster is planned for but not started; an address is connected to for its workers'
     sizes. Restarts are planned as :func:`factorize` runs them: ``n_restarts * rank`` columns.
     """
-    from dnmf.cluster import parse_memory, planned_context, resolve_scheduler_name
-
     spec = resolve(rank, solver=solver, beta_loss=beta_loss, init=init, missing=missing,
                    has_mask=masked, n_restarts=n_restarts, device=device, persist_x=persist_x,
                    max_panel_bytes=max_panel_bytes, min_panel_bytes=min_panel_bytes,
@@ -292,6 +290,16 @@ def dry_run(
     if out is not None:
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
+    return _planned_run(spec, source, scheduler=scheduler, workers=workers,
+                        memory_limit=memory_limit)
+
+
+def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
+                 workers: int | None = None, memory_limit: str | int | None = None) -> DryRun:
+    """The dry run of ``spec`` on the opened ``source``: its checks against X's metadata and
+    the chunk plan on the scheduler it would get (a LocalCluster is planned, not started)."""
+    from dnmf.cluster import parse_memory, planned_context, resolve_scheduler_name
+
     check_rank(source.shape, spec.rank)
     check_variant(source, spec.beta, spec.masked, spec.device)
     mem = parse_memory(memory_limit)
@@ -536,8 +544,8 @@ def matrix_info(X: Any, *, var: str | None = None, scheduler: Any = "auto",
         report = validate(source.array, scheduler=ctx.scheduler,
                           stored_chunks=source.stored_chunks)
     k = rank if rank is not None else max(1, min(10, *source.shape))
-    try:
-        plan: DryRun | None = dry_run(X, k, var=var, scheduler=scheduler)
+    try:  # planned on the source opened above: X's metadata is read once
+        plan: DryRun | None = _planned_run(resolve(k), source, scheduler=scheduler)
     except InputError as err:  # e.g. an impossible -k: the report stands without a plan
         plan, source = None, dataclasses.replace(
             source, notes=(*source.notes, f"no fit plan: {err}"))
