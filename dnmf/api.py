@@ -210,10 +210,11 @@ def factorize(
         max_panel_bytes=max_panel_bytes, min_panel_bytes=min_panel_bytes, scheme=scheme,
         checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
         has_out=out is not None)
-    opened = pipeline.open_input(spec, X, var=var, dtype=dtype, mask=mask, mask_var=mask_var,
-                                 W_init=W_init, H_init=H_init, out=out)
-    spec = opened.spec  # with the checkpoint's seed when resuming without one
     with contextlib.ExitStack() as stack:
+        opened = pipeline.open_input(spec, X, var=var, dtype=dtype, mask=mask,
+                                     mask_var=mask_var, W_init=W_init, H_init=H_init, out=out,
+                                     stack=stack)
+        spec = opened.spec  # with the checkpoint's seed when resuming without one
         ctx = pipeline.fit_context(opened, stack, scheduler=scheduler, client=client,
                                    workers=workers, memory_limit=memory_limit)
         prepared = pipeline.prepare(spec, opened, ctx, stack, X, var=var, dtype=dtype, out=out,
@@ -492,6 +493,7 @@ class MatrixInfo:
             f"sparse: {sparse}",
             f"codec: {src.codec or ('none (in memory)' if src.path is None else 'unknown')}",
             f"chunks: {len(rows) * len(cols)} ({max(rows):,} x {max(cols):,} at most)",
+            *self._written_lines(),
             f"size in memory: {src.nbytes / 1e9:,.3f} GB",
             "size on disk: " + (f"{self.disk_bytes / 1e9:,.3f} GB" if self.disk_bytes is not None
                                 else "unknown"),
@@ -509,6 +511,15 @@ class MatrixInfo:
         lines.append("usable for NMF: yes" if not problems else f"usable for NMF: no — {problems[0]}")
         return lines
 
+    def _written_lines(self) -> list[str]:
+        written = self.source.chunks_written
+        if written is None:
+            return []
+        line = f"stored chunks: {written[0]:,} of {written[1]:,}"
+        if written[0] == 0:
+            return [f"warning: {line} — X reads as its fill value; a fit refuses it"]
+        return [line]
+
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (``dnmf info --json``; schema in the README)."""
         from dnmf.io.result_store import jsonable
@@ -522,6 +533,7 @@ class MatrixInfo:
             "chunk_count": len(src.chunks[0]) * len(src.chunks[1]),
             "chunk_shape": [max(src.chunks[0]), max(src.chunks[1])],
             "stored_chunks": None if src.stored_chunks is None else list(src.stored_chunks),
+            "chunks_written": None if src.chunks_written is None else list(src.chunks_written),
             "nbytes": src.nbytes, "disk_bytes": self.disk_bytes,
             "min": rep.min_value, "max": rep.max_value, "n_negative": rep.n_negative,
             "n_nan": rep.n_nan, "n_inf": rep.n_inf, "n_zero_rows": rep.n_zero_rows,

@@ -391,6 +391,11 @@ def unmix(
     scheduler: SchedulerOpt = "auto",
     workers: WorkersOpt = None,
     memory_limit: MemoryOpt = None,
+    checkpoint_every: Annotated[int, typer.Option(
+        help="Checkpoint the fit into OUT every N iterations (0: never).")] = 10,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted unmixing in OUT (same cube and options; --max-iter may "
+             "grow).")] = False,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -424,7 +429,7 @@ def unmix(
             sum_to_one=not no_sum_to_one, sparsity=sparsity, max_iter=max_iter, tol=tol,
             seed=seed, scheduler=scheduler, workers=workers, memory_limit=memory_limit,
             output=out, overwrite=overwrite, plots=plots, netcdf=netcdf, callback=progress,
-            on_prepared=on_prepared)
+            on_prepared=on_prepared, checkpoint_every=checkpoint_every, resume=resume)
     attrs = result.attrs
     if as_json:
         _print_json({

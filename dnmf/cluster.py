@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 AUTO_THREADS_MAX_BYTES = 1 << 30
 
 SCHEDULER_NAMES = ("auto", "threads", "sync", "local", "cuda")
+#: A Dask worker process needs about this much memory before it runs any task (Python, numpy,
+#: dask and distributed imported, its own bookkeeping): the floor of ``--memory-limit``.
+WORKER_BASE_MEMORY = 256 * 2**20
+#: Seconds to wait for the first worker of a cluster started or reached here;
+#: ``DNMF_WAIT_TIMEOUT`` overrides it (seconds).
+WAIT_FOR_WORKERS_S = 60.0
 
 
 def _threads_get() -> Any:
@@ -67,6 +73,8 @@ class ExecutionContext:
     threads_per_worker: int = 1
     memory_per_worker: int = 0
     dashboard_link: str | None = None
+    #: The plan's estimated peak memory of one task, once planned (for KilledWorker's message).
+    task_bytes: int | None = None
 
     @property
     def scheduler(self) -> Any:
@@ -135,7 +143,7 @@ class ExecutionContext:
                 # BLAS, so the driver's H update would depend on the message (kernels.aligned)
                 return kernels.aligned(list(self.client.compute(list(collections), sync=True)))
             except Exception as exc:
-                raise _detached(exc) from None
+                raise self.explained(_detached(exc)) from None
         return list(dask.compute(*collections, scheduler=self.scheduler))
 
     def result_of(self, persisted: Any) -> Any:
@@ -148,7 +156,7 @@ class ExecutionContext:
                 try:
                     return kernels.aligned(futures[0].result())
                 except Exception as exc:
-                    raise _detached(exc) from None
+                    raise self.explained(_detached(exc)) from None
             return self.compute(persisted)[0]
         # persisted in-process: the value sits in the graph under the collection's key
         from dask.base import is_dask_collection
@@ -158,6 +166,62 @@ class ExecutionContext:
         if value is None or is_task or is_dask_collection(value) or callable(value):
             return self.compute(persisted)[0]
         return value
+
+
+    def explained(self, exc: BaseException) -> BaseException:
+        """A worker killed while running a task (``KilledWorker``) as one line that names the
+        planned task memory and the fix; any other exception as it is."""
+        if type(exc).__name__ != "KilledWorker":
+            return exc
+        planned = ("" if self.task_bytes is None else
+                   f"; the plan gives each task about {self.task_bytes / 2**20:,.0f} MiB")
+        return InputError(
+            f"a Dask worker died while running a task, again on retry (usually killed for "
+            f"memory: {self.memory_per_worker / 2**20:,.0f} MiB per worker{planned}) — raise "
+            "--memory-limit, use fewer workers per machine, or lower k")
+
+
+def check_workers(workers: Any) -> None:
+    """Refuse a worker count that is not a positive integer (LocalCluster would hang on it)."""
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers must be an integer >= 1; got {workers!r}")
+
+
+def check_memory_limit(memory: int | None) -> None:
+    """Refuse a per-worker memory limit below what a worker process needs to run at all."""
+    if memory is not None and memory < WORKER_BASE_MEMORY:
+        raise InputError(
+            f"--memory-limit {memory:,} bytes is below the {WORKER_BASE_MEMORY // 2**20} MiB a "
+            "Dask worker process needs before it runs a task (the plan's tasks come on top) — "
+            "give at least 512MB per worker")
+
+
+def wait_timeout() -> float:
+    """Seconds to wait for a cluster's first worker (``DNMF_WAIT_TIMEOUT`` or 60)."""
+    text = os.environ.get("DNMF_WAIT_TIMEOUT")
+    if not text:
+        return WAIT_FOR_WORKERS_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InputError(f"DNMF_WAIT_TIMEOUT must be a positive number of seconds; got {text!r}")
+    return value
+
+
+def wait_for_workers(client: Any, where: str) -> None:
+    """Block until a worker is connected; one line after :func:`wait_timeout` seconds."""
+    timeout = wait_timeout()
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise InputError(
+            f"no Dask worker joined {where} within {timeout:g} s — start workers "
+            "('dask worker ADDRESS'), check that they can reach the scheduler, or wait longer "
+            "with DNMF_WAIT_TIMEOUT=SECONDS") from None
 
 
 def parse_memory(size: str | int | None) -> int | None:
@@ -271,7 +335,9 @@ def execution_context(
     if client is not None:
         yield _context_from_client(client, "client")
         return
+    check_workers(workers)
     mem_limit = parse_memory(memory_limit)
+    check_memory_limit(mem_limit)
     if scheduler == "auto":
         current = _current_client()
         if current is not None:
@@ -300,6 +366,7 @@ def execution_context(
         )
         local_client = Client(cluster, set_as_default=False)
         try:
+            wait_for_workers(local_client, "the LocalCluster")
             ctx = _context_from_client(local_client, "local")
             log.info("started LocalCluster: %s", ctx.describe())
             yield ctx
@@ -324,6 +391,7 @@ def execution_context(
                 "'dask scheduler' or check the address"
             ) from exc
         try:
+            wait_for_workers(remote, f"the cluster at {scheduler}")
             yield _context_from_client(remote, "address")
         finally:
             remote.close()
@@ -402,6 +470,8 @@ def planned_context(
 
     Used by ``--dry-run`` to plan against a LocalCluster that is never started.
     """
+    check_workers(workers)
+    check_memory_limit(memory_limit)
     cores = os.cpu_count() or 1
     if scheduler in ("threads", "sync"):
         n = 1 if scheduler == "sync" else (workers or cores)

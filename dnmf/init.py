@@ -97,6 +97,14 @@ def initialize(
                    seed=seed, x_mean=x_mean)
 
 
+def checked_factor_block(block: np.ndarray, name: str = "W_init") -> np.ndarray:
+    """``block`` of a user's initial factor, refused when it is not finite and >= 0."""
+    if not np.all(np.isfinite(block)) or (block < 0).any():
+        raise InputError(f"{name} must be finite and >= 0 — clip it at 0 and replace NaN/inf "
+                         "first")
+    return block
+
+
 def _custom(X: da.Array, k: int, W_init: Any, H_init: Any) -> tuple[da.Array, np.ndarray]:
     if W_init is None or H_init is None:
         raise InputError("init='custom' needs both W_init and H_init")
@@ -112,6 +120,10 @@ def _custom(X: da.Array, k: int, W_init: Any, H_init: Any) -> tuple[da.Array, np
         )
     if not np.all(np.isfinite(H)) or (H < 0).any():
         raise InputError("H_init must be finite and >= 0 — clip it at 0 first")
+    if isinstance(W_init, da.Array):  # checked as its blocks are read, no extra pass
+        W = W.map_blocks(checked_factor_block, dtype=W.dtype, name="dnmf-w-init-checked")
+    else:
+        checked_factor_block(np.asarray(W_init))
     W = W.astype(X.dtype).rechunk((X.chunks[0], (k,)))
     return W, H.astype(X.dtype)
 

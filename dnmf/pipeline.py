@@ -37,9 +37,10 @@ from dnmf import device as devices
 from dnmf import divergence
 from dnmf._version import __version__
 from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
-from dnmf.errors import InputError
+from dnmf.errors import NON_FINITE_FIX, InputError, NumericalError
 from dnmf.init import initialize
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
+from dnmf.io.lock import claim
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
 from dnmf.io.result_store import check_output, local_path, open_result, write_result
 from dnmf.io.zarr_ import owned_block
@@ -167,13 +168,17 @@ class Opened:
 
 def open_input(spec: FitSpec, X: Any, *, var: str | None = None, dtype: Any = None,
                mask: Any = None, mask_var: str | None = None, W_init: Any = None,
-               H_init: Any = None, out: Any = None) -> Opened:
-    """Check the output against the inputs, read the checkpoint when resuming, open X (and the
-    mask) lazily and check what needs X's metadata: rank, loss and variant against X's kind."""
+               H_init: Any = None, out: Any = None,
+               stack: contextlib.ExitStack | None = None) -> Opened:
+    """Check the output against the inputs, claim it for this run (held on ``stack``), read the
+    checkpoint when resuming, open X (and the mask) lazily and check what needs X's metadata:
+    rank, loss and variant against X's kind."""
     # before anything is read or written, OUT's own checkpoint (under resume) aside
     check_outputs_are_not_inputs({"output": out}, {
         "the input": Stored(X, var), "the mask": Stored(mask, mask_var),
         "the initial W": W_init, "the initial H": H_init})
+    if out is not None and stack is not None:
+        stack.enter_context(claim(local_path(out)))  # one writer per output
     ckpt = None
     if spec.resume:
         ckpt = checkpoint.read(out)
@@ -186,6 +191,7 @@ def open_input(spec: FitSpec, X: Any, *, var: str | None = None, dtype: Any = No
     if out is not None and not spec.resume:
         check_output(out, overwrite=spec.overwrite)
     source = open_matrix(X, var, dtype=dtype)
+    check_some_chunk_stored(source)
     check_rank(source.shape, spec.rank)
     check_variant(source, spec.beta, spec.masked, spec.device)
     if spec.device == "gpu":
@@ -193,6 +199,16 @@ def open_input(spec: FitSpec, X: Any, *, var: str | None = None, dtype: Any = No
     mask_source = open_mask(mask, mask_var, source.shape) if mask is not None else None
     return Opened(spec=spec, source=source, mask=mask_source, checkpoint=ckpt,
                   notes=list(source.notes))
+
+
+def check_some_chunk_stored(source: Any) -> None:
+    """Refuse X of which no chunk was ever written: it would read as its fill value alone."""
+    written = getattr(source, "chunks_written", None)
+    if written is not None and written[0] == 0:
+        raise InputError(
+            f"no chunk of X is stored: {source.path} declares {written[1]:,} chunks and none "
+            "has been written (an interrupted or empty copy?) — write X first, or check the "
+            "path")
 
 
 def check_variant(source: Any, beta: float, masked: bool, device: str = "cpu") -> None:
@@ -262,12 +278,14 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
     source = opened.source
     plan = plan_of(spec, source, ctx)
     check_plan(spec, plan)
+    ctx.task_bytes = plan.task_bytes  # named if a worker is killed for memory
     w_scratch = w_scratch_dir(out, stack) if plan.w_in_store else None
     Xp = planned_input(X, var, dtype, source, plan, ctx, stack)
     mask_p = None if opened.mask is None else opened.mask.array.rechunk(Xp.chunks)
     report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks,
                       optimize_graph=False)
     report.raise_if_invalid(allow_nan=spec.masked)
+    check_scale(report.min_value, report.max_value, Xp.dtype)
     if spec.beta <= 0.0 and report.min_value <= 0.0:
         raise InputError(
             f"the {spec.beta_name} loss (β = {spec.beta:g} <= 0) needs X > 0, but X "
@@ -285,6 +303,26 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
         on_plan(plan, ctx)
     return Prepared(plan=plan, X=Xp, mask=mask_p, report=report, x_mean=x_mean,
                     w_scratch=w_scratch)
+
+
+def check_scale(min_value: float, max_value: float, dtype: Any) -> None:
+    """Refuse X whose magnitude the iterations cannot carry in ``dtype``: products of two
+    entries (W H, ||X||^2, the Gram matrices) must neither overflow nor underflow."""
+    info = np.finfo(dtype)
+    top = float(np.sqrt(info.max)) / 1e3  # squares summed over rows and k stay finite
+    bottom = float(np.sqrt(info.tiny)) * 1e3  # products of two entries stay normal numbers
+    largest = max(abs(float(min_value)), abs(float(max_value)))
+    if largest > top:
+        raise InputError(
+            f"X's largest value ({largest:.3g}) is too large for {np.dtype(dtype).name} "
+            f"arithmetic (products of two entries would overflow above {top:.3g}) — rescale X "
+            "(e.g. divide it by its maximum)"
+            + (" or compute in float64 (--dtype float64)" if info.bits < 64 else ""))
+    if 0 < largest < bottom:
+        raise InputError(
+            f"X's largest value ({largest:.3g}) is too small for {np.dtype(dtype).name} "
+            f"arithmetic (products of two entries would underflow below {bottom:.3g}) — "
+            "rescale X (e.g. divide it by its maximum)")
 
 
 def plan_of(spec: FitSpec, source: Any, ctx: ExecutionContext) -> ChunkPlan:
@@ -464,6 +502,7 @@ def starting_point(spec: FitSpec, opened: Opened, prepared: Prepared,
     if ckpt is not None:
         checkpoint.check_compatible(ckpt, writer.params, writer.fingerprint,
                                     max_iter=spec.max_iter)
+        opened.notes.extend(ckpt.notes)
         opened.notes.append(f"resumed from the checkpoint at iteration {ckpt.iteration}")
         return Start(W=ckpt.W.astype(Xp.dtype).rechunk((Xp.chunks[0], (spec.columns,))),
                      H=ckpt.H, iteration=ckpt.iteration, loss_history=ckpt.loss_history,
@@ -635,6 +674,7 @@ def fit_result(spec: FitSpec, opened: Opened, prepared: Prepared, state: SolverS
         H = np.ascontiguousarray(H, dtype=prepared.X.dtype)
     W = devices.to_host(state.W)  # a GPU's W comes back here (a no-op for numpy blocks)
     loss, sq_norm = state.final_loss, prepared.report.sq_norm
+    check_finite_factors(state, H)
     rel = state.final_relative_error
     if rel is None:
         rel = float(np.sqrt(loss / sq_norm)) if sq_norm > 0 else 0.0
@@ -649,6 +689,20 @@ def fit_result(spec: FitSpec, opened: Opened, prepared: Prepared, state: SolverS
         device=spec.device, missing="mask" if spec.masked else "error",
         w_sum_to_one=spec.sum_to_one, regularization=spec.regularization)
     return result, W, order
+
+
+def check_finite_factors(state: SolverState, H: Any) -> None:
+    """The last check before a result is written or returned: a finite loss, H and W (W's
+    column sums of squares, the diagonal of W^T W, are finite exactly when W is)."""
+    host_H = None if isinstance(H, da.Array) else np.asarray(H)
+    finite = (np.isfinite(state.final_loss) and np.all(np.isfinite(np.diag(state.WtW)))
+              and (host_H is None or bool(np.all(np.isfinite(host_H)))))
+    if not finite:
+        history = [float(v) for v in state.loss_history]
+        bad = next((i + 1 for i, v in enumerate(history) if not np.isfinite(v)), state.n_iter)
+        raise NumericalError(
+            f"the fit became non-finite at iteration {bad}; nothing was written as a result "
+            f"— {NON_FINITE_FIX}", iteration=bad)
 
 
 def summarise_restarts(result: FitResult, loop: RestartsState, state: SolverState,

@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 
 from dnmf.errors import InputError
+from dnmf.limits import check_task_count
 
 #: Fraction of a worker's memory the plan lets one task use (the rest: other tasks, Dask).
 TASK_MEMORY_FRACTION = 0.25
@@ -147,6 +148,8 @@ def task_memory(rows: int, n: int, k: int, itemsize: int) -> int:
 def _split_rows(total: int, target: int) -> tuple[int, ...]:
     target = max(1, min(target, total))
     n, rem = divmod(total, target)
+    # before the tuple is built: a declared 10^12 rows would exhaust memory here
+    check_task_count(n + bool(rem), f"X's {total:,} rows in panels of {target:,}")
     return (target,) * n + ((rem,) if rem else ())
 
 
@@ -379,6 +382,7 @@ def _plan_2d(X: da.Array, rank: int, *, budget: int, cap: int, persist_x: bool |
         height = max(1, min(n_samples, cap // (width * itemsize),
                             (budget // 2) // (2 * width * itemsize + 2 * rank * itemsize)))
         rows, cols = _split_rows(n_samples, height), _split_rows(n_features, width)
+        check_task_count(len(rows) * len(cols), f"X in 2-D blocks of {height:,} x {width:,}")
         note = f"2-D blocks of {height:,} x {width:,} (memory budget)"
     persist = _should_persist(X, persist_x, x_in_memory, memory_per_worker * max(n_workers, 1))
     return ChunkPlan(

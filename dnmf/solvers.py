@@ -20,6 +20,7 @@ import numpy as np
 
 from dnmf import divergence, graph, graph2d, kernels
 from dnmf.cluster import ExecutionContext
+from dnmf.errors import NON_FINITE_FIX, NumericalError
 from dnmf.io.zarr_ import read_version
 from dnmf.stacked_kernels import block_grams
 
@@ -343,6 +344,22 @@ class RestartsState:
             final_relative_error=self.final_relative_errors[r] if done else None)
 
 
+#: The stop reason of a restart whose loss became NaN or infinite.
+NON_FINITE = "non-finite"
+
+
+def check_finite_losses(histories: list[list[float]]) -> None:
+    """Stop the fit once every restart's loss has become NaN or infinite (one restart is the
+    plain fit; with several, a restart that diverges is only dropped: the others go on)."""
+    if not histories or any(h and np.isfinite(h[-1]) for h in histories) or not all(histories):
+        return
+    # a history holds every iteration from the first (a resumed run's too)
+    start = min(next(i for i, v in enumerate(h) if not np.isfinite(v)) + 1 for h in histories)
+    raise NumericalError(
+        f"the fit became non-finite at iteration {start} (loss {histories[0][-1]}) — "
+        f"{NON_FINITE_FIX}", iteration=start)
+
+
 def _converged(history: list[float], tol: float) -> str:
     """The per-restart stopping test of :func:`_record`: "tol", "exact" or ""."""
     if len(history) > 1 and tol > 0 and (history[-2] - history[-1]) <= tol * history[-2]:
@@ -543,6 +560,9 @@ def run_iterations(
                 state.WtW[r] = WtW[r]
                 state.loss_history[r].append(float(losses[r]))
                 state.stop_reasons[r] = _converged(state.loss_history[r], tol)
+                if not np.isfinite(losses[r]):  # never checkpointed, never written
+                    state.stop_reasons[r] = NON_FINITE
+            check_finite_losses(state.loss_history)
             if callback is not None:
                 best = float(losses[best_restart(losses)])
                 callback(IterationInfo(it, best, step.callback_error(best), dt,

@@ -54,6 +54,8 @@ class Number:
         kind = numbers.Integral if self.integral else numbers.Real
         if not isinstance(value, kind) or (isinstance(value, bool) and not self.allow_bool):
             return False
+        if not np.isfinite(value):  # NaN passes no comparison; inf would never stop or scale
+            return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
         return self.high is None or value <= self.high

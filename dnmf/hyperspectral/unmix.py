@@ -8,11 +8,12 @@ result goes back to maps tile by tile. Nothing here holds the cube or a full map
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from dnmf.hyperspectral.envi import find_envi_files
 from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
+from dnmf.io.lock import claim
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
 from dnmf.io.result_store import (
+    check_directory_output,
     check_output,
     consolidate,
     jsonable,
@@ -66,6 +69,8 @@ def unmix(
     netcdf: str | os.PathLike | None = None,
     callback: Callable[[Any], None] | None = None,
     on_prepared: Callable[[PixelMatrix, int, SubspaceEstimate | None], None] | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
 ) -> xr.Dataset:
     """Unmix a hyperspectral cube into endmember spectra and abundance maps.
 
@@ -109,6 +114,12 @@ def unmix(
     on_prepared : callable, optional
         Called with the pixel matrix, the endmember count and the HySime estimate (or None)
         before the fit.
+    checkpoint_every : int
+        With ``output``: checkpoint the fit into ``output`` (its ``fit`` group) every N
+        iterations (0: never), so that a killed unmixing resumes with ``resume``.
+    resume : bool
+        Continue the interrupted unmixing whose checkpoint is in ``output`` (same cube and
+        options; ``max_iter`` may grow).
 
     Returns
     -------
@@ -118,22 +129,29 @@ def unmix(
     """
     t_start = time.perf_counter()
     _check_options(n_endmembers, init, sparsity, sum_to_one)
-    _check_outputs(cube, var, output, netcdf, plots, overwrite=overwrite)
+    _check_outputs(cube, var, output, netcdf, plots, overwrite=overwrite, resume=resume)
+    if resume and output is None:
+        raise InputError("resume needs the output whose checkpoint it continues — pass -o OUT")
     data = open_cube(cube, var=var, band_dim=band_dim)
     keep = resolve_bad_bands(data, bad_bands)
-    with execution_context(scheduler, x_nbytes=int(data.nbytes), workers=workers,
-                           memory_limit=memory_limit, client=client) as ctx, ctx.activate():
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(claim(None if output is None else local_path(output)))
+        ctx = stack.enter_context(execution_context(
+            scheduler, x_nbytes=int(data.nbytes), workers=workers, memory_limit=memory_limit,
+            client=client))
+        stack.enter_context(ctx.activate())
         pm = pixel_matrix(data, keep)  # refuses a cube without one valid pixel
         k, estimate = _endmember_count(n_endmembers, pm, keep)
         if on_prepared is not None:
             on_prepared(pm, k, estimate)
-        scratch = _scratch_dir(output)
+        fit_store, scratch = _fit_store(output, resume)
         try:
             fit = factorize(
                 pm.X, k, init=init, w_sum_to_one=sum_to_one, alpha_W=sparsity, alpha_H=0.0,
                 l1_ratio=1.0, max_iter=max_iter, tol=tol, random_state=seed,
                 client=ctx.client, scheduler=ctx.kind if ctx.client is None else "auto",
-                out=os.path.join(scratch, "fit.zarr"), checkpoint_every=0, callback=callback,
+                out=fit_store, checkpoint_every=checkpoint_every if scratch is None else 0,
+                resume=resume, overwrite=overwrite and not resume, callback=callback,
             )
             W, H, fit_attrs = open_result(fit.path)
             if not sum_to_one:
@@ -144,13 +162,14 @@ def unmix(
             dataset.attrs.update(attrs)
             if output is None:
                 result = dataset.compute()
-            else:
-                _write_zarr(dataset, output, overwrite=overwrite)
+            else:  # replaces OUT, with the fit's checkpoint group, by the result (this run's)
+                _write_zarr(dataset, output, overwrite=True)
                 result = xr.open_zarr(os.fspath(output))
             if netcdf is not None:
                 _write_netcdf(result, netcdf, overwrite=overwrite)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
     if plots is not None:
         from dnmf.hyperspectral.plots import write_plots
 
@@ -174,16 +193,26 @@ def _check_options(n_endmembers: Any, init: str, sparsity: float, sum_to_one: bo
             "--no-sum-to-one to use --sparsity")
 
 
-def _scratch_dir(output: Any) -> str:
-    """Where the fit's W and H live until the maps are written: next to the output."""
-    local = None if output is None else local_path(output)
-    if local is None:
-        return tempfile.mkdtemp(prefix="dnmf-unmix-")
-    local = local.absolute()
-    local.parent.mkdir(parents=True, exist_ok=True)
-    path = local.parent / f".{local.name}.fit-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return str(path)
+#: The group of an unmixing's output that holds its fit (checkpoints, then W and H) until the
+#: maps replace it.
+FIT_GROUP = "fit"
+
+
+def _fit_store(output: Any, resume: bool) -> tuple[str, str | None]:
+    """``(where the fit's W and H and checkpoints go, a scratch folder to remove or None)``:
+    inside the output, where a killed run's checkpoint survives and every worker that writes
+    the output can reach it; without an output, a temporary folder."""
+    if output is None:
+        scratch = tempfile.mkdtemp(prefix="dnmf-unmix-")
+        return os.path.join(scratch, "fit.zarr"), scratch
+    text = os.fspath(output)
+    local = local_path(output)
+    fit_store = (os.path.join(os.fspath(local.absolute()), FIT_GROUP) if local is not None
+                 else posixpath.join(text.rstrip("/"), FIT_GROUP))
+    if resume and local is not None and not os.path.isdir(fit_store):
+        raise InputError(f"nothing to resume: {output} holds no interrupted unmixing (no "
+                         f"{FIT_GROUP} group) — run without --resume")
+    return fit_store, None
 
 
 def _purest_pixel_scale(W: da.Array, H: np.ndarray, ctx: Any) -> tuple[da.Array, np.ndarray]:
@@ -284,13 +313,16 @@ def _endmember_count(n_endmembers: int | str, pm: PixelMatrix,
 
 
 def _check_outputs(cube: Any, var: str | None, output: Any, netcdf: Any, plots: Any, *,
-                   overwrite: bool) -> None:
+                   overwrite: bool, resume: bool = False) -> None:
     """Before anything is read: no output is, holds or lies inside the cube (its ENVI header
-    and binary both count), no plot is written over it, and each output may be written."""
+    and binary both count), no plot is written over it, and each output may be written (the
+    output under ``resume`` holds the checkpoint: it exists)."""
     cube_files = {"the cube": Stored(cube, var), **_envi_pair(cube)}
     check_outputs_are_not_inputs({"output": output, "NetCDF output": netcdf}, cube_files)
     check_plots_are_not_inputs(plots, PLOT_FILES, cube_files)
-    for path in (output, netcdf):
+    if plots is not None:
+        check_directory_output(plots)
+    for path in (netcdf,) if resume else (output, netcdf):
         if path is not None:
             check_output(path, overwrite=overwrite)
 

@@ -11,10 +11,11 @@ final W and H are written, after which the checkpoint group is removed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
+import posixpath
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
@@ -27,9 +28,10 @@ from dnmf.io.result_store import (
     consolidate,
     jsonable,
     local_path,
+    remove_path,
     write_arrays,
 )
-from dnmf.io.zarr_ import read_version
+from dnmf.io.zarr_ import from_zarr_array, read_version
 
 GROUP = "checkpoint"
 SLOTS = ("a", "b")
@@ -49,6 +51,7 @@ class Checkpoint:
     seconds_per_iteration: list[float]
     params: dict[str, Any]
     fingerprint: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
 
 
 def fingerprint(X: da.Array, scheduler: Any = None) -> dict[str, Any]:
@@ -84,7 +87,7 @@ def start(out: str | os.PathLike, *, overwrite: bool) -> None:
             raise OutputError(f"output {path} already exists — pass --overwrite to replace it")
         trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_path(trash)
     root = zarr.open_group(_store(out), mode="w", zarr_format=3)
     root.attrs.update({"schema_version": SCHEMA_VERSION, "status": "running"})
 
@@ -94,24 +97,46 @@ def write(out: str | os.PathLike, *, W: da.Array, H: Any, iteration: int,
           fingerprint: dict, scheduler: Any = None) -> da.Array:
     """Write a checkpoint into the free slot, then point ``current`` at it.
 
-    Returns the slot's W, lazily read back from the store.
+    The slot is marked ``writing`` first (its old content is no longer a checkpoint), W and H
+    are stored with a CRC32C per chunk, and the slot's attributes, with digests of H and the
+    loss history, are written last. Returns the slot's W, lazily read back from the store.
     """
     root = zarr.open_group(_store(out), mode="r+")
     group = root.require_group(GROUP)
     current = group.attrs.get("current")
     slot = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
     target = group.require_group(slot)
-    write_arrays(target, W, H, scheduler)
+    target.attrs.put({"state": "writing"})
+    write_arrays(target, W, H, scheduler, checksums=True)
     version = uuid.uuid4().hex  # names what the slot holds now (see read_version)
-    target.attrs.update(jsonable({"iteration": iteration, "loss_history": loss_history,
-                                   "seconds_per_iteration": seconds_per_iteration,
-                                   "version": version}))
+    target.attrs.put(jsonable({
+        "iteration": iteration, "loss_history": loss_history,
+        "seconds_per_iteration": seconds_per_iteration, "version": version,
+        "state": "complete", "digest": _digests(H, loss_history)}))
     # one write of zarr.json: a kill between per-key updates would leave "current" without
     # its params
     group.attrs.put({**group.attrs.asdict(),
                      **jsonable({"current": slot, "iteration": iteration, "params": params,
                                  "fingerprint": fingerprint})})
-    return read_version(target["W"], version)
+    return _lazy_W(target, version, out)
+
+
+def _digests(H: Any, loss_history: list[float]) -> dict[str, str | None]:
+    """Digests of what a checkpoint's chunks do not verify: H as a whole (on the driver) and
+    the loss history (None for a chunked H: its chunks carry their CRCs)."""
+    h = None
+    if not isinstance(H, da.Array):
+        h = hashlib.blake2b(np.ascontiguousarray(H).tobytes(), digest_size=16).hexdigest()
+    history = json.dumps(jsonable(loss_history), allow_nan=False)
+    return {"H": h, "loss_history": hashlib.blake2b(history.encode(),
+                                                    digest_size=16).hexdigest()}
+
+
+def _lazy_W(slot: zarr.Group, version: str | None, out: Any) -> da.Array:
+    """A slot's W read lazily; a chunk that fails its CRC is named with its file and the fix."""
+    arr = slot["W"]
+    return from_zarr_array(arr, chunks=arr.chunks, name_token=(str(arr.store_path), version),
+                           label=f"the checkpoint's W in {out}").array
 
 
 def mark(out: str | os.PathLike, status: str) -> None:
@@ -120,7 +145,8 @@ def mark(out: str | os.PathLike, status: str) -> None:
 
 
 def read(out: str | os.PathLike) -> Checkpoint:
-    """The current checkpoint of an incomplete store.
+    """The current checkpoint of an incomplete store, verified; the other slot when the
+    current one is damaged.
 
     Raises
     ------
@@ -133,30 +159,91 @@ def read(out: str | os.PathLike) -> Checkpoint:
         )
     try:
         root = zarr.open_group(_store(out), mode="r")
+        status = root.attrs.get("status")
+        group = root[GROUP] if GROUP in root else None
+        group_attrs = dict(group.attrs) if group is not None else {}
     except Exception as exc:  # noqa: BLE001 - any unreadable store is the same user error
-        raise InputError(f"cannot resume from {out}: not a dnmf result store ({exc})") from exc
-    status = root.attrs.get("status")
+        raise InputError(
+            f"cannot resume from {out}: its metadata cannot be read ({_one_line(exc)}) — fit "
+            "again with --overwrite") from exc
     if status == "complete":
         raise InputError(
             f"{out} is already complete — nothing to resume; use --overwrite to fit again"
         )
-    if GROUP not in root or "current" not in root[GROUP].attrs:
+    if group is None or "current" not in group_attrs:
         raise InputError(f"{out} holds no checkpoint to resume from — fit again with --overwrite")
-    group = root[GROUP]
-    slot = group[group.attrs["current"]]
-    H_arr = slot["H"]
-    version = slot.attrs.get("version")
-    H = (read_version(H_arr, version) if H_arr.chunks[1] < H_arr.shape[1]
-         else np.asarray(H_arr[...]))
+    for key in ("params", "fingerprint"):
+        if not isinstance(group_attrs.get(key), dict):
+            raise InputError(
+                f"cannot resume from {out}: its checkpoint has no {key} "
+                f"({posixpath.join(os.fspath(out), GROUP, 'zarr.json')} is damaged) — fit "
+                "again with --overwrite")
+    current = group_attrs["current"]
+    order = [current] + [s for s in SLOTS if s != current]
+    problems = []
+    for slot in order:
+        try:
+            ckpt = _read_slot(group, slot, out)
+        except _DamagedSlot as exc:
+            problems.append(str(exc))
+            continue
+        ckpt.params, ckpt.fingerprint = dict(group_attrs["params"]), dict(
+            group_attrs["fingerprint"])
+        if slot != current:
+            ckpt.notes.append(f"the current checkpoint is damaged ({problems[0]}); resumed "
+                              f"from the previous one, at iteration {ckpt.iteration}")
+        return ckpt
+    raise InputError(
+        f"cannot resume from {out}: its checkpoint is damaged ({'; '.join(problems)}) — fit "
+        "again with --overwrite")
+
+
+class _DamagedSlot(Exception):
+    """A checkpoint slot that cannot be resumed from; the message names the file."""
+
+
+def _read_slot(group: zarr.Group, slot: str, out: Any) -> Checkpoint:
+    """One slot's checkpoint, its H and loss history checked against their digests."""
+    where = posixpath.join(os.fspath(out), GROUP, slot)
+    try:
+        if slot not in group:
+            raise _DamagedSlot(f"{where} is missing")
+        target = group[slot]
+        attrs = dict(target.attrs)
+        if attrs.get("state") == "writing":
+            raise _DamagedSlot(f"{where} was being written when the run stopped")
+        W_arr, H_arr = target["W"], target["H"]
+        iteration = int(attrs["iteration"])
+        history = list(attrs["loss_history"])
+    except _DamagedSlot:
+        raise
+    except Exception as exc:  # noqa: BLE001 - KeyError, JSON and codec errors alike
+        raise _DamagedSlot(f"{where}: {_one_line(exc)}") from exc
+    if W_arr.shape[1] != H_arr.shape[0]:
+        raise _DamagedSlot(f"{where}: W has {W_arr.shape[1]} columns but H has "
+                           f"{H_arr.shape[0]} rows")
+    version = attrs.get("version")
+    try:
+        H = (read_version(H_arr, version) if H_arr.chunks[1] < H_arr.shape[1]
+             else np.asarray(H_arr[...]))
+    except Exception as exc:  # noqa: BLE001 - a chunk that fails its CRC, or undecodable
+        raise _DamagedSlot(f"{posixpath.join(where, 'H')}: {_one_line(exc)}") from exc
+    notes = []
+    digest = attrs.get("digest")
+    if digest is None:  # written before checkpoints were verified: resumed, and said so
+        notes.append(f"unverified checkpoint ({where} was written before dnmf verified "
+                     "checkpoints)")
+    elif any(value is not None and _digests(H, history).get(key) != value
+             for key, value in digest.items()):
+        raise _DamagedSlot(f"{where}: H or the loss history differs from its digest")
     return Checkpoint(
-        iteration=int(slot.attrs["iteration"]),
-        W=read_version(slot["W"], version),
-        H=H,
-        loss_history=list(slot.attrs["loss_history"]),
-        seconds_per_iteration=list(slot.attrs.get("seconds_per_iteration", [])),
-        params=dict(group.attrs["params"]),
-        fingerprint=dict(group.attrs["fingerprint"]),
-    )
+        iteration=iteration, W=_lazy_W(target, version, out), H=H, loss_history=history,
+        seconds_per_iteration=list(attrs.get("seconds_per_iteration", [])), params={},
+        fingerprint={}, notes=notes)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def check_compatible(ckpt: Checkpoint, params: dict, fp: dict, *, max_iter: int) -> None:

@@ -37,6 +37,7 @@ from dnmf.io.npy import from_numpy
 from dnmf.io.source import MatrixSource
 from dnmf.io.sparse import from_scipy, probe_sparse
 from dnmf.io.zarr_ import from_zarr_array
+from dnmf.limits import check_chunk_grid
 
 __all__ = ["ENGINES", "EXTENSIONS", "Engine", "detect_format", "open_matrix"]
 
@@ -151,7 +152,11 @@ def open_matrix(
     (dtype('float32'), ('integer input int16 converted to float32',))
     """
     if isinstance(source, str | os.PathLike):
-        return _open_path(resolve_location(source, storage_options), var, dtype, chunks)
+        opened = _open_path(resolve_location(source, storage_options), var, dtype, chunks)
+        # from the metadata, before any graph over X is built or a chunk read
+        check_chunk_grid(opened.shape, opened.chunks, opened.stored_chunks,
+                         opened.dtype.itemsize)
+        return opened
     if var is not None:
         raise InputError(
             f"var={var!r} applies to files only; X is an in-memory {type(source).__name__} — "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import zarr
 
 from dnmf.errors import InputError, OutputError
+from dnmf.io.lock import claim
 from dnmf.io.zarr_ import read_version
 
 SCHEMA_VERSION = 1
@@ -51,6 +53,10 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
     path = local_path(out)
     if path is None:
         return
+    if path.is_symlink() and not path.exists():
+        raise OutputError(
+            f"output {path} is a symbolic link to {os.readlink(path)}, which does not exist "
+            "(or loops) — remove the link or choose another path")
     if path.exists() and not overwrite:
         raise OutputError(
             f"output {path} already exists — pass --overwrite (overwrite=True) to replace it "
@@ -64,8 +70,40 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
         raise OutputError(
             f"cannot create output {path}: {probe} is a file, not a directory — choose another path"
         )
-    if not os.access(probe, os.W_OK):
+    if not can_create_in(probe):
         raise OutputError(f"cannot write output {path}: {probe} is not writable — choose another path")
+
+
+def can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in ``folder``: tried, not guessed (``os.access`` says yes to
+    root everywhere, and knows nothing of read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_directory_output(directory: str | os.PathLike) -> None:
+    """Refuse a directory output (plots) that is a file or cannot be created — before any work.
+
+    Raises
+    ------
+    OutputError
+    """
+    path = local_path(directory)
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a directory — give a directory for the plots")
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot create {path}: {probe} is a file, not a directory — choose "
+                          "another path")
+    if not can_create_in(probe):
+        raise OutputError(f"cannot write {path}: {probe} is not writable — choose another path")
 
 
 def write_result(
@@ -98,26 +136,37 @@ def write_atomically(out: str | os.PathLike, write: Any, *, overwrite: bool = Fa
     if path is None:
         write(os.fspath(out))
         return os.fspath(out)
+    with claim(path):
+        return _write_and_rename(path, write, overwrite)
+
+
+def _write_and_rename(path: Path, write: Any, overwrite: bool) -> str:
+    """:func:`write_atomically` of a claimed local ``path``."""
     path = path.absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         write(str(tmp))
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            if not overwrite:  # appeared during the run: never replaced without overwrite
+                raise OutputError(f"output {path} appeared while this run was writing it — "
+                                  "pass --overwrite to replace it, or choose another path")
             trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, trash)
             os.replace(tmp, path)
-            _remove(trash)
+            remove_path(trash)
         else:
             os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
     return str(path)
 
 
-def _remove(path: Path) -> None:
-    """Delete a directory tree or a file, if there."""
-    if path.is_dir():
+def remove_path(path: Path) -> None:
+    """Delete a directory tree, a file or a symbolic link (not its target), if there."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -131,18 +180,25 @@ def _write_group(store: str, W: da.Array, H: Any, attrs: dict, scheduler: Any) -
     consolidate(store)
 
 
-def write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any) -> None:
-    """``W`` (chunk by chunk, on the workers) and ``H`` into ``group``, replacing old ones."""
+def write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any, *,
+                 checksums: bool = False) -> None:
+    """``W`` (chunk by chunk, on the workers) and ``H`` into ``group``, replacing old ones;
+    with ``checksums`` every chunk carries a CRC32C that zarr verifies as it reads it."""
     rows = int(max(W.chunks[0]))
     k = W.shape[1]
+    codecs: dict[str, Any] = {}
+    if checksums:
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
+        codecs = {"compressors": [ZstdCodec(level=0), Crc32cCodec()]}
     w_arr = group.create_array(
         "W", shape=W.shape, chunks=(rows, k), dtype=W.dtype,
-        dimension_names=("sample", "component"), overwrite=True,
+        dimension_names=("sample", "component"), overwrite=True, **codecs,
     )
     h_chunks = (H.shape[0], max(H.chunks[1])) if isinstance(H, da.Array) else H.shape
     h_arr = group.create_array(
         "H", shape=H.shape, chunks=h_chunks, dtype=H.dtype,
-        dimension_names=("component", "feature"), overwrite=True,
+        dimension_names=("component", "feature"), overwrite=True, **codecs,
     )
     # zarr chunks are regular: realign irregular row chunks so no two tasks write one chunk.
     W_aligned = W if all(c == rows for c in W.chunks[0][:-1]) else W.rechunk({0: rows})

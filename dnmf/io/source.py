@@ -49,6 +49,10 @@ class MatrixSource:
     codec : str or None
         The stored compression, e.g. ``"ZstdCodec(level=3)"``, ``"gzip(4)"`` or ``"none"``;
         None where it is not known (in memory, sparse stores, remote metadata).
+    chunks_written : tuple of (int, int) or None
+        ``(stored, declared)`` chunks of a chunked store, where counting them is cheap (a
+        local Zarr store, an HDF5 file); None otherwise. Chunks never written read as the fill
+        value.
     in_row_panels : callable or None
         ``in_row_panels(rows)`` is X cut into row panels of ``rows`` rows (all columns in one
         chunk), each read on its own: where the store can be cut at any row (CSR), the chunk
@@ -67,6 +71,7 @@ class MatrixSource:
     stored_nbytes: int | None = None
     in_row_panels: Callable[[tuple[int, ...]], da.Array] | None = None
     codec: str | None = None
+    chunks_written: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -190,7 +190,8 @@ def _sum_squares(values: np.ndarray) -> float:
     for start in range(0, flat.size, _SLAB):
         slab = flat[start : start + _SLAB].astype(np.float64)
         # numpy's pairwise summation keeps the float64 rounding error at O(log n) eps.
-        parts.append(float(np.square(slab, out=slab).sum()))
+        with np.errstate(over="ignore"):  # an infinite norm is reported, not warned about
+            parts.append(float(np.square(slab, out=slab).sum()))
     return math.fsum(parts)
 
 

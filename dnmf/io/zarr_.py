@@ -16,6 +16,7 @@ for hyperspectral cubes :func:`open_cube` (a store written by xarray) and, for p
 from __future__ import annotations
 
 import itertools
+import math
 import mmap
 import os
 import posixpath
@@ -182,6 +183,7 @@ def open_zarr(
         notes=notes,
         stored_chunks=source.stored_chunks,
         codec=source.codec,
+        chunks_written=source.chunks_written,
     )
 
 
@@ -279,7 +281,25 @@ def from_zarr_array(
         notes=notes,
         stored_chunks=stored_chunks,
         codec=codec_of(arr),
+        chunks_written=chunks_written(arr, stored_chunks),
     )
+
+
+def chunks_written(arr: zarr.Array, stored_chunks: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(stored, declared)`` chunk (or shard) files of an array in a local store, counted by
+    listing its folder (zarr's ``nchunks_initialized`` visits every declared chunk: hours for a
+    huge declared shape); None for other stores."""
+    if not isinstance(arr.store, zarr.storage.LocalStore):
+        return None
+    folder = os.path.join(str(arr.store.root), arr.path)
+    metadata = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+    stored = 0
+    for here, dirs, files in os.walk(folder):
+        if here == folder:  # sibling arrays of a group live in their own folders, not here
+            dirs[:] = [d for d in dirs if d == "c" or d.isdigit()]
+        stored += sum(1 for f in files if f not in metadata)
+    declared = math.prod(-(-n // c) for n, c in zip(arr.shape, stored_chunks, strict=True))
+    return stored, declared
 
 
 def codec_of(arr: zarr.Array) -> str:

@@ -1,0 +1,138 @@
+"""One writer per output: a run claims OUT before it reads X, and holds it until it ends.
+
+The claim is a hidden sibling directory ``.NAME.lock`` made with ``mkdir`` (atomic on every
+local and network file system: a second run cannot also make it), holding ``owner.json`` with
+the claimant's pid, host and start time. A claim left by a run that was killed (its pid gone on
+this host) is stale and taken over; a live one is refused with the owner named. Remote outputs
+(object stores) are not locked here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dnmf.errors import OutputError
+
+OWNER_FILE = "owner.json"
+#: Claims this process holds (re-entrant: a fit that holds OUT writes it through helpers that
+#: claim it again).
+_HELD: dict[Path, int] = {}
+
+
+def lock_path(out: Path) -> Path:
+    """The claim directory of the local output ``out``."""
+    path = Path(os.path.abspath(out))
+    return path.parent / f".{path.name}.lock"
+
+
+def owner_of(lock: Path) -> dict[str, Any] | None:
+    """The claimant recorded in ``lock`` (None while it is being written, or unreadable)."""
+    try:
+        return json.loads((lock / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_stale(owner: dict[str, Any] | None, lock: Path) -> bool:
+    """A claim whose process is gone from this host (or one never completed, after a minute)."""
+    if owner is None:
+        try:
+            return time.time() - lock.stat().st_mtime > 60
+        except OSError:
+            return True
+    if owner.get("host") != socket.gethostname():
+        return False  # another host's pid cannot be checked from here
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError):
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def claim(out: Path | None) -> Iterator[None]:
+    """Hold the local output ``out`` for this run (nothing for None: a remote output); refuse
+    it when another live run holds it. Folders made for the claim are removed with it.
+
+    Raises
+    ------
+    OutputError
+    """
+    lock = None if out is None else lock_path(out)
+    if lock is None:
+        yield
+        return
+    if lock in _HELD:
+        _HELD[lock] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock] -= 1
+        return
+    made = _missing_parents(lock)
+    for folder in reversed(made):
+        folder.mkdir(exist_ok=True)
+    try:
+        _acquire(lock, out)
+    except BaseException:
+        _remove_empty(made)
+        raise
+    _HELD[lock] = 1
+    try:
+        yield
+    finally:
+        del _HELD[lock]
+        shutil.rmtree(lock, ignore_errors=True)
+        _remove_empty(made)
+
+
+def _missing_parents(lock: Path) -> list[Path]:
+    """The folders above ``lock`` that do not exist yet, deepest first."""
+    missing, folder = [], lock.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a claim made, deepest first, where nothing was put in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _acquire(lock: Path, out: Path) -> None:
+    for _ in range(2):  # a stale claim is removed once, then taken
+        try:
+            lock.mkdir()
+        except FileExistsError:
+            owner = owner_of(lock)
+            if not is_stale(owner, lock):
+                who = ("pid {pid}, host {host}, since {since}".format(**owner)
+                       if owner and {"pid", "host", "since"} <= owner.keys() else "starting")
+                raise OutputError(
+                    f"{out} is being written by another run ({who}) — wait for it to end, or "
+                    f"write elsewhere; if that run is gone, remove {lock}") from None
+            shutil.rmtree(lock, ignore_errors=True)  # its run was killed: take over
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot claim output {out}: {exc.strerror} ({lock}) — choose "
+                              "a writable location") from None
+        owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (lock / OWNER_FILE).write_text(json.dumps(owner))
+        return
+    raise OutputError(f"cannot claim output {out}: {lock} keeps reappearing — remove it")
