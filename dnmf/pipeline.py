@@ -42,7 +42,15 @@ from dnmf.init import initialize
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
 from dnmf.io.lock import claim
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
-from dnmf.io.result_store import check_output, local_path, open_result, write_result
+from dnmf.io.result_store import (
+    check_free_space,
+    check_output,
+    disk_errors_named,
+    local_path,
+    open_result,
+    remove_path,
+    write_result,
+)
 from dnmf.io.zarr_ import owned_block
 from dnmf.plan import ChunkPlan, apply_plan, plan_chunks
 from dnmf.solvers import (
@@ -279,6 +287,10 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
     plan = plan_of(spec, source, ctx)
     check_plan(spec, plan)
     ctx.task_bytes = plan.task_bytes  # named if a worker is killed for memory
+    if out is not None:  # before X is read: W and H, as the plan sizes them, must fit there
+        itemsize = np.dtype(source.dtype).itemsize
+        n, m = source.shape
+        check_free_space(out, (n + m) * spec.rank * itemsize)
     w_scratch = w_scratch_dir(out, stack) if plan.w_in_store else None
     Xp = planned_input(X, var, dtype, source, plan, ctx, stack)
     mask_p = None if opened.mask is None else opened.mask.array.rechunk(Xp.chunks)
@@ -446,15 +458,27 @@ class CheckpointWriter:
         self.device = device
 
     def __call__(self, state: Any) -> da.Array:
-        """Write a checkpoint; return its W, read back lazily (the loop restarts from it)."""
-        if not self.started:  # OUT appears with the first checkpoint
+        """Write a checkpoint; return its W, read back lazily (the loop restarts from it).
+
+        A first checkpoint that fails (a full disk) removes the OUT it created: no store that
+        ``--resume`` would then refuse is left behind.
+        """
+        first = not self.started
+        if first:  # OUT appears with the first checkpoint
             checkpoint.start(self.out, overwrite=self.overwrite)
             self.started = True
-        W = checkpoint.write(
-            self.out, W=devices.to_host(state.W), H=state.H, iteration=state.n_iter,
-            loss_history=state.loss_history, seconds_per_iteration=state.seconds_per_iteration,
-            params=self.params, fingerprint=self.fingerprint, scheduler=self.scheduler,
-        )
+        try:
+            with disk_errors_named(self.out, result_bytes(state.W, state.H)):
+                W = checkpoint.write(
+                    self.out, W=devices.to_host(state.W), H=state.H, iteration=state.n_iter,
+                    loss_history=state.loss_history,
+                    seconds_per_iteration=state.seconds_per_iteration, params=self.params,
+                    fingerprint=self.fingerprint, scheduler=self.scheduler)
+        except BaseException:
+            if first and (local := local_path(self.out)) is not None:
+                remove_path(local)
+                self.started = False
+            raise
         checkpoint.mark(self.out, "running")
         return devices.to_device(W) if self.device == "gpu" else W
 
@@ -466,8 +490,16 @@ class CheckpointWriter:
             checkpoint.mark(self.out, "interrupted")
 
     def finish(self, W: da.Array, H: Any, attrs: dict) -> None:
-        checkpoint.finish(self.out, W=devices.to_host(W), H=H, attrs=attrs,
-                          scheduler=self.scheduler)
+        with disk_errors_named(self.out, result_bytes(W, H)):
+            checkpoint.finish(self.out, W=devices.to_host(W), H=H, attrs=attrs,
+                              scheduler=self.scheduler)
+
+
+def result_bytes(W: Any, H: Any) -> int:
+    """Bytes of W and H as stored uncompressed: what writing a result or checkpoint needs at
+    most."""
+    return int(W.shape[0] * W.shape[1] * W.dtype.itemsize
+               + H.shape[0] * H.shape[1] * H.dtype.itemsize)
 
 
 def checkpoint_writer(spec: FitSpec, opened: Opened, prepared: Prepared, ctx: ExecutionContext,
@@ -649,8 +681,9 @@ def finish(spec: FitSpec, opened: Opened, prepared: Prepared, loop: RestartsStat
             writer.finish(W, result.H, attrs)
             result.path = os.fspath(out)
         else:
-            result.path = write_result(out, W=W, H=result.H, attrs=attrs,
-                                       overwrite=spec.overwrite, scheduler=ctx.scheduler)
+            with disk_errors_named(out, result_bytes(W, result.H)):
+                result.path = write_result(out, W=W, H=result.H, attrs=attrs,
+                                           overwrite=spec.overwrite, scheduler=ctx.scheduler)
         H_is_chunked = isinstance(result.H, da.Array)
         result.W, stored_H, _ = open_result(result.path)
         if H_is_chunked:

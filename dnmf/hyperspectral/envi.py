@@ -297,6 +297,9 @@ def read_envi_header(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     h.setdefault("byte order", 0)
     h.setdefault("header offset", 0)
+    if h["header offset"] < 0:
+        raise InputError(f"ENVI header {where}: header offset must be >= 0, got "
+                         f"{h['header offset']} — fix the header")
     if h["byte order"] not in (0, 1):
         raise InputError(f"ENVI header {where}: byte order must be 0 or 1, got {h['byte order']}")
     for key in ("wavelength", "fwhm", "bbl"):

@@ -132,7 +132,7 @@ def unmix(
     _check_outputs(cube, var, output, netcdf, plots, overwrite=overwrite, resume=resume)
     if resume and output is None:
         raise InputError("resume needs the output whose checkpoint it continues — pass -o OUT")
-    data = open_cube(cube, var=var, band_dim=band_dim)
+    data = without_result_dims(open_cube(cube, var=var, band_dim=band_dim))
     keep = resolve_bad_bands(data, bad_bands)
     with contextlib.ExitStack() as stack:
         stack.enter_context(claim(None if output is None else local_path(output)))
@@ -175,6 +175,25 @@ def unmix(
 
         write_plots(result, plots, loss_history=fit.loss_history)
     return result
+
+
+def without_result_dims(data: xr.DataArray) -> xr.DataArray:
+    """The cube with any dimension named like the result's own (``endmember``) renamed
+    (``endmember_in``), so that the result's ``endmembers(endmember, band)`` cannot collide
+    with it."""
+    if "endmember" not in data.dims:
+        return data
+    renamed = data.rename({"endmember": "endmember_in"})
+    attrs = {**data.attrs, "note": "the cube's dimension 'endmember' was renamed "
+             "'endmember_in' (the result's endmember dimension has that name)"}
+    for key in ("band_dim", "spatial_dims"):  # open_cube's names of the dims
+        value = attrs.get(key)
+        if value == "endmember":
+            attrs[key] = "endmember_in"
+        elif isinstance(value, list | tuple):
+            attrs[key] = type(value)("endmember_in" if v == "endmember" else v for v in value)
+    renamed.attrs = attrs
+    return renamed
 
 
 def _check_options(n_endmembers: Any, init: str, sparsity: float, sum_to_one: bool) -> None:

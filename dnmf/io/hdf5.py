@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from dnmf.errors import InputError
 from dnmf.io.common import (
     Location,
     cannot_read,
@@ -180,6 +181,45 @@ def datasets(h5file: h5py.File) -> list[tuple[str, tuple[int, ...], Any]]:
     return found
 
 
+#: Set to ``allow`` to read HDF5 data that external links, external storage or virtual
+#: datasets take from files outside the input's folder.
+ALLOW_EXTERNAL_ENV = "DNMF_HDF5_EXTERNAL"
+
+
+def check_external_data(h5file: h5py.File, name: str, loc: Location) -> None:
+    """Refuse a dataset whose values come from a file outside the input's folder (an external
+    link on its path, external raw storage, a virtual dataset's sources), unless allowed: a
+    crafted file could otherwise make dnmf read any file the user can."""
+    import h5py
+
+    if os.environ.get(ALLOW_EXTERNAL_ENV) == "allow":
+        return
+    folder = os.path.dirname(os.path.abspath(loc.path)) if loc.is_local else None
+    targets: list[tuple[str, str]] = []
+    parts = [p for p in name.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        link = h5file.get("/" + "/".join(parts[:i]), getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            targets.append(("an external link", link.filename))
+            break  # what lies beyond is in the other file
+    else:
+        dset = h5file[name]
+        targets += [("external storage", entry[0].decode() if isinstance(entry[0], bytes)
+                     else str(entry[0])) for entry in (dset.external or ())]
+        if dset.is_virtual:
+            targets += [("a virtual dataset", src.file_name) for src in dset.virtual_sources()]
+    for kind, target in targets:
+        if target == "." and kind == "a virtual dataset":
+            continue  # a virtual dataset over this very file
+        resolved = os.path.abspath(os.path.join(folder or "", target))
+        if folder is None or os.path.commonpath([folder, resolved]) != folder:
+            raise InputError(
+                f"{loc.original}: dataset {name} reads its values through {kind} from "
+                f"{target}, outside the file's folder; dnmf refuses that by default (a crafted "
+                f"file could read any file you can) — set {ALLOW_EXTERNAL_ENV}=allow if you "
+                "trust this file")
+
+
 def open_hdf5(
     loc: Location,
     var: str | None,
@@ -204,6 +244,7 @@ def open_hdf5(
             name = "/" + var.strip("/")
             if not isinstance(h5file.get(name), h5py.Dataset):
                 raise missing_variable(var, loc.original, "dataset", entries)
+        check_external_data(h5file, name, loc)
         dset = h5file[name]
         shape = check_shape(tuple(dset.shape or ()))
         stored = dset.dtype

@@ -8,11 +8,14 @@ something at OUT that looks like a result.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,45 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
         )
     if not can_create_in(probe):
         raise OutputError(f"cannot write output {path}: {probe} is not writable — choose another path")
+
+
+def check_free_space(out: str | os.PathLike, nbytes: int) -> None:
+    """Refuse a local output whose file system has less than ``nbytes`` free (the plan knows
+    the result's size) — before any work. Remote outputs are not checked.
+
+    Raises
+    ------
+    OutputError
+    """
+    path = local_path(out)
+    if path is None:
+        return
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return  # the file system does not say: found, if at all, when writing
+    if free < nbytes:
+        raise OutputError(
+            f"not enough space for {path}: the result needs up to {nbytes:,} bytes and "
+            f"{free:,} are free there — free some space or write elsewhere")
+
+
+@contextlib.contextmanager
+def disk_errors_named(out: str | os.PathLike, nbytes: int | None = None) -> Iterator[None]:
+    """A full disk (or quota) while writing ``out`` as one line naming the path and the bytes
+    the write needs, instead of an ``OSError`` from deep inside zarr."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need = "" if nbytes is None else f" (the write needs up to {nbytes:,} bytes)"
+        raise OutputError(
+            f"no space left on the device holding {out}{need} — free some space or write "
+            "elsewhere") from None
 
 
 def can_create_in(folder: Path) -> bool:
@@ -245,13 +287,31 @@ def open_result(path: str | os.PathLike) -> tuple[da.Array, np.ndarray, dict[str
     try:
         root = zarr.open_group(os.fspath(path), mode="r")
         attrs = dict(root.attrs)
+    except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as exc:
+        raise InputError(f"{path} is not a dnmf result store ({_first_line(exc)}) — check "
+                         "the path") from exc
+    status = attrs.get("status")
+    if status in ("running", "interrupted"):
+        raise InputError(
+            f"result store {path} is an interrupted run (status {status!r}), not a result — "
+            "resume it with --resume (resume=True), or fit again with --overwrite")
+    if status != "complete":
+        raise InputError(
+            f"{path} is not a complete dnmf result store (status {status!r}) — check the path, "
+            "or fit again")
+    try:
         W = read_version(root["W"])  # a store replaced by --overwrite is new content
         H = np.asarray(root["H"][...])
     except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as exc:
-        raise InputError(f"{path} is not a dnmf result store ({exc}) — check the path") from exc
-    status = attrs.get("status")
-    if status != "complete":
+        raise InputError(f"result store {path} is damaged: W or H cannot be read "
+                         f"({_first_line(exc)}) — fit again with --overwrite") from exc
+    k = attrs.get("n_components", H.shape[0] if H.ndim == 2 else None)
+    if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[0] or H.shape[0] != k:
         raise InputError(
-            f"result store {path} is {status!r}, not complete — rerun the fit (or --resume it)"
-        )
+            f"result store {path} is damaged: W {W.shape}, H {H.shape} and n_components {k!r} "
+            "disagree — fit again with --overwrite")
     return W, H, attrs
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
