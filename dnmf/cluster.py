@@ -168,6 +168,17 @@ class ExecutionContext:
         return value
 
 
+    @contextlib.contextmanager
+    def failures_explained(self) -> Iterator[None]:
+        """Re-raise what :meth:`explained` explains, from any computation in the block."""
+        try:
+            yield
+        except Exception as exc:
+            explained = self.explained(exc)
+            if explained is exc:
+                raise
+            raise explained from None
+
     def explained(self, exc: BaseException) -> BaseException:
         """A worker killed while running a task (``KilledWorker``) as one line that names the
         planned task memory and the fix; any other exception as it is."""

@@ -185,6 +185,8 @@ def open_input(spec: FitSpec, X: Any, *, var: str | None = None, dtype: Any = No
     check_outputs_are_not_inputs({"output": out}, {
         "the input": Stored(X, var), "the mask": Stored(mask, mask_var),
         "the initial W": W_init, "the initial H": H_init})
+    if out is not None and not spec.resume:
+        check_output(out, overwrite=spec.overwrite)
     if out is not None and stack is not None:
         stack.enter_context(claim(local_path(out)))  # one writer per output
     ckpt = None
@@ -196,8 +198,6 @@ def open_input(spec: FitSpec, X: Any, *, var: str | None = None, dtype: Any = No
             raise InputError(
                 f"cannot resume: n_restarts was {ckpt.params.get('n_restarts', 1)}, now "
                 f"{spec.n_restarts} — resume with the same parameters (only --max-iter may grow)")
-    if out is not None and not spec.resume:
-        check_output(out, overwrite=spec.overwrite)
     source = open_matrix(X, var, dtype=dtype)
     check_some_chunk_stored(source)
     check_rank(source.shape, spec.rank)
@@ -262,6 +262,7 @@ def fit_context(opened: Opened, stack: contextlib.ExitStack, *, scheduler: Any =
                           memory_limit=memory_limit, client=client, gpu=gpu,
                           x_in_memory=source.format in IN_MEMORY_FORMATS))
     stack.enter_context(ctx.activate())
+    stack.enter_context(ctx.failures_explained())  # a worker killed for memory: one line
     if gpu:
         opened.notes.append(f"device: gpu, {devices.require_gpu(ctx.client)}")
     return ctx
