@@ -137,14 +137,14 @@ def test_report_of_a_lazy_store_never_holds_a_full_map(tmp_path):
     """Maps taller than MAX_SIDE are read decimated, chunk by chunk: no task returns, and no
     step holds, as much as one full-resolution map."""
     ny, nx, k = 2 * MAX_SIDE + 100, 240, 3
-    _result(k=k, ny=ny, nx=nx, named=False, chunks=(500, 240)).to_zarr(
+    _result(k=k, ny=ny, nx=nx, named=False, chunks=(300, 240)).to_zarr(
         tmp_path / "r.zarr", mode="w", consolidated=False)
     lazy = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)
     full_map = ny * nx * 4  # one float32 map
     with _LargestResult() as largest, dask.config.set(scheduler="threads"):
         text = unmixing_report(lazy)
     _assert_self_contained(text)
-    assert 0 < largest.largest <= k * 500 * 240 * 4 < full_map
+    assert 0 < largest.largest <= k * 300 * 240 * 4 < full_map
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,8 +28,10 @@ PLOT_FILES = ("endmembers.png", "abundance_*.png", "abundances.png", "rgb_compos
 
 __all__ = ["MAX_SIDE", "crs_name", "loss_figure", "png_bytes", "render_plots", "write_plots"]
 
-#: Maps are decimated with a stride to at most this many pixels per side before plotting.
-MAX_SIDE = 2000
+#: Maps are decimated with a stride to at most this many pixels per side before plotting: over
+#: twice the ~420 pixels a map's axes span in its PNG, and matplotlib's resampling of a
+#: 2000-pixel image cost ~270 MB a figure (a 6-map facet figure ~400 MB).
+MAX_SIDE = 1000
 #: Colour of no-data (NaN) pixels in every map: not in viridis, magma or a sum-to-one RGB.
 NODATA_COLOR = "#d9d9d9"
 _DPI = 100
@@ -415,8 +417,8 @@ def write_plots(
 
     Notes
     -----
-    A map larger than ``MAX_SIDE`` (2000) pixels on a side is read with the stride
-    ``ceil(max(ny, nx) / 2000)`` on both axes: the figures show every stride-th pixel, and only
+    A map larger than ``MAX_SIDE`` (1000) pixels on a side is read with the stride
+    ``ceil(max(ny, nx) / 1000)`` on both axes: the figures show every stride-th pixel, and only
     the decimated maps (``k * (ny / stride) * (nx / stride)`` float32) are in memory.
 
     Examples

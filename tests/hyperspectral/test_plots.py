@@ -104,12 +104,12 @@ def test_partial_results(tmp_path):
 
 
 def test_large_maps_are_decimated(tmp_path):
-    ny, nx = 4100, 60
+    ny, nx = 2050, 60
     assert plots._stride(ny, nx) == 3 and plots._stride(MAX_SIDE, 10) == 1
-    residual = da.random.default_rng(1).random((ny, nx), chunks=(1000, nx))
+    residual = da.random.default_rng(1).random((ny, nx), chunks=(500, nx))
     result = xr.Dataset({"residual_rmse": (("y", "x"), residual)})
     grid = plots._Grid(result["residual_rmse"], ("y", "x"))
-    assert grid.read(result["residual_rmse"]).shape == (1367, 20)
+    assert grid.read(result["residual_rmse"]).shape == (684, 20)
     (path,) = write_plots(result, tmp_path)
     _check_png(path)
 
