@@ -270,7 +270,7 @@ def _plot_facets(grid: _Grid, maps: np.ndarray, labels: list[str]):
     k = maps.shape[0]
     ny, nx = maps.shape[1:]
     panel = xr.DataArray(maps, dims=("endmember", "y", "x"),
-                         coords={"endmember": labels, "y": grid.y, "x": grid.x})
+                         coords={"endmember": np.arange(k), "y": grid.y, "x": grid.x})
     ncol = min(k, 4)
     nrow = math.ceil(k / ncol)
     panel_height = min(4.5, max(1.8, 3.2 * ny / max(nx, 1)))
@@ -283,7 +283,10 @@ def _plot_facets(grid: _Grid, maps: np.ndarray, labels: list[str]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(facets.fig)  # drawn on Agg like every other figure, whatever pyplot uses
-    facets.set_titles("{value}", size="medium")
+    # titles set here, not by FacetGrid: facets select by label, and names may repeat
+    for ax, selection in zip(facets.axs.flat, facets.name_dicts.flat, strict=True):
+        if selection is not None:
+            ax.set_title(labels[int(selection["endmember"])], size="medium")
     facets.set_xlabels("")
     facets.set_ylabels("")
     facets.fig.supxlabel(grid.xlabel)  # once for the grid: a CRS name is longer than a panel
