@@ -455,7 +455,8 @@ def unmix(
         _log(f"report: {report}", quiet)
     if as_json:
         _print_json({
-            "path": out, "report": None if report is None else str(report), "n_endmembers": attrs["n_endmembers"], "n_iter": attrs["n_iter"],
+            "path": out, "report": None if report is None else str(report),
+            "n_endmembers": attrs["n_endmembers"], "n_iter": attrs["n_iter"],
             "converged": attrs.get("converged"), "relative_error": attrs["relative_error"],
             "wall_time_s": attrs["wall_time_s"], "plots": None if plots is None else str(plots),
             "netcdf": None if netcdf is None else str(netcdf),
