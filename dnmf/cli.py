@@ -93,6 +93,8 @@ TolOpt = Annotated[float, typer.Option(
     help="Stop when the loss falls by less than this fraction in one iteration.")]
 VarOpt = Annotated[str | None, typer.Option(
     help="Array/variable/dataset inside INPUT (a Zarr group, HDF5 file or NetCDF).")]
+ReportOpt = Annotated[Path | None, typer.Option(
+    help="Also write a self-contained HTML report (figures inline, no network) to this file.")]
 JsonOpt = Annotated[bool, typer.Option(
     "--json", help="Print the result as one JSON object on stdout, nothing else (progress "
                    "stays on stderr; schema in the README).")]
@@ -181,6 +183,7 @@ def fit(
         "--dry-run", help="Print the chunk plan and memory per worker; write nothing.")] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    report: ReportOpt = None,
 ) -> None:
     """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT (Zarr)."""
     import numpy as np
@@ -208,6 +211,12 @@ def fit(
         return
     if out is None:
         raise InputError("no output given — pass -o OUT.zarr (or --dry-run to only plan)")
+    if report is not None:
+        from dnmf.io.overlap import Stored
+        from dnmf.report import check_report_path
+
+        check_report_path(report, {"the input": Stored(input, var), "the mask": mask,
+                                   "OUT": out}, overwrite=overwrite)
     try:
         with FitProgress(quiet=quiet) as progress:
             result = api.factorize(
@@ -220,8 +229,13 @@ def fit(
         _exit_with(str(exc) or "interrupted", 130)
     for note in result.notes:
         _log(f"note: {note}", quiet)
+    if report is not None:
+        from dnmf.report import fit_report, write_report
+
+        write_report(fit_report(result.path), report)
+        _log(f"report: {report}", quiet)
     if as_json:
-        _print_json(_fit_summary(result))
+        _print_json({**_fit_summary(result), "report": None if report is None else str(report)})
         return
     if restarts > 1:
         losses = np.asarray(result.restart_losses)
@@ -345,6 +359,7 @@ def rank(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    report: ReportOpt = None,
 ) -> None:
     """Survey ranks A..B: error, consensus stability, silhouette and held-out error per k."""
     from dnmf.rank import run_rank_cli
@@ -352,7 +367,7 @@ def rank(
     run_rank_cli(input, ks, runs, out, plots, seed, var=var, scheduler=scheduler,
                  workers=workers, memory_limit=memory_limit, max_iter=max_iter, tol=tol,
                  heldout_fraction=heldout_fraction, overwrite=overwrite, quiet=quiet,
-                 json=as_json)
+                 json=as_json, html=report)
 
 
 class UnmixInit(StrEnum):
@@ -399,6 +414,7 @@ def unmix(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    report: ReportOpt = None,
 ) -> None:
     """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT."""
     from dnmf.errors import InputError
@@ -412,6 +428,12 @@ def unmix(
             k = int(endmembers)
         except ValueError:
             raise InputError(f"-k must be an integer or auto; got {endmembers!r}") from None
+    if report is not None:
+        from dnmf.io.overlap import Stored
+        from dnmf.report import check_report_path
+
+        check_report_path(report, {"the cube": Stored(cube, var), "OUT": out},
+                          overwrite=overwrite)
 
     with FitProgress(quiet=quiet) as progress:
         def on_prepared(pm: Any, n: int, estimate: Any) -> None:
@@ -431,9 +453,15 @@ def unmix(
             output=out, overwrite=overwrite, plots=plots, netcdf=netcdf, callback=progress,
             on_prepared=on_prepared, checkpoint_every=checkpoint_every, resume=resume)
     attrs = result.attrs
+    if report is not None:
+        from dnmf.report import unmixing_report, write_report
+
+        write_report(unmixing_report(result), report)
+        _log(f"report: {report}", quiet)
     if as_json:
         _print_json({
-            "path": out, "n_endmembers": attrs["n_endmembers"], "n_iter": attrs["n_iter"],
+            "path": out, "report": None if report is None else str(report),
+            "n_endmembers": attrs["n_endmembers"], "n_iter": attrs["n_iter"],
             "converged": attrs.get("converged"), "relative_error": attrs["relative_error"],
             "wall_time_s": attrs["wall_time_s"], "plots": None if plots is None else str(plots),
             "netcdf": None if netcdf is None else str(netcdf),

@@ -1106,6 +1106,7 @@ def run_rank_cli(
     overwrite: bool = False,
     quiet: bool = False,
     json: bool = False,
+    html: str | os.PathLike | None = None,
     stream: IO[str] | None = None,
     out_stream: IO[str] | None = None,
     **fit_kwargs: Any,
@@ -1118,7 +1119,8 @@ def run_rank_cli(
     (:meth:`RankReport.as_json_dict` with the report's path and the plots) and nothing else.
     Progress and logs go to ``stream`` (stderr by default): a live bar with ETA on a terminal,
     a line per finished fit otherwise, nothing of it with ``quiet``; then ``report: PATH``,
-    ``plot: PATH`` and ``warning: ...`` lines (warnings even with ``quiet``).
+    ``plot: PATH`` and ``warning: ...`` lines (warnings even with ``quiet``). With ``html``,
+    a self-contained HTML report is written there too (:func:`dnmf.report.rank_report`).
     """
     import json as json_module
     import sys
@@ -1133,6 +1135,10 @@ def run_rank_cli(
     check_plots_are_not_inputs(plots, PLOT_FILES, inputs)
     if out is not None:
         check_output(out, overwrite=overwrite)
+    if html is not None:
+        from dnmf.report import check_report_path
+
+        check_report_path(html, {**inputs, "the report store": out}, overwrite=overwrite)
     results = out_stream if out_stream is not None else sys.stdout
     display = FitProgress(quiet=quiet, stream=stream if stream is not None else sys.stderr)
     last_done = [0]
@@ -1172,6 +1178,12 @@ def run_rank_cli(
         if not quiet:
             for p in plotted:
                 log(f"plot: {p}")
+    if html is not None:
+        from dnmf.report import rank_report, write_report
+
+        write_report(rank_report(report), html)
+        if not quiet:
+            log(f"html report: {html}")
     for warning in report.warnings:
         log(f"warning: {warning}")
     if json:

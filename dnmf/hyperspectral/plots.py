@@ -1,14 +1,17 @@
 """PNG figures of an unmixing result: endmember spectra, abundance maps, RGB, residual, loss.
 
 Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` with
-``FigureCanvasAgg``): no pyplot, no global backend switch, nothing imported with dnmf. Maps
-larger than ``MAX_SIDE`` pixels on a side are read with a stride, so only the decimated map is
-ever in memory.
+``FigureCanvasAgg``): no global backend switch, nothing imported with dnmf. The one exception
+is the faceted figure of all abundance maps, drawn by xarray's FacetGrid, which makes its
+figure through pyplot (closed again at once). Maps larger than ``MAX_SIDE`` pixels on a side
+are read with a stride, so only the decimated map is ever in memory.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,13 +23,15 @@ from dnmf.errors import InputError
 
 #: The names :func:`write_plots` may give its files (glob patterns), for the check that no
 #: plot is written over an input.
-PLOT_FILES = ("endmembers.png", "abundance_*.png", "rgb_composite.png", "residual_rmse.png",
-              "loss.png")
+PLOT_FILES = ("endmembers.png", "abundance_*.png", "abundances.png", "rgb_composite.png",
+              "residual_rmse.png", "loss.png")
 
-__all__ = ["MAX_SIDE", "write_plots"]
+__all__ = ["MAX_SIDE", "crs_name", "loss_figure", "png_bytes", "render_plots", "write_plots"]
 
-#: Maps are decimated with a stride to at most this many pixels per side before plotting.
-MAX_SIDE = 2000
+#: Maps are decimated with a stride to at most this many pixels per side before plotting: over
+#: twice the ~420 pixels a map's axes span in its PNG, and matplotlib's resampling of a
+#: 2000-pixel image cost ~270 MB a figure (a 6-map facet figure ~400 MB).
+MAX_SIDE = 1000
 #: Colour of no-data (NaN) pixels in every map: not in viridis, magma or a sum-to-one RGB.
 NODATA_COLOR = "#d9d9d9"
 _DPI = 100
@@ -41,9 +46,42 @@ def _figure(width: float = 7.0, height: float = 5.0):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=_DPI, facecolor="white")
-    return path
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (white background)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
+    return buffer.getvalue()
+
+
+def crs_name(result: Any) -> str | None:
+    """A short name of the maps' coordinate reference system, or None when none is known.
+
+    Read from the WKT of a ``spatial_ref`` coordinate (``crs_wkt`` or ``spatial_ref`` attr, the
+    rioxarray/CF layout) or from a ``crs_wkt`` or ``crs`` attribute of ``result``: the WKT's
+    name and its EPSG code when it has one, e.g. ``"WGS 84 / UTM zone 11N (EPSG:32611)"``.
+    """
+    texts = []
+    if "spatial_ref" in getattr(result, "coords", {}):
+        attrs = result.coords["spatial_ref"].attrs
+        texts += [attrs.get("crs_wkt"), attrs.get("spatial_ref")]
+    attrs = getattr(result, "attrs", {})
+    texts += [attrs.get("crs_wkt"), attrs.get("crs")]
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            continue
+        text = text.strip()
+        if re.fullmatch(r"(?i)epsg:\d+", text):
+            return text.upper()
+        name = re.match(r'\s*[A-Z_]+\s*\[\s*"([^"]*)"', text)
+        # the top-level AUTHORITY/ID closes the WKT: the last one names the whole CRS
+        codes = re.findall(r'(?:AUTHORITY|ID)\s*\[\s*"EPSG"\s*,\s*"?(\d+)"?\s*\]', text)
+        if name is None and not codes:
+            continue
+        label = name.group(1) if name else ""
+        if codes:
+            label = f"{label} (EPSG:{codes[-1]})" if label else f"EPSG:{codes[-1]}"
+        return label
+    return None
 
 
 def _stride(*sizes: int) -> int:
@@ -67,7 +105,7 @@ def _labels(result: Any, da: Any) -> list[str]:
 class _Grid:
     """The two spatial dims of a map, the stride, and the decimated extent for imshow."""
 
-    def __init__(self, da: Any, dims: Sequence[str]):
+    def __init__(self, da: Any, dims: Sequence[str], crs: str | None = None):
         self.ydim, self.xdim = str(dims[0]), str(dims[1])
         ny, nx = da.sizes[self.ydim], da.sizes[self.xdim]
         self.stride = _stride(ny, nx)
@@ -78,13 +116,18 @@ class _Grid:
         self.ylabel = f"{self.ydim} (pixel)"
         y = self._coord(da, self.ydim)
         x = self._coord(da, self.xdim)
+        #: the decimated coordinates (pixel indices without coordinates), for FacetGrid
+        self.y = np.arange(ny, dtype=np.float64)[:: self.stride]
+        self.x = np.arange(nx, dtype=np.float64)[:: self.stride]
+        self.has_coords = y is not None and x is not None
         if y is not None and x is not None:
             y, x = y[:: self.stride], x[:: self.stride]
+            self.y, self.x = y, x
             dy = y[1] - y[0] if len(y) > 1 else 1.0
             dx = x[1] - x[0] if len(x) > 1 else 1.0
             self.extent = (x[0] - dx / 2, x[-1] + dx / 2, y[-1] + dy / 2, y[0] - dy / 2)
-            self.xlabel = self._axis_label(da, self.xdim)
-            self.ylabel = self._axis_label(da, self.ydim)
+            self.xlabel = self._axis_label(da, self.xdim, crs)
+            self.ylabel = self._axis_label(da, self.ydim, crs)
         else:
             self.extent = (-0.5, nx - 0.5, ny - 0.5, -0.5)
 
@@ -98,9 +141,10 @@ class _Grid:
         return values.astype(np.float64)
 
     @staticmethod
-    def _axis_label(da: Any, dim: str) -> str:
+    def _axis_label(da: Any, dim: str, crs: str | None) -> str:
         units = da.coords[dim].attrs.get("units")
-        return f"{dim} ({units})" if units else dim
+        label = f"{dim} ({units})" if units else dim
+        return f"{label}, {crs}" if crs else label
 
     def read(self, da: Any) -> np.ndarray:
         """The decimated map(s) in memory, float32 (NaN kept)."""
@@ -129,7 +173,7 @@ def _nodata_legend(ax, has_nodata: bool, extra: Sequence[Any] = ()) -> None:
 
 
 def _map_figure(grid: _Grid, image: np.ndarray, *, title: str, cmap: str, vmin: float,
-                vmax: float, label: str, path: Path) -> Path:
+                vmax: float, label: str):
     import matplotlib as mpl
 
     colormap = mpl.colormaps[cmap].with_extremes(bad=NODATA_COLOR)
@@ -142,7 +186,7 @@ def _map_figure(grid: _Grid, image: np.ndarray, *, title: str, cmap: str, vmin: 
     ax.set_title(title + grid.title_suffix())
     grid.label_axes(ax)
     _nodata_legend(ax, bool(np.isnan(image).any()))
-    return _save(fig, path)
+    return fig
 
 
 def _break_at_gaps(x: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +203,7 @@ def _break_at_gaps(x: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nd
     return x_new, values_new
 
 
-def _plot_endmembers(result: Any, endmembers: Any, path: Path) -> Path:
+def _plot_endmembers(result: Any, endmembers: Any):
     dim = _endmember_dim(endmembers)
     endmembers = endmembers.transpose(dim, ...)
     values = np.asarray(endmembers.values, dtype=np.float64)
@@ -186,10 +230,10 @@ def _plot_endmembers(result: Any, endmembers: Any, path: Path) -> Path:
     ax.set_title("endmembers" + (" (grey: dropped bands)" if dropped.any() else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return fig
 
 
-def _plot_rgb(grid: _Grid, maps: np.ndarray, labels: list[str], path: Path) -> Path:
+def _plot_rgb(grid: _Grid, maps: np.ndarray, labels: list[str]):
     from matplotlib.patches import Patch
 
     k = maps.shape[0]
@@ -213,23 +257,128 @@ def _plot_rgb(grid: _Grid, maps: np.ndarray, labels: list[str], path: Path) -> P
     ax.set_title("abundance composite" + grid.title_suffix())
     grid.label_axes(ax)
     _nodata_legend(ax, bool(nodata.any()), handles)
-    return _save(fig, path)
+    return fig
 
 
-def _plot_loss(loss_history: Sequence[float], path: Path) -> Path:
+def _plot_facets(grid: _Grid, maps: np.ndarray, labels: list[str]):
+    """All abundance maps in one figure, one panel each, a shared 0-1 colour scale (xarray's
+    FacetGrid; it draws through pyplot, so the figure is closed there at once)."""
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+    import xarray as xr
+
+    k = maps.shape[0]
+    ny, nx = maps.shape[1:]
+    panel = xr.DataArray(maps, dims=("endmember", "y", "x"),
+                         coords={"endmember": np.arange(k), "y": grid.y, "x": grid.x})
+    ncol = min(k, 4)
+    nrow = math.ceil(k / ncol)
+    panel_height = min(4.5, max(1.8, 3.2 * ny / max(nx, 1)))
+    with plt.ioff():  # never shown: no window in an interactive session
+        facets = panel.plot.imshow(
+            col="endmember", col_wrap=ncol, figsize=(3.2 * ncol + 1.4, panel_height * nrow + 1.4),
+            vmin=0.0, vmax=1.0, cmap=mpl.colormaps["viridis"].with_extremes(bad=NODATA_COLOR),
+            interpolation="nearest", yincrease=grid.has_coords, add_colorbar=False)
+    plt.close(facets.fig)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(facets.fig)  # drawn on Agg like every other figure, whatever pyplot uses
+    # titles set here, not by FacetGrid: facets select by label, and names may repeat
+    for ax, selection in zip(facets.axs.flat, facets.name_dicts.flat, strict=True):
+        if selection is not None:
+            ax.set_title(labels[int(selection["endmember"])], size="medium")
+    facets.set_xlabels("")
+    facets.set_ylabels("")
+    facets.fig.supxlabel(grid.xlabel)  # once for the grid: a CRS name is longer than a panel
+    facets.fig.supylabel(grid.ylabel)
+    for ax in facets.axs.flat:
+        ax.ticklabel_format(style="plain", useOffset=False)
+        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(nbins=3))
+    note = "; grey: no data" if bool(np.isnan(maps).any()) else ""
+    facets.fig.suptitle(f"abundances{grid.title_suffix()}{note}")
+    # xarray lays the grid out once (tight); constrained layout from here on, before the colour
+    # bar exists, so that long CRS labels, the titles and the colour bar all fit
+    facets.fig.set_layout_engine("constrained")
+    facets.fig.colorbar(facets.axs.flat[0].images[0], ax=facets.axs, label="abundance",
+                        shrink=0.8)
+    return facets.fig
+
+
+def loss_figure(loss_history: Sequence[float]):
+    """The loss per iteration (log scale when every value is positive), laid out by
+    matplotlib's constrained layout so that tick labels and the axis labels fit."""
     loss = np.asarray(list(loss_history), dtype=np.float64).ravel()
     fig = _figure(6.5, 4.2)
-    ax = fig.add_axes((0.12, 0.12, 0.84, 0.8))
+    fig.set_layout_engine("constrained")  # log-scale tick labels vary in width
+    ax = fig.add_subplot()
     iterations = np.arange(1, len(loss) + 1)
     ax.plot(iterations, loss, marker="o" if len(loss) <= 30 else None, markersize=3)
     finite = loss[np.isfinite(loss)]
     if finite.size and (finite > 0).all():
         ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.set_title("loss history")
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return fig
+
+
+def render_plots(
+    result: Any,
+    *,
+    loss_history: Sequence[float] | None = None,
+) -> dict[str, bytes]:
+    """The figures of :func:`write_plots` as PNG bytes, by file name, in memory.
+
+    Parameters and figures as for :func:`write_plots`; a result with nothing to plot gives an
+    empty dict. Every map is read once, decimated (see :func:`write_plots`'s Notes), and each
+    figure is encoded and freed before the next is drawn.
+    """
+    rendered: dict[str, bytes] = {}
+    crs = crs_name(result)
+    if "endmembers" in result:
+        rendered["endmembers.png"] = png_bytes(_plot_endmembers(result, result["endmembers"]))
+
+    if "abundances" in result:
+        abundances = result["abundances"]
+        dim = _endmember_dim(abundances)
+        spatial = [d for d in abundances.dims if d != dim]
+        if len(spatial) != 2:
+            raise InputError(
+                f"abundances must have dims (endmember, y, x); got {abundances.dims}"
+            )
+        abundances = abundances.transpose(dim, *spatial)
+        grid = _Grid(abundances, spatial, crs)
+        maps = grid.read(abundances)  # one pass over the store, decimated
+        labels = _labels(result, abundances)
+        for i, label in enumerate(labels):
+            rendered[f"abundance_{i}.png"] = png_bytes(_map_figure(
+                grid, maps[i], title=f"abundance: {label}", cmap="viridis", vmin=0.0,
+                vmax=1.0, label="abundance"))
+        rendered["abundances.png"] = png_bytes(_plot_facets(grid, maps, labels))
+        rendered["rgb_composite.png"] = png_bytes(_plot_rgb(grid, maps, labels))
+        del maps
+
+    if "residual_rmse" in result:
+        residual = result["residual_rmse"]
+        if residual.ndim != 2:
+            raise InputError(f"residual_rmse must be 2-D (y, x); got dims {residual.dims}")
+        grid = _Grid(residual, residual.dims, crs)
+        image = grid.read(residual)
+        finite = image[np.isfinite(image)]
+        vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
+        rendered["residual_rmse.png"] = png_bytes(_map_figure(
+            grid, image, title="residual RMSE per pixel", cmap="magma", vmin=0.0,
+            vmax=vmax if vmax > 0 else 1.0, label="RMSE (reflectance)"))
+
+    if loss_history is None:
+        loss_history = result.attrs.get("loss_history")
+    if loss_history is not None and len(loss_history) > 0:
+        rendered["loss.png"] = png_bytes(loss_figure(loss_history))
+    return rendered
 
 
 def write_plots(
@@ -247,7 +396,9 @@ def write_plots(
         bands, coordinate ``wavelength(band)`` when known), ``abundances(endmember, ydim,
         xdim)`` (NaN at no-data), ``residual_rmse(ydim, xdim)``; an ``endmember_name``
         coordinate labels the endmembers. Any of the three may be missing; maps may be lazy
-        (dask, Zarr) and are read decimated.
+        (dask, Zarr) and are read decimated. A coordinate reference system named by a
+        ``spatial_ref`` coordinate or a ``crs_wkt`` attribute (:func:`crs_name`) is named on
+        the maps' axes.
     directory : str or Path
     loss_history : sequence of float, optional, keyword-only
         Loss per iteration; defaults to ``result.attrs["loss_history"]`` when present.
@@ -257,9 +408,10 @@ def write_plots(
     list of Path
         In order, those that apply: ``endmembers.png`` (spectra against wavelength, gaps and
         grey bands at dropped bands), ``abundance_<i>.png`` for each endmember position i
-        (colour scale 0-1, no-data in light grey), ``rgb_composite.png`` (the three endmembers
-        with the largest mean abundance as red, green, blue), ``residual_rmse.png``,
-        ``loss.png`` (log scale when every value is positive).
+        (colour scale 0-1, no-data in light grey), ``abundances.png`` (all abundance maps in
+        one faceted figure), ``rgb_composite.png`` (the three endmembers with the largest mean
+        abundance as red, green, blue), ``residual_rmse.png``, ``loss.png`` (log scale when
+        every value is positive).
 
     Raises
     ------
@@ -268,8 +420,8 @@ def write_plots(
 
     Notes
     -----
-    A map larger than ``MAX_SIDE`` (2000) pixels on a side is read with the stride
-    ``ceil(max(ny, nx) / 2000)`` on both axes: the figures show every stride-th pixel, and only
+    A map larger than ``MAX_SIDE`` (1000) pixels on a side is read with the stride
+    ``ceil(max(ny, nx) / 1000)`` on both axes: the figures show every stride-th pixel, and only
     the decimated maps (``k * (ny / stride) * (nx / stride)`` float32) are in memory.
 
     Examples
@@ -282,7 +434,7 @@ def write_plots(
     >>> paths = write_plots(result, tempfile.mkdtemp(), loss_history=[3.0, 2.0, 1.5])
     >>> [p.name for p in paths]  # doctest: +NORMALIZE_WHITESPACE
     ['endmembers.png', 'abundance_0.png', 'abundance_1.png', 'abundance_2.png',
-     'rgb_composite.png', 'loss.png']
+     'abundances.png', 'rgb_composite.png', 'loss.png']
     """
     variables = [v for v in ("endmembers", "abundances", "residual_rmse") if v in result]
     if not variables:
@@ -293,46 +445,7 @@ def write_plots(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-
-    if "endmembers" in result:
-        written.append(_plot_endmembers(result, result["endmembers"], out / "endmembers.png"))
-
-    if "abundances" in result:
-        abundances = result["abundances"]
-        dim = _endmember_dim(abundances)
-        spatial = [d for d in abundances.dims if d != dim]
-        if len(spatial) != 2:
-            raise InputError(
-                f"abundances must have dims (endmember, y, x); got {abundances.dims}"
-            )
-        abundances = abundances.transpose(dim, *spatial)
-        grid = _Grid(abundances, spatial)
-        maps = grid.read(abundances)  # one pass over the store, decimated
-        labels = _labels(result, abundances)
-        for i, label in enumerate(labels):
-            written.append(_map_figure(
-                grid, maps[i], title=f"abundance: {label}", cmap="viridis", vmin=0.0,
-                vmax=1.0, label="abundance", path=out / f"abundance_{i}.png",
-            ))
-        written.append(_plot_rgb(grid, maps, labels, out / "rgb_composite.png"))
-        del maps
-
-    if "residual_rmse" in result:
-        residual = result["residual_rmse"]
-        if residual.ndim != 2:
-            raise InputError(f"residual_rmse must be 2-D (y, x); got dims {residual.dims}")
-        grid = _Grid(residual, residual.dims)
-        image = grid.read(residual)
-        finite = image[np.isfinite(image)]
-        vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
-        written.append(_map_figure(
-            grid, image, title="residual RMSE per pixel", cmap="magma", vmin=0.0,
-            vmax=vmax if vmax > 0 else 1.0, label="RMSE (reflectance)",
-            path=out / "residual_rmse.png",
-        ))
-
-    if loss_history is None:
-        loss_history = result.attrs.get("loss_history")
-    if loss_history is not None and len(loss_history) > 0:
-        written.append(_plot_loss(loss_history, out / "loss.png"))
+    for name, data in render_plots(result, loss_history=loss_history).items():
+        (out / name).write_bytes(data)
+        written.append(out / name)
     return written

@@ -311,7 +311,10 @@ def _unmix_attrs(fit_attrs: dict, data: xr.DataArray, pm: PixelMatrix, keep: np.
     if estimate is not None:
         attrs["endmember_estimate"] = {"criterion": estimate.criterion,
                                        "n_endmembers": estimate.n_endmembers,
-                                       "evidence": estimate.describe()}
+                                       "evidence": estimate.describe(),
+                                       # the curves behind it, for the report's figure
+                                       "signal_power": estimate.signal_power,
+                                       "noise_power": estimate.noise_power}
     return jsonable(attrs)
 
 
