@@ -81,7 +81,8 @@ def _nfindr(X: da.Array, k: int, U: np.ndarray, gram: np.ndarray, mean: np.ndarr
     rows = np.asarray(X[index].compute(), dtype=np.float64)
     Y = (rows - mean) @ V
     passes = 0
-    for passes in range(1, NFINDR_PASSES_PER_ENDMEMBER * k + 1):
+    while passes < NFINDR_PASSES_PER_ENDMEMBER * k:
+        passes += 1
         C = separable.simplex_cofactors(Y)
         volume = abs(float(C[:, 0] @ np.concatenate([[1.0], Y[0]])))
         results = _panel_results(X, separable.nfindr_candidates, V, mean, C)
