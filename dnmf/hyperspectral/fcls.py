@@ -11,6 +11,9 @@ import numpy as np
 
 from dnmf import kernels
 
+#: Rows solved at a time (4096 x 200 bands in float64: 6.5 MB per temporary).
+ROWS_PER_BLOCK = 4096
+
 
 def fcls_panel(X: Any, W: Any, H: np.ndarray, HHt: np.ndarray, *,
                sum_to_one: bool) -> tuple[np.ndarray, tuple[float, float]]:
@@ -38,12 +41,15 @@ def fcls_panel(X: Any, W: Any, H: np.ndarray, HHt: np.ndarray, *,
     X = np.asarray(X)
     k = H.shape[0]
     out = np.zeros((X.shape[0], k + 1), dtype=X.dtype)
-    if X.shape[0] == 0:
-        return out, (0.0, 0.0)
-    X64 = X.astype(np.float64, copy=False)
-    A = kernels.transform_rows(X64, H, HHt, sum_to_one=sum_to_one)
-    R = X64 - A @ H
-    sse_rows = np.einsum("ij,ij->i", R, R)
-    out[:, :k] = A
-    out[:, k] = np.sqrt(sse_rows / max(X.shape[1], 1))
-    return out, (float(sse_rows.sum()), float(np.einsum("ij,ij->", X64, X64)))
+    sse = xx = 0.0
+    # rows in blocks: the float64 temporaries stay a few MB whatever the panel's size
+    for r0 in range(0, X.shape[0], ROWS_PER_BLOCK):
+        X64 = X[r0:r0 + ROWS_PER_BLOCK].astype(np.float64)
+        A = kernels.transform_rows(X64, H, HHt, sum_to_one=sum_to_one)
+        R = X64 - A @ H
+        sse_rows = np.einsum("ij,ij->i", R, R)
+        out[r0:r0 + len(X64), :k] = A
+        out[r0:r0 + len(X64), k] = np.sqrt(sse_rows / max(X.shape[1], 1))
+        sse += float(sse_rows.sum())
+        xx += float(np.einsum("ij,ij->", X64, X64))
+    return out, (sse, xx)

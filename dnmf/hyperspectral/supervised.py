@@ -153,6 +153,6 @@ def supervised_rows(X: da.Array, H: np.ndarray, *, sum_to_one: bool
     return rows[:, :k], rows[:, k], relative
 
 
-def _relative_error(partials: tuple[float, float]) -> float:
+def _relative_error(partials: tuple[float, float]) -> np.ndarray:
     sse, xx = partials
-    return float(np.sqrt(sse / xx)) if xx > 0 else 0.0
+    return np.asarray(np.sqrt(sse / xx) if xx > 0 else 0.0, dtype=np.float64)  # a 0-d block
