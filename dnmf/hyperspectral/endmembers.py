@@ -229,7 +229,7 @@ def extract_endmembers(cube: Any, k: int, *, method: str = DEFAULT_METHOD, seed:
         for a, d in enumerate((ydim, xdim))])
     wavelength = (np.asarray(data.coords["wavelength"].values, dtype=np.float64)
                   if "wavelength" in data.coords else None)
-    names = tuple(f"endmember {e} (row {r}, col {c})" for e, (r, c) in enumerate(pixels))
+    names = tuple(f"endmember {e} at row {r} col {c}" for e, (r, c) in enumerate(pixels))
     return Endmembers(spectra=pm.expand_bands(rows).astype(np.float64), wavelength=wavelength,
                       names=names, pixels=pixels, coords=coords, method=method, passes=passes,
                       wall_time_s=time.perf_counter() - t0)
