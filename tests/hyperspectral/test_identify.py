@@ -103,3 +103,14 @@ def test_bad_identification_options(scene):
     cube = scene.reflectance.drop_vars("wavelength")
     with pytest.raises(InputError, match="--library needs the cube's band wavelengths"):
         unmix(cube, K, scheduler="threads", library=["earthlib"])
+
+
+def test_plots_are_labelled_with_the_matches(unmixed, tmp_path):
+    from dnmf.hyperspectral.plots import endmember_labels, write_plots
+
+    labels = endmember_labels(unmixed, unmixed.endmembers)
+    for label, name, angle in zip(labels, unmixed.coords["endmember_name"].values,
+                                  unmixed.coords["match_angle"].values, strict=True):
+        assert label == f"{name} ({angle:.1f}°)"
+    paths = write_plots(unmixed, tmp_path)
+    assert (tmp_path / "endmembers.png") in paths and paths[0].stat().st_size > 10_000
