@@ -163,3 +163,19 @@ def test_cli_supervised(small, tmp_path):
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad.zarr").exists()
     none = run_cli("unmix", str(cube), "--var", "reflectance", "-o", str(tmp_path / "n.zarr"))
     assert none.returncode == 1 and "give -k N" in none.stderr
+
+
+def test_one_pass_over_the_cube_after_the_counting_pass(small, tmp_path):
+    from tests.conftest import logged_store
+
+    values = small.reflectance.values  # 40 x 50 x 180, NaN in the no-data corner
+    store, lazy = logged_store(tmp_path / "cube.zarr", values, (20, 25, 180))
+    cube = xr.DataArray(lazy, dims=("y", "x", "band"),
+                        coords={"wavelength": ("band", small.wavelength.values)})
+    store.counter.clear()
+    result = unmix(cube, spectra=small.endmembers_true, scheduler="threads")
+    chunk_reads = sum(n for key, n in store.counter.items() if key == "get")
+    # 4 chunks: one read each to count the valid pixels, one to solve (abundances, residual
+    # and relative error together)
+    assert chunk_reads == 2 * 4, dict(store.counter)
+    assert float(result.relative_error) < 0.05
