@@ -78,23 +78,22 @@ class Identification:
 
 
 def _angles(endmembers: np.ndarray, spectra: np.ndarray, metric: str) -> np.ndarray:
-    """(k, n) angles in degrees over the bands each pair shares; NaN when they share too few."""
-    est = endmembers[:, None, :]
-    ref = spectra[None, :, :]
-    shared = np.isfinite(est) & np.isfinite(ref)
-    n_est = np.maximum(np.isfinite(endmembers).sum(axis=1), 1)[:, None]
-    if metric == "correlation":
-        count = np.maximum(shared.sum(axis=-1, keepdims=True), 1)
-        est = np.where(shared, est, 0.0)
-        ref = np.where(shared, ref, 0.0)
-        est = np.where(shared, est - est.sum(-1, keepdims=True) / count, np.nan)
-        ref = np.where(shared, ref - ref.sum(-1, keepdims=True) / count, np.nan)
-    else:
-        est, ref = np.where(shared, est, np.nan), np.where(shared, ref, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        angles = np.asarray(spectral_angle(est, ref), dtype=np.float64)
-    angles[shared.sum(axis=-1) < _MIN_SHARED * n_est] = np.nan
-    return angles
+    """(k, n) angles in degrees over the bands each pair shares; NaN when they share too few.
+    One endmember at a time: the temporaries are (n, bands), whatever k."""
+    out = np.full((endmembers.shape[0], spectra.shape[0]), np.nan)
+    for i, row in enumerate(endmembers):
+        shared = np.isfinite(row) & np.isfinite(spectra)
+        est = np.where(shared, row, 0.0)
+        ref = np.where(shared, spectra, 0.0)
+        if metric == "correlation":  # remove each pair's mean over the bands it shares
+            count = np.maximum(shared.sum(axis=1, keepdims=True), 1)
+            est = np.where(shared, est - est.sum(1, keepdims=True) / count, 0.0)
+            ref = np.where(shared, ref - ref.sum(1, keepdims=True) / count, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[i] = np.asarray(spectral_angle(est, ref), dtype=np.float64)
+        too_few = shared.sum(axis=1) < _MIN_SHARED * max(int(np.isfinite(row).sum()), 1)
+        out[i, too_few] = np.nan
+    return out
 
 
 def identify(endmembers: Any, wavelength: Any, libraries: Sequence[Any] = ("earthlib",), *,

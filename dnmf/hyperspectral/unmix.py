@@ -145,6 +145,9 @@ def unmix(
     data = open_cube(cube, var=var, band_dim=band_dim)
     keep = resolve_bad_bands(data, bad_bands)
     if spectra is not None:
+        if sparsity:
+            raise InputError("--sparsity does not apply to unmixing against given spectra "
+                             "(--spectra): leave it out")
         return _supervised(data, keep, spectra, select, n_endmembers, sum_to_one, t_start,
                            scheduler=scheduler, workers=workers, memory_limit=memory_limit,
                            client=client, output=output, overwrite=overwrite, plots=plots,

@@ -135,6 +135,9 @@ def test_library_select_and_k_errors(small, tmp_path):
         unmix(small.reflectance, 2, spectra=str(path), scheduler="threads")
     with pytest.raises(InputError, match="'nothing' is not in the library"):
         unmix(small.reflectance, spectra=str(path), select=["nothing"], scheduler="threads")
+    with pytest.raises(InputError, match="--sparsity does not apply"):
+        unmix(small.reflectance, spectra=str(path), sum_to_one=False, sparsity=0.1,
+              scheduler="threads")
     with pytest.raises(InputError, match=r"spectra must be \(k, 180\)"):
         unmix(small.reflectance, spectra=np.ones((2, 7)), scheduler="threads")
     narrow = tmp_path / "narrow.csv"
