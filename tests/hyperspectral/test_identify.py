@@ -13,7 +13,7 @@ from dnmf.hyperspectral.library import load_library, resample, write_csv
 from dnmf.hyperspectral.metrics import match_endmembers, score, spectral_angle
 from dnmf.hyperspectral.unmix import unmix
 
-GRID_2NM = np.arange(400.0, 2451.0, 2.0)
+GRID_2NM = np.arange(401.0, 2450.0, 2.0)  # odd nm: every cube band is interpolated
 #: seed 0, k = 4: library rows 249, 26, 135, 169; row 169 (a painted roof) is 8.1 degrees from
 #: every other earthlib spectrum, so without it nothing is within the 5 degree threshold
 SEED, K, LONELY = 0, 4, 169
