@@ -410,7 +410,8 @@ def unmix(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT."""
+    """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT;
+    with --spectra, abundances against given spectra in one pass."""
     from dnmf.errors import InputError
     from dnmf.hyperspectral.unmix import unmix as run_unmix
     from dnmf.progress import FitProgress
@@ -505,7 +506,7 @@ def endmembers(
     out: Annotated[str, typer.Option(
         "-o", "--out", help="Writes OUT.sli (+ .hdr), OUT.csv and OUT.pixels.csv.")],
     method: Annotated[str, typer.Option(
-        help="spa | vca | nfindr | atgp (default from benchmarks/endmembers.py).")] = "",
+        help="spa | vca | nfindr | atgp (default spa: see benchmarks/README.md).")] = "",
     var: VarOpt = None,
     band_dim: Annotated[str | None, typer.Option(
         "--band-dim", help="The band dimension, when it cannot be detected.")] = None,
