@@ -11,7 +11,9 @@ one, each writing its own results under ``benchmarks/results/``):
 - ``scaling`` (:mod:`benchmarks.scaling`): 1 against 2 workers, and X larger than the workers'
   memory — ``scaling-<profile>.{json,md}``;
 - ``rank`` (:mod:`benchmarks.rank`): the rank survey's hit rate on planted structures over
-  seeds, and its wall time against the single fits it stands for — ``rank-<profile>.{json,md}``.
+  seeds, and its wall time against the single fits it stands for — ``rank-<profile>.{json,md}``;
+- ``endmembers`` (:mod:`benchmarks.endmembers`): SPA, VCA, N-FINDR and ATGP on five scenes,
+  angles and times — ``endmembers-<profile>.{json,md}``.
 
 A section that fails is reported and the others still run; the exit status is 1 then. The
 summary (each section's time and results, the headline ratios against their targets, the total
@@ -37,6 +39,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "sparse": ("benchmarks.sparse", "sparse-{profile}"),
     "scaling": ("benchmarks.scaling", "scaling-{profile}"),
     "rank": ("benchmarks.rank", "rank-{profile}"),
+    "endmembers": ("benchmarks.endmembers", "endmembers-{profile}"),
 }
 
 

@@ -381,10 +381,25 @@ class UnmixInit(StrEnum):
 def unmix(
     cube: Annotated[str, typer.Argument(
         help="Hyperspectral cube: ENVI (.hdr), Zarr, NetCDF, HDF5 or GeoTIFF.")],
-    endmembers: Annotated[str, typer.Option(
-        "-k", "--endmembers", help="Number of endmembers, or auto (HySime estimate).")],
     out: Annotated[str, typer.Option(
         "-o", "--out", help="Result store to write (Zarr): a path or an fsspec URL.")],
+    endmembers: Annotated[str | None, typer.Option(
+        "-k", "--endmembers", help="Number of endmembers, or auto (HySime estimate); with "
+                                   "--spectra, the number of spectra.")] = None,
+    spectra: Annotated[str | None, typer.Option(
+        "--spectra", help="Supervised: abundances against this library's spectra (.sli, "
+                          "CSV, splib07 directory, earthlib) in one pass, no NMF.")] = None,
+    select: Annotated[str | None, typer.Option(
+        "--select", help="With --spectra: comma-separated names to use.")] = None,
+    library: Annotated[list[str] | None, typer.Option(
+        "--library", help="Name the endmembers by matching this spectral library "
+                          "(repeatable; default: earthlib, named only within the "
+                          "threshold).")] = None,
+    match_threshold: Annotated[float, typer.Option(
+        "--match-threshold", help="Largest spectral angle (degrees) that names an "
+                                  "endmember.")] = 5.0,
+    match_metric: Annotated[str, typer.Option(
+        "--match-metric", help="angle | correlation.")] = "angle",
     var: VarOpt = None,
     band_dim: Annotated[str | None, typer.Option(
         "--band-dim", help="The band dimension, when it cannot be detected.")] = None,
@@ -416,12 +431,15 @@ def unmix(
     as_json: JsonOpt = False,
     report: ReportOpt = None,
 ) -> None:
-    """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT."""
+    """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT;
+    with --spectra, abundances against given spectra in one pass."""
     from dnmf.errors import InputError
     from dnmf.hyperspectral.unmix import unmix as run_unmix
     from dnmf.progress import FitProgress
 
-    if endmembers == "auto":
+    if endmembers is None and spectra is None:
+        raise InputError("give -k N (or -k auto), or --spectra LIB for supervised unmixing")
+    if endmembers in (None, "auto"):
         k: int | str = "auto"
     else:
         try:
@@ -446,18 +464,27 @@ def unmix(
                 progress.echo(estimate.describe())
             progress.echo(f"unmixing into {n} endmembers")
 
+        if spectra is not None:
+            progress.echo("unmixing against the given spectra (one pass)")
+
         result = run_unmix(
             cube, k, var=var, band_dim=band_dim, bad_bands=bad_bands, init=init.value,
             sum_to_one=not no_sum_to_one, sparsity=sparsity, max_iter=max_iter, tol=tol,
             seed=seed, scheduler=scheduler, workers=workers, memory_limit=memory_limit,
             output=out, overwrite=overwrite, plots=plots, netcdf=netcdf, callback=progress,
-            on_prepared=on_prepared, checkpoint_every=checkpoint_every, resume=resume)
+            on_prepared=on_prepared, checkpoint_every=checkpoint_every, resume=resume,
+            spectra=spectra, library=library,
+            select=None if select is None else [n.strip() for n in select.split(",")],
+            match_threshold=match_threshold, match_metric=match_metric)
     attrs = result.attrs
     if report is not None:
         from dnmf.report import unmixing_report, write_report
 
         write_report(unmixing_report(result), report)
         _log(f"report: {report}", quiet)
+    if spectra is not None:
+        _supervised_summary(result, out, plots, quiet, as_json)
+        return
     if as_json:
         _print_json({
             "path": out, "report": None if report is None else str(report),
@@ -465,11 +492,86 @@ def unmix(
             "converged": attrs.get("converged"), "relative_error": attrs["relative_error"],
             "wall_time_s": attrs["wall_time_s"], "plots": None if plots is None else str(plots),
             "netcdf": None if netcdf is None else str(netcdf),
-            "n_endmembers_estimate": attrs.get("n_endmembers_estimate")})
+            "n_endmembers_estimate": attrs.get("n_endmembers_estimate"),
+            "endmember_names": [str(v) for v in result.coords["endmember_name"].values]
+            if "endmember_name" in result.coords else None,
+            "match_angles": [float(v) for v in result.coords["match_angle"].values]
+            if "match_angle" in result.coords else None})
         return
     _echo(f"{attrs['n_endmembers']} endmembers after {attrs['n_iter']} iterations: relative "
           f"error {attrs['relative_error']:.6f}, wall time {attrs['wall_time_s']:.1f} s; "
           f"written to {out}" + (f"; plots in {plots}" if plots else ""), quiet)
+    for line in _identification_lines(result):
+        _echo(line, quiet)
+
+
+def _supervised_summary(result: Any, out: str, plots: Path | None, quiet: bool,
+                        as_json: bool) -> None:
+    attrs = result.attrs
+    names = [str(n) for n in result.coords["endmember_name"].values]
+    error = float(result["relative_error"].values)
+    if as_json:
+        _print_json({"path": out, "n_endmembers": attrs["n_endmembers"], "names": names,
+                     "method": attrs["method"], "relative_error": error,
+                     "wall_time_s": attrs["wall_time_s"],
+                     "plots": None if plots is None else str(plots)})
+        return
+    _echo(f"{attrs['method']} abundances of {attrs['n_endmembers']} given spectra "
+          f"({', '.join(names)}): relative error {error:.6f}; written to {out}", quiet)
+
+
+def _identification_lines(result: Any) -> list[str]:
+    if "match_angle" not in result.coords:
+        return []
+    lines = []
+    for i, name in enumerate(result.coords["endmember_name"].values):
+        top = ", ".join(f"{c} {a:.1f}°" for c, a in zip(
+            result.coords["match_candidate"].values[i],
+            result.coords["match_candidate_angle"].values[i], strict=True) if c)
+        lines.append(f"  endmember {i}: {name} (top: {top})")
+    return lines
+
+
+@app.command()
+def endmembers(
+    cube: Annotated[str, typer.Argument(
+        help="Hyperspectral cube: ENVI (.hdr), Zarr, NetCDF, HDF5 or GeoTIFF.")],
+    k: Annotated[int, typer.Option("-k", help="Number of endmembers.")],
+    out: Annotated[str, typer.Option(
+        "-o", "--out", help="Writes OUT.sli (+ .hdr), OUT.csv and OUT.pixels.csv.")],
+    method: Annotated[str, typer.Option(
+        help="spa | vca | nfindr | atgp (default spa: see benchmarks/README.md).")] = "",
+    var: VarOpt = None,
+    band_dim: Annotated[str | None, typer.Option(
+        "--band-dim", help="The band dimension, when it cannot be detected.")] = None,
+    bad_bands: Annotated[str | None, typer.Option(
+        "--bad-bands", help="As for dnmf unmix.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (VCA, N-FINDR).")] = 0,
+    scheduler: SchedulerOpt = "auto",
+    workers: WorkersOpt = None,
+    memory_limit: MemoryOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Extract K endmember spectra of CUBE (pixels) into a spectral library."""
+    from dnmf.hyperspectral.endmembers import (
+        DEFAULT_METHOD,
+        extract_endmembers,
+        write_endmembers,
+    )
+
+    result = extract_endmembers(cube, k, method=method or DEFAULT_METHOD, seed=seed, var=var,
+                                band_dim=band_dim, bad_bands=bad_bands, scheduler=scheduler,
+                                workers=workers, memory_limit=memory_limit)
+    paths = write_endmembers(result, out, overwrite=overwrite)
+    if as_json:
+        _print_json({"files": [str(p) for p in paths], "method": result.method,
+                     "passes": result.passes, "wall_time_s": result.wall_time_s,
+                     "pixels": result.pixels.tolist()})
+        return
+    _echo(f"{k} endmembers by {result.method} in {result.passes} passes, "
+          f"{result.wall_time_s:.1f} s; written to {paths[0]}, {paths[2]}, {paths[3]}", quiet)
 
 
 @app.command()

@@ -267,6 +267,17 @@ def truncated_svd(X: da.Array, k: int, *, seed: int, passes: int = SVD_PASSES,
 def endmember_rows(X: da.Array, k: int, *, method: str = "spa", seed: int = 0) -> np.ndarray:
     """k rows of X chosen as endmembers by SPA or VCA, as a (k, n_features) float64 array.
 
+    :func:`endmember_pixels` with the rows only; see it for the parameters.
+    """
+    return endmember_pixels(X, k, method=method, seed=seed)[0]
+
+
+def endmember_pixels(X: da.Array, k: int, *, method: str = "spa", seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """k rows of X chosen as endmembers by SPA or VCA, and their row indices in X.
+
+    Returns ``(rows, index)``: a (k, n_features) float64 array and a (k,) int64 array.
+
     Parameters
     ----------
     X : dask array (n_samples, n_features) in full-width row panels
@@ -324,7 +335,7 @@ def endmember_rows(X: da.Array, k: int, *, method: str = "spa", seed: int = 0) -
             A[:, i] = best[3]
             chosen.append(best[1])
             rows.append(best[2])
-    return np.vstack(rows)
+    return np.vstack(rows), np.asarray(chosen, dtype=np.int64)
 
 
 def _best_row(panels: list, starts: list[int], kernel: Any, *args: Any) -> separable.Candidate:

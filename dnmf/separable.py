@@ -107,3 +107,63 @@ def start_rows(X: Any, H: np.ndarray, HHt: np.ndarray, *, out_dtype: Any) -> np.
     W = kernels.transform_rows(np.asarray(X), H, HHt).astype(np.float64)
     floor = 1e-3 * W.sum(axis=1, keepdims=True) / max(W.shape[1], 1)
     return np.maximum(W, np.maximum(floor, np.finfo(np.float32).tiny)).astype(out_dtype)
+
+
+def atgp_candidate(X: Any, basis: np.ndarray, start: int) -> Candidate:
+    """The row of this panel farthest from the span of the targets already chosen.
+
+    Automatic target generation process (Ren & Chang, "Automatic spectral target recognition
+    in hyperspectral imagery", IEEE TAES 39(4), 2003): the score of a row x is
+    ``||x||² - ||Bᵀx||²``, its squared norm after the orthogonal projection ``P⊥`` that
+    removes the orthonormal columns of ``basis`` (n_features × j), on the full bands (no
+    signal subspace, unlike :func:`spa_candidate`). The row and the extra data are x.
+    """
+    X = np.asarray(X)
+    if X.shape[0] == 0:
+        return (-np.inf, -1, np.zeros(X.shape[1]), np.zeros(X.shape[1]))
+    X64 = X.astype(np.float64, copy=False)
+    score = np.einsum("ij,ij->i", X64, X64)
+    if basis.shape[1]:
+        proj = X64 @ basis
+        score -= np.einsum("ij,ij->i", proj, proj)
+    i = int(np.argmax(score))
+    return (float(score[i]), start + i, X64[i].copy(), X64[i].copy())
+
+
+def simplex_cofactors(Y: np.ndarray) -> np.ndarray:
+    """Cofactors ``C`` (k × k) of ``M = [1ᵀ; Yᵀ]`` for k vertices Y (k × (k-1)).
+
+    ``det M`` is ``(k-1)!`` times the signed volume of the simplex; replacing vertex j by a
+    point y gives ``det = C[:, j] · [1, y]`` (expansion along column j): linear in y, so one
+    pass over the pixels finds the best replacement of every vertex.
+    """
+    k = Y.shape[0]
+    M = np.vstack([np.ones((1, k)), np.asarray(Y, dtype=np.float64).T])
+    C = np.empty((k, k))
+    for i in range(k):
+        for j in range(k):
+            minor = np.delete(np.delete(M, i, axis=0), j, axis=1)
+            C[i, j] = (-1.0) ** (i + j) * (np.linalg.det(minor) if minor.size else 1.0)
+    return C
+
+
+def nfindr_candidates(X: Any, V: np.ndarray, mean: np.ndarray, C: np.ndarray,
+                      start: int) -> list[Candidate]:
+    """For every vertex j, the row of this panel whose swap in gives the largest volume.
+
+    N-FINDR (Winter, "N-FINDR: an algorithm for fast autonomous spectral end-member
+    determination in hyperspectral data", Proc. SPIE 3753, 1999) on the rows projected on
+    the (k-1)-dimensional signal subspace ``V`` (n_features × (k-1)) around ``mean``. The score
+    of row y for vertex j is ``|C[:, j] · [1, y]|`` (:func:`simplex_cofactors`). Returns k
+    candidates; the row is x (float64), the extra data its projection y.
+    """
+    X = np.asarray(X)
+    k = C.shape[0]
+    if X.shape[0] == 0:
+        return [(-np.inf, -1, np.zeros(X.shape[1]), np.zeros(k - 1))] * k
+    X64 = X.astype(np.float64, copy=False)
+    Y = (X64 - mean) @ V
+    scores = np.abs(C[0] + Y @ C[1:])  # (n, k): det with each vertex replaced by each row
+    best = np.argmax(scores, axis=0)
+    return [(float(scores[i, j]), start + int(i), X64[i].copy(), Y[i].copy())
+            for j, i in enumerate(best)]

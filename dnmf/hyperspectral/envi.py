@@ -27,6 +27,7 @@ from dnmf.errors import InputError
 __all__ = [
     "ENVIReader",
     "find_envi_files",
+    "is_spectral_library",
     "nm_factor",
     "open_envi",
     "parse_map_info",
@@ -302,10 +303,12 @@ def read_envi_header(path: str | os.PathLike[str]) -> dict[str, Any]:
                          f"{h['header offset']} — fix the header")
     if h["byte order"] not in (0, 1):
         raise InputError(f"ENVI header {where}: byte order must be 0 or 1, got {h['byte order']}")
+    # a spectral library (.sli) stores one spectrum per line: its bands are the samples
+    n_bands = h["samples"] if is_spectral_library(h) else h["bands"]
     for key in ("wavelength", "fwhm", "bbl"):
-        if key in h and len(h[key]) != h["bands"]:
+        if key in h and len(h[key]) != n_bands:
             raise InputError(
-                f"ENVI header {where} lists {len(h[key])} {key} values for {h['bands']} bands "
+                f"ENVI header {where} lists {len(h[key])} {key} values for {n_bands} bands "
                 f"— fix or remove {key!r}"
             )
     if "wavelength" in h:
@@ -316,6 +319,12 @@ def read_envi_header(path: str | os.PathLike[str]) -> dict[str, Any]:
                 h["fwhm"] = h["fwhm"] * factor  # FWHM shares the wavelengths' units
             h["wavelength units"] = "Nanometers"
     return h
+
+
+def is_spectral_library(header: dict[str, Any]) -> bool:
+    """Whether a parsed header is an ENVI spectral library (``file type = ENVI Spectral
+    Library``): one spectrum per line, its bands along the samples."""
+    return "spectral library" in str(header.get("file type", "")).lower()
 
 
 def parse_map_info(map_info: Sequence[Any] | str) -> dict[str, Any]:

@@ -428,7 +428,8 @@ def score(result: Any, truth: Any) -> dict[str, Any]:
         JSON-ready: ``mean_sad_deg``, ``mean_sad_rad``; ``sad_deg``, ``sad_rad`` (per matched
         pair, in truth order); ``abundance_rmse`` and ``abundance_rmse_per_endmember`` (None
         without abundances in both); ``matching``: a list of ``{"estimated", "reference",
-        "name", "sad_deg", "sad_rad", "abundance_rmse"}``; ``unmatched_estimated``,
+        "name", "identified_as", "sad_deg", "sad_rad", "abundance_rmse"}`` (``identified_as``:
+        the result's ``endmember_name``, e.g. its library match, or None); ``unmatched_estimated``,
         ``unmatched_reference``, ``unmatched_reference_names``; ``n_estimated``,
         ``n_reference``.
 
@@ -446,6 +447,7 @@ def score(result: Any, truth: Any) -> dict[str, Any]:
     ref_e = _pick(truth, ("endmembers_true", "endmembers"), "truth")
     est_vals, ref_vals = _align_bands(est_e, ref_e)
     names = _reference_names(ref_e)
+    est_names = _reference_names(est_e)  # a result's library identification, when it has one
     matching = match_endmembers(est_vals, ref_vals, reference_names=names)
 
     est_a = _pick(result, ("abundances", "abundances_true"), "result", required=False)
@@ -467,6 +469,7 @@ def score(result: Any, truth: Any) -> dict[str, Any]:
             "estimated": int(i),
             "reference": int(j),
             "name": names[j] if names else None,
+            "identified_as": est_names[i] if est_names else None,
             "sad_deg": float(matching.angles_deg[p]),
             "sad_rad": float(matching.angles_rad[p]),
             "abundance_rmse": per_pair[p],
@@ -501,8 +504,8 @@ def format_score(report: dict[str, Any]) -> list[str]:
     >>> print("\\n".join(format_score(score(result, truth))))  # doctest: +ELLIPSIS
     mean spectral angle 0.00 deg (0.0000 rad) over 2 matched endmembers (2 estimated, 2 true)
     abundance RMSE 0.0000
-      true 0 (vegetation:...) <- estimated 0: 0.00 deg, abundance RMSE 0.0000
-      true 1 (bare:...) <- estimated 1: 0.00 deg, abundance RMSE 0.0000
+      true 0 (vegetation:...) <- estimated 0: 0.00 deg, abundance RMSE 0.0000, identified as vegetation:...
+      true 1 (bare:...) <- estimated 1: 0.00 deg, abundance RMSE 0.0000, identified as bare:...
     """
     lines = [
         f"mean spectral angle {report['mean_sad_deg']:.2f} deg ({report['mean_sad_rad']:.4f} "
@@ -515,6 +518,8 @@ def format_score(report: dict[str, Any]) -> list[str]:
         name = f" ({pair['name']})" if pair.get("name") else ""
         rmse = pair.get("abundance_rmse")
         tail = f", abundance RMSE {rmse:.4f}" if rmse is not None else ""
+        if pair.get("identified_as"):
+            tail += f", identified as {pair['identified_as']}"
         lines.append(f"  true {pair['reference']}{name} <- estimated {pair['estimated']}: "
                      f"{pair['sad_deg']:.2f} deg{tail}")
     if report.get("unmatched_reference"):

@@ -26,7 +26,8 @@ from dnmf.errors import InputError
 PLOT_FILES = ("endmembers.png", "abundance_*.png", "abundances.png", "rgb_composite.png",
               "residual_rmse.png", "loss.png")
 
-__all__ = ["MAX_SIDE", "crs_name", "loss_figure", "png_bytes", "render_plots", "write_plots"]
+__all__ = ["MAX_SIDE", "crs_name", "endmember_labels", "loss_figure", "png_bytes",
+           "render_plots", "write_plots"]
 
 #: Maps are decimated with a stride to at most this many pixels per side before plotting: over
 #: twice the ~420 pixels a map's axes span in its PNG, and matplotlib's resampling of a
@@ -93,10 +94,19 @@ def _endmember_dim(da: Any) -> str:
     return "endmember" if "endmember" in da.dims else str(da.dims[0])
 
 
-def _labels(result: Any, da: Any) -> list[str]:
+def endmember_labels(result: Any, da: Any) -> list[str]:
+    """The legend label of each endmember of ``da``: its ``endmember_name`` (with the library
+    match's angle, ``match_angle``, when the name does not already say it), else
+    ``endmember i``."""
     dim = _endmember_dim(da)
     if "endmember_name" in result.coords and result.coords["endmember_name"].dims == (dim,):
-        return [str(v) for v in result.coords["endmember_name"].values]
+        names = [str(v) for v in result.coords["endmember_name"].values]
+        if "match_angle" in result.coords and result.coords["match_angle"].dims == (dim,):
+            angles = np.asarray(result.coords["match_angle"].values, dtype=np.float64)
+            names = [f"{n} ({a:.1f}°)" if np.isfinite(a) and "°" not in n
+                     and not n.startswith("endmember ") else n
+                     for n, a in zip(names, angles, strict=True)]
+        return names
     if dim in da.coords:
         return [f"endmember {v}" for v in da.coords[dim].values]
     return [f"endmember {i}" for i in range(da.sizes[dim])]
@@ -218,7 +228,7 @@ def _plot_endmembers(result: Any, endmembers: Any):
     fig = _figure(9.5, 4.8)
     ax = fig.add_axes((0.07, 0.11, 0.6, 0.82))
     x_gapped, values_gapped = _break_at_gaps(x, values)
-    for label, spectrum in zip(_labels(result, endmembers), values_gapped, strict=True):
+    for label, spectrum in zip(endmember_labels(result, endmembers), values_gapped, strict=True):
         ax.plot(x_gapped, spectrum, label=label, linewidth=1.4)  # NaN bands leave gaps
     dropped = np.isnan(values).all(axis=0)
     if dropped.any() and len(x) > 1:
@@ -353,7 +363,7 @@ def render_plots(
         abundances = abundances.transpose(dim, *spatial)
         grid = _Grid(abundances, spatial, crs)
         maps = grid.read(abundances)  # one pass over the store, decimated
-        labels = _labels(result, abundances)
+        labels = endmember_labels(result, abundances)
         for i, label in enumerate(labels):
             rendered[f"abundance_{i}.png"] = png_bytes(_map_figure(
                 grid, maps[i], title=f"abundance: {label}", cmap="viridis", vmin=0.0,

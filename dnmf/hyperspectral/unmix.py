@@ -14,7 +14,7 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from dnmf.cluster import execution_context
 from dnmf.errors import InputError
 from dnmf.hyperspectral.cube import open_cube
 from dnmf.hyperspectral.envi import find_envi_files
+from dnmf.hyperspectral.identify import DEFAULT_THRESHOLD_DEG
 from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
@@ -71,6 +72,11 @@ def unmix(
     on_prepared: Callable[[PixelMatrix, int, SubspaceEstimate | None], None] | None = None,
     checkpoint_every: int = 10,
     resume: bool = False,
+    spectra: Any = None,
+    select: Sequence[str] | None = None,
+    library: Sequence[Any] | None = None,
+    match_threshold: float = DEFAULT_THRESHOLD_DEG,
+    match_metric: str = "angle",
 ) -> xr.Dataset:
     """Unmix a hyperspectral cube into endmember spectra and abundance maps.
 
@@ -120,12 +126,29 @@ def unmix(
     resume : bool
         Continue the interrupted unmixing whose checkpoint is in ``output`` (same cube and
         options; ``max_iter`` may grow).
+    spectra : library source, SpectralLibrary, xarray or numpy (k, bands), optional
+        Supervised unmixing: abundances against these spectra (FCLS; NNLS without
+        ``sum_to_one``) in one pass over the cube, no NMF
+        (:mod:`dnmf.hyperspectral.supervised`); k is their number (an integer
+        ``n_endmembers`` must equal it). A library is resampled onto the cube's bands.
+    select : sequence of str, optional
+        With ``spectra`` a library: the names to use, in this order.
+    library : sequence of library sources, optional
+        Name the endmembers by spectral matching against these libraries
+        (:func:`dnmf.hyperspectral.identify.identify`); a match worse than
+        ``match_threshold`` degrees is "unidentified (closest: ...)". Default: the bundled
+        earthlib, naming only the endmembers it matches within the threshold.
+    match_threshold : float
+        Degrees.
+    match_metric : {"angle", "correlation"}
 
     Returns
     -------
     xarray.Dataset
         ``endmembers(endmember, band)``, ``abundances(endmember, y, x)`` (the input's spatial
-        dims), ``residual_rmse(y, x)``; NaN at no-data pixels and dropped bands.
+        dims), ``residual_rmse(y, x)``; NaN at no-data pixels and dropped bands. Coordinates
+        ``endmember_name``, ``match_angle`` (endmember) and ``match_candidate*`` (endmember,
+        candidate): the library matches. Supervised: ``relative_error`` too.
     """
     t_start = time.perf_counter()
     _check_options(n_endmembers, init, sparsity, sum_to_one)
@@ -134,6 +157,19 @@ def unmix(
         raise InputError("resume needs the output whose checkpoint it continues — pass -o OUT")
     data = without_result_dims(open_cube(cube, var=var, band_dim=band_dim))
     keep = resolve_bad_bands(data, bad_bands)
+    if spectra is not None:
+        if resume:
+            raise InputError("--resume continues an NMF unmixing; unmixing against given "
+                             "spectra (--spectra) is one pass with nothing to resume — run it "
+                             "again without --resume")
+        if sparsity:
+            raise InputError("--sparsity does not apply to unmixing against given spectra "
+                             "(--spectra): leave it out")
+        return _supervised(data, keep, spectra, select, n_endmembers, sum_to_one, t_start,
+                           scheduler=scheduler, workers=workers, memory_limit=memory_limit,
+                           client=client, output=output, overwrite=overwrite, plots=plots,
+                           netcdf=netcdf)
+    namer = _namer(data, keep, library, match_threshold, match_metric)
     with contextlib.ExitStack() as stack:
         stack.enter_context(claim(None if output is None else local_path(output)))
         ctx = stack.enter_context(execution_context(
@@ -160,6 +196,7 @@ def unmix(
             attrs = _unmix_attrs(fit_attrs, data, pm, keep, sum_to_one, sparsity, estimate,
                                  time.perf_counter() - t_start)
             dataset.attrs.update(attrs)
+            dataset = namer(dataset)
             if output is None:
                 result = dataset.compute()
             else:  # replaces OUT, with the fit's checkpoint group, by the result (this run's)
@@ -248,15 +285,17 @@ def _residual_rows(X: np.ndarray, W: np.ndarray, H: np.ndarray) -> np.ndarray:
 
 
 def _result_dataset(data: xr.DataArray, pm: PixelMatrix, W: da.Array, H: np.ndarray,
-                    keep: np.ndarray) -> xr.Dataset:
-    """The unmixing result, lazily: maps built tile by tile from W's rows."""
+                    keep: np.ndarray, residual: da.Array | None = None) -> xr.Dataset:
+    """The unmixing result, lazily: maps built tile by tile from W's rows (and the residual
+    RMSE of every row, computed from X, W and H unless given)."""
     ydim, xdim = pm.spatial_dims
     band_dim = pm.band_dim
     k = H.shape[0]
     W_tiles = W.rechunk((pm.X.chunks[0], (k,)))
     H64 = np.asarray(H, dtype=np.float64)
-    residual = da.map_blocks(_residual_rows, pm.X, W_tiles, H=H64, drop_axis=1,
-                             dtype=np.float32, chunks=(pm.X.chunks[0],))
+    if residual is None:
+        residual = da.map_blocks(_residual_rows, pm.X, W_tiles, H=H64, drop_axis=1,
+                                 dtype=np.float32, chunks=(pm.X.chunks[0],))
     spectra = np.full((k, keep.size), np.nan, dtype=np.float32)
     spectra[:, keep] = H64
     abundances = pm.to_maps(W_tiles).astype(np.float32)
@@ -389,3 +428,78 @@ def _write_netcdf(dataset: xr.Dataset, path: Any, *, overwrite: bool) -> None:
         value, bool) else json.dumps(jsonable(value)) for key, value in ds.attrs.items()}
     write_atomically(Path(path), lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"),
                      overwrite=overwrite)
+
+
+def _namer(data: xr.DataArray, keep: np.ndarray, library: Sequence[Any] | None,
+           threshold: float, metric: str) -> Callable[[xr.Dataset], xr.Dataset]:
+    """What names a result's endmembers by library matching (checked before the fit)."""
+    from dnmf.hyperspectral.identify import identification_coords, identify
+    from dnmf.hyperspectral.library import load_library
+
+    explicit = bool(library)
+    libraries = [load_library(src) for src in (library or ["earthlib"])]
+    wavelength = data.coords["wavelength"].values if "wavelength" in data.coords else None
+    if wavelength is None:
+        if explicit:
+            raise InputError("--library needs the cube's band wavelengths to match spectra — "
+                             "add a wavelength coordinate (or ENVI 'wavelength' list)")
+        return lambda dataset: dataset
+    fwhm = data.coords["fwhm"].values if "fwhm" in data.coords else None
+    identify(np.zeros((0, keep.size)), wavelength, [], keep=keep, threshold_deg=threshold,
+             metric=metric)  # bad options fail now, not after the fit
+
+    def name(dataset: xr.Dataset) -> xr.Dataset:
+        found = identify(dataset["endmembers"].values, wavelength, libraries, fwhm=fwhm,
+                         keep=keep, threshold_deg=threshold, metric=metric)
+        named = dataset.assign_coords(identification_coords(found, default_names=not explicit))
+        named.attrs["identification"] = {
+            "libraries": [lib.source for lib in libraries], "threshold_deg": float(threshold),
+            "metric": metric, "unidentified_label": "explicit" if explicit else "endmember i"}
+        return named
+
+    return name
+
+
+def _supervised(data: xr.DataArray, keep: np.ndarray, spectra: Any, select: Any,
+                n_endmembers: Any, sum_to_one: bool, t_start: float, *, scheduler: Any,
+                workers: Any, memory_limit: Any, client: Any, output: Any, overwrite: bool,
+                plots: Any, netcdf: Any) -> xr.Dataset:
+    """Unmixing against given spectra: one pass over the cube, FCLS (or NNLS)."""
+    from dnmf.hyperspectral.supervised import reference_spectra, supervised_rows
+
+    reference = reference_spectra(spectra, data, keep, select=select)
+    if n_endmembers != "auto" and int(n_endmembers) != reference.k:
+        raise InputError(f"-k {n_endmembers} differs from the {reference.k} spectra given — "
+                         "leave -k out with --spectra (k is the number of spectra)")
+    with execution_context(scheduler, x_nbytes=int(data.nbytes), workers=workers,
+                           memory_limit=memory_limit, client=client) as ctx, ctx.activate():
+        pm = pixel_matrix(data, keep)
+        H = reference.spectra[:, keep]
+        A, rmse, relative = supervised_rows(pm.X, H, sum_to_one=sum_to_one)
+        dataset = _result_dataset(data, pm, A, H, keep, residual=rmse.astype(np.float32))
+        dataset["relative_error"] = ((), relative, {"long_name": "||X - A M|| / ||X||"})
+        dataset = dataset.assign_coords(
+            endmember_name=("endmember", np.asarray(reference.names, dtype=object)))
+        dataset.attrs.update(jsonable({
+            "dnmf_version": __version__, "schema_version": 1, "kind": "supervised unmixing",
+            "method": "FCLS" if sum_to_one else "NNLS", "n_endmembers": reference.k,
+            "n_iter": 0, "spectra_source": reference.source, "sum_to_one": bool(sum_to_one),
+            "bands_used": [int(i) for i in np.flatnonzero(keep)], "n_bands": int(keep.size),
+            "n_pixels_valid": int(pm.X.shape[0]), "n_pixels_nodata": int(pm.n_nodata),
+            "n_negative_clipped": int(pm.n_negative_clipped),
+            "input": {"source": str(data.attrs.get("source", "")),
+                      "format": str(data.attrs.get("source_format", "")),
+                      "dims": list(data.dims), "shape": list(data.shape)},
+            "wall_time_s": time.perf_counter() - t_start}))
+        if output is None:
+            result = dataset.compute()
+        else:
+            _write_zarr(dataset, output, overwrite=overwrite)
+            result = xr.open_zarr(os.fspath(output))
+        if netcdf is not None:
+            _write_netcdf(result, netcdf, overwrite=overwrite)
+    if plots is not None:
+        from dnmf.hyperspectral.plots import write_plots
+
+        write_plots(result, plots)
+    return result
