@@ -23,7 +23,7 @@ from dask.base import tokenize
 from xarray.core import indexing
 
 from dnmf.errors import InputError
-from dnmf.hyperspectral import emit
+from dnmf.hyperspectral import emit, enmap
 from dnmf.hyperspectral.envi import (
     BINARY_EXTENSIONS,
     find_envi_files,
@@ -531,8 +531,15 @@ def _open_path(path: str, var: str | None, chunks: Any
             envi_chunks = tuple(chunks)  # ENVI cubes are already (y, x, band)
         array = open_envi(loc.path, chunks=envi_chunks)
         return array, "envi", None
+    image = enmap.image_of(loc.path) if loc.is_local else None
+    if image is not None:  # an EnMAP L2A product given by its metadata file
+        loc, ext = resolve_location(str(image)), ".tif"
     if ext in (".tif", ".tiff"):
-        return _open_geotiff(loc, var)
+        array, fmt, stored = _open_geotiff(loc, var)
+        metadata = enmap.metadata_of(loc.path) if loc.is_local else None
+        if metadata is not None:
+            array, fmt = enmap.annotate(array, metadata), "enmap"
+        return array, fmt, stored
     try:
         fmt = detect_format(loc)
     except InputError as err:
