@@ -143,7 +143,7 @@ def unmix(
     _check_outputs(cube, var, output, netcdf, plots, overwrite=overwrite)
     if geotiff is not None:
         check_plots_are_not_inputs(geotiff, GEOTIFF_FILES, {"the cube": Stored(cube, var),
-                                                            **_envi_pair(cube)})
+                                                            **_envi_pair(cube)}, kind="GeoTIFF")
         check_geotiff_dir(geotiff, overwrite=overwrite)
     data = open_cube(cube, var=var, band_dim=band_dim, scale_factor=scale_factor)
     resolve_bad_bands(data, bad_bands)  # a malformed list fails before any cluster starts

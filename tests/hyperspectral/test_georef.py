@@ -4,6 +4,7 @@ reach the Zarr output, the NetCDF copy and the GeoTIFFs, as rioxarray and GDAL r
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,13 @@ def test_grid_helpers():
     rotated = xr.DataArray(np.zeros((2, 2, 3)), dims=("y", "x", "band"),
                            attrs={"map_info": UTM_MAP_INFO[:7] + ["rotation=30"]})
     assert grid_of(rotated) is None  # a rotated ENVI grid without a CRS: nothing guessed
+
+
+def test_geotiff_dir_never_writes_over_the_cube(scene, tmp_path):
+    source = write_geotiff_input(tmp_path, scene)
+    renamed = tmp_path / "abundances.tif"
+    Path(source).rename(renamed)
+    with pytest.raises(OutputError, match="GeoTIFF directory .* would write abundances.tif "
+                                          "over the cube"):
+        unmix(str(renamed), 3, geotiff=tmp_path, **FIT)
+    assert renamed.is_file()
