@@ -39,12 +39,19 @@ class BandStatistics:
     Attributes
     ----------
     n_pixels : int
-    mean, minimum, maximum, negative_fraction : numpy.ndarray, shape (n_bands,)
+        Pixels with data in every band.
+    n_sampled : int
+        Those of them in ``gram`` and ``mean``.
+    mean : numpy.ndarray, shape (n_bands,)
+        Over the sampled pixels.
+    minimum, maximum, negative_fraction : numpy.ndarray, shape (n_bands,)
+        Over every pixel with data.
     gram : numpy.ndarray, shape (n_bands, n_bands)
-        ``YᵀY`` of the pixels (rows) with data in every band, in float64.
+        ``YᵀY`` of the sampled pixels (rows), in float64.
     """
 
     n_pixels: int
+    n_sampled: int
     mean: np.ndarray
     minimum: np.ndarray
     maximum: np.ndarray
@@ -52,45 +59,54 @@ class BandStatistics:
     gram: np.ndarray
 
 
-def _tile_sums(block: np.ndarray) -> np.ndarray:
-    """Block kernel: count, sums, minima, maxima, negatives and Gram of the complete pixels."""
-    Y = block.reshape(-1, block.shape[-1]).astype(np.float64)
+def _tile_sums(block: np.ndarray, stride: int) -> np.ndarray:
+    """Block kernel: count, sums, minima, maxima and negatives of the complete pixels, and
+    the Gram matrix of every ``stride``-th of them (with their count and sums)."""
+    Y = block.reshape(-1, block.shape[-1])
     Y = Y[np.isfinite(Y).all(axis=1)]
     nb = block.shape[-1]
     if Y.shape[0] == 0:
         empty = np.full(nb, np.nan)
-        out = (0, np.zeros(nb), empty, empty, np.zeros(nb), np.zeros((nb, nb)))
+        out = (0, empty, empty, np.zeros(nb), 0, np.zeros(nb), np.zeros((nb, nb)))
     else:
-        out = (Y.shape[0], Y.sum(axis=0), Y.min(axis=0), Y.max(axis=0), (Y < 0).sum(axis=0),
-               Y.T @ Y)
+        S = Y[::stride].astype(np.float64)
+        out = (Y.shape[0], Y.min(axis=0).astype(np.float64), Y.max(axis=0).astype(np.float64),
+               (Y < 0).sum(axis=0), S.shape[0], S.sum(axis=0), S.T @ S)
     holder = np.empty((1, 1), dtype=object)
     holder[0, 0] = out
     return holder
 
 
-def band_statistics(cube: xr.DataArray) -> BandStatistics:
+def band_statistics(cube: xr.DataArray, *, max_pixels: int = 250_000) -> BandStatistics:
     """One pass over a cube (band dim last, as :func:`~dnmf.hyperspectral.cube.open_cube`
-    returns it): per-band ranges and the band Gram matrix of the complete pixels.
+    returns it): per-band ranges of the complete pixels (no NaN in any band) and the band
+    Gram matrix of at most about ``max_pixels`` of them (every s-th pixel of each tile).
 
-    Memory: each task holds one tile and a ``n_bands²`` float64 matrix.
+    Memory: each task holds one tile and a ``n_bands²`` float64 matrix; the Gram costs
+    ``max_pixels * n_bands²`` flops in all, whatever the cube's size.
     """
     data = cube.data
     if len(data.chunks[2]) != 1:
         data = data.rechunk({2: -1})
-    stats = data.map_blocks(_tile_sums, drop_axis=2, dtype=object,
+    n_pixels = int(data.shape[0]) * int(data.shape[1])
+    stride = max(1, -(-n_pixels // max(1, int(max_pixels))))
+    stats = data.map_blocks(_tile_sums, stride, drop_axis=2, dtype=object,
                             chunks=((1,) * len(data.chunks[0]), (1,) * len(data.chunks[1])),
                             meta=np.empty((0, 0), dtype=object))
     (grid,) = dask.compute(stats)
-    parts = list(grid.ravel())
-    n = int(sum(p[0] for p in parts))
+    parts = [p for p in grid.ravel() if p[0]]
     nb = int(data.shape[2])
-    with np.errstate(invalid="ignore"):
-        minimum = np.nanmin(np.stack([p[2] for p in parts]), axis=0) if n else np.full(nb, np.nan)
-        maximum = np.nanmax(np.stack([p[3] for p in parts]), axis=0) if n else np.full(nb, np.nan)
-    total = sum(p[1] for p in parts)
+    if not parts:
+        empty = np.full(nb, np.nan)
+        return BandStatistics(0, 0, empty, empty, empty, np.zeros(nb), np.zeros((nb, nb)))
+    n = int(sum(p[0] for p in parts))
+    sampled = int(sum(p[4] for p in parts))
     return BandStatistics(
-        n_pixels=n, mean=total / max(n, 1), minimum=minimum, maximum=maximum,
-        negative_fraction=sum(p[4] for p in parts) / max(n, 1), gram=sum(p[5] for p in parts))
+        n_pixels=n, n_sampled=sampled,
+        mean=sum(p[5] for p in parts) / max(sampled, 1),
+        minimum=np.min(np.stack([p[1] for p in parts]), axis=0),
+        maximum=np.max(np.stack([p[2] for p in parts]), axis=0),
+        negative_fraction=sum(p[3] for p in parts) / n, gram=sum(p[6] for p in parts))
 
 
 def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +133,7 @@ def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarr
     nb = candidates.size
     snr = np.full(nb, np.nan)
     noisy = np.zeros(nb, dtype=bool)
-    n = stats.n_pixels
+    n = stats.n_sampled
     if n <= idx.size + 1 or idx.size < 3:
         return noisy, snr  # too few pixels to tell signal from noise
     mean = stats.mean[idx]

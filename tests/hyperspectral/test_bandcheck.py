@@ -153,3 +153,13 @@ def test_cli_prints_the_note_and_the_warning(with_garbage, tmp_path):
                    "--scale-factor", "-1")
     assert proc.returncode == 1 and proc.stderr.startswith("error: the scale factor must be")
     assert "Traceback" not in proc.stderr and not (tmp_path / "b.zarr").exists()
+
+
+def test_the_gram_is_sampled_beyond_max_pixels(scene):
+    cube = open_cube(scene.reflectance)
+    full = band_statistics(cube)
+    sampled = band_statistics(cube, max_pixels=500)
+    assert sampled.n_pixels == full.n_pixels > 2000
+    assert 400 <= sampled.n_sampled <= 700  # every 5th pixel of each tile
+    np.testing.assert_array_equal(sampled.maximum, full.maximum)  # ranges see every pixel
+    np.testing.assert_allclose(sampled.mean, full.mean, rtol=0.05)
