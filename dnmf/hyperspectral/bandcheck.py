@@ -18,13 +18,16 @@ import numpy as np
 import xarray as xr
 
 __all__ = ["MIN_BAND_SNR", "BandScreen", "BandStatistics", "band_statistics", "describe_bands",
-           "MAX_NOISY_SHARE", "looks_unscaled", "noisy_bands",
+           "MAX_NOISY_SHARE", "MIN_PIXELS_PER_BAND", "looks_unscaled", "noisy_bands",
            "screen_bands"]
 
 #: A band whose signal variance over the scene is below this multiple of its noise variance
 #: is noise (-10 dB). A band of pure noise scores about 0 (within 0.04 at 1,600 pixels);
 #: make_scene's bands at 15 dB score 0.15 and more at 40 x 40 pixels, 0.7 at 60 x 60.
 MIN_BAND_SNR = 0.1
+#: The SNR is judged only with at least this many (sampled) pixels per band: with fewer, the
+#: regression fits the noise too (a 14 x 20 cut of make_scene, 175 bands: 2 false alarms).
+MIN_PIXELS_PER_BAND = 5
 #: When more than this share of the bands scores as noise, the scene is noisy rather than
 #: those bands broken: they are reported and kept.
 MAX_NOISY_SHARE = 0.25
@@ -122,7 +125,8 @@ def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarr
     -------
     noisy : numpy.ndarray of bool, shape (n_bands,)
         Constant bands, bands mostly below zero, and bands whose signal-to-noise ratio is
-        below :data:`MIN_BAND_SNR`.
+        below :data:`MIN_BAND_SNR` (judged with :data:`MIN_PIXELS_PER_BAND` pixels a band
+        or more).
     snr : numpy.ndarray, shape (n_bands,)
         Signal variance over noise variance (NaN for bands not judged). The noise variance
         of band i is ``1 / (C⁻¹)_ii``, the residual variance of its regression on the other
@@ -134,15 +138,16 @@ def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarr
     snr = np.full(nb, np.nan)
     noisy = np.zeros(nb, dtype=bool)
     n = stats.n_sampled
-    if n <= idx.size + 1 or idx.size < 3:
-        return noisy, snr  # too few pixels to tell signal from noise
+    if idx.size < 3:
+        return noisy, snr
     mean = stats.mean[idx]
     C = stats.gram[np.ix_(idx, idx)] / n - np.outer(mean, mean)
     var = np.diag(C).copy()
     scale = max(float(np.abs(stats.maximum[idx]).max()), 1e-30)
     constant = var <= (1e-12 * scale) ** 2
     live = ~constant
-    if live.sum() >= 2:
+    # the regression on p other bands needs many more pixels than p to be a noise estimate
+    if live.sum() >= 2 and n >= MIN_PIXELS_PER_BAND * live.sum():
         Cl = C[np.ix_(live, live)]
         ridge = 1e-12 * np.trace(Cl) / Cl.shape[0]
         noise = 1.0 / np.diag(np.linalg.inv(Cl + ridge * np.eye(Cl.shape[0])))

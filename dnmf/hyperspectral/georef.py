@@ -192,8 +192,9 @@ def grid_of(cube: xr.DataArray | xr.Dataset, spatial_dims: tuple[Hashable, Hasha
         ``None`` when no CRS or no transform can be found. The CRS comes from the
         grid-mapping coordinate (``crs_wkt``, ``spatial_ref``, ``crs``, then its CF
         parameters), then the cube's attrs (``crs_wkt``, ``crs``), then an ENVI ``map info``
-        naming UTM or geographic WGS-84. The transform from the grid mapping's
-        ``GeoTransform``, then ``map info``, then regular 1-D spatial coordinates.
+        naming UTM or geographic WGS-84. The transform from regular 1-D spatial coordinates
+        (the stored ``GeoTransform`` or ``map info`` when they agree, their numbers being
+        exact), else from the stored one alone.
 
     Examples
     --------
@@ -222,11 +223,19 @@ def grid_of(cube: xr.DataArray | xr.Dataset, spatial_dims: tuple[Hashable, Hasha
             pass
     if found is None:
         return None
-    transform = _geotransform(ref.get("GeoTransform")) if ref.get("GeoTransform") else None
-    if transform is None and map_info is not None:
-        transform = _map_info_transform(map_info)
-    if transform is None and ydim in cube.coords and xdim in cube.coords:
-        transform = transform_of_coords(cube.coords[ydim].values, cube.coords[xdim].values)
+    stored = _geotransform(ref.get("GeoTransform")) if ref.get("GeoTransform") else None
+    if stored is None and map_info is not None:
+        stored = _map_info_transform(map_info)
+    from_coords = None
+    if ydim in cube.coords and xdim in cube.coords:
+        from_coords = transform_of_coords(cube.coords[ydim].values, cube.coords[xdim].values)
+    # A cube cut out of a larger one keeps the larger one's stored transform: where regular
+    # coordinates disagree with it they win; where they agree, the stored numbers are exact.
+    transform = stored
+    if from_coords is not None and (stored is None or not np.allclose(
+            stored, from_coords, rtol=0, atol=1e-6 * max(abs(from_coords[1]),
+                                                         abs(from_coords[5])))):
+        transform = from_coords
     if transform is None:
         return None
     return Grid(found[0], tuple(float(v) for v in transform), found[1])  # type: ignore[arg-type]

@@ -107,6 +107,10 @@ def test_noisy_bands_scores(scene):
     noisy, snr = noisy_bands(stats, keep)
     assert np.flatnonzero(noisy).tolist() == [10, 30] and np.isnan(snr[20])
     assert describe_bands(np.array([3, 4, 7]), None) == "3-4, 7"
+    # too few pixels for the regression: only the constant and negative bands are judged
+    few = band_statistics(open_cube(xr.DataArray(values[:12, :12], dims=("y", "x", "band"))))
+    noisy, snr = noisy_bands(few, np.ones(values.shape[2], dtype=bool))
+    assert np.flatnonzero(noisy).tolist() == [10, 30] and np.isnan(snr).all()
 
 
 def test_explicit_lists_and_bbl_read_nothing_more(scene):

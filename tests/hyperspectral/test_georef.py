@@ -163,3 +163,14 @@ def test_geotiff_dir_never_writes_over_the_cube(scene, tmp_path):
                                           "over the cube"):
         unmix(str(renamed), 3, geotiff=tmp_path, **FIT)
     assert renamed.is_file()
+
+
+def test_a_cut_out_cube_gets_its_own_transform(scene):
+    """The spatial_ref of the whole scene travels with a slice; the slice's coordinates win."""
+    part = scene.reflectance.isel(y=slice(6, 20), x=slice(10, 30))
+    grid = grid_of(part)
+    assert grid.transform == (500000.0 + 10 * 30, 30.0, 0.0, 5000000.0 - 6 * 30, 0.0, -30.0)
+    assert grid_of(scene.reflectance).transform == TRANSFORM
+    result = unmix(part, 3, **FIT)
+    assert tuple(result["abundances"].rio.transform())[:6] == (30.0, 0.0, 500300.0, 0.0, -30.0,
+                                                               4999820.0)
