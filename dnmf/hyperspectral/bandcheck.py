@@ -11,6 +11,7 @@ band estimated as HySime does (the residual of regressing it on all the other ba
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import dask
@@ -51,6 +52,8 @@ class BandStatistics:
         Over every pixel with data.
     gram : numpy.ndarray, shape (n_bands, n_bands)
         ``YᵀY`` of the sampled pixels (rows), in float64.
+    value_counts : numpy.ndarray of int, shape (n_bands,)
+        Values (not NaN) of each band over the whole cube: 0 for a band without data.
     """
 
     n_pixels: int
@@ -60,21 +63,29 @@ class BandStatistics:
     maximum: np.ndarray
     negative_fraction: np.ndarray
     gram: np.ndarray
+    value_counts: np.ndarray
 
 
 def _tile_sums(block: np.ndarray, stride: int) -> np.ndarray:
-    """Block kernel: count, sums, minima, maxima and negatives of the complete pixels, and
-    the Gram matrix of every ``stride``-th of them (with their count and sums)."""
+    """Block kernel: each band's count of values; count, minima, maxima and negatives of the
+    complete pixels (a value in every band that has one in this tile: a band without data
+    must not hide every pixel), and the Gram matrix and sums of every ``stride``-th of them,
+    bands without data counted as 0."""
     Y = block.reshape(-1, block.shape[-1])
-    Y = Y[np.isfinite(Y).all(axis=1)]
+    finite = np.isfinite(Y)
+    present = finite.any(axis=0)
+    Y = np.where(present, Y, 0.0)[finite[:, present].all(axis=1)]
     nb = block.shape[-1]
+    counts = finite.sum(axis=0)
     if Y.shape[0] == 0:
         empty = np.full(nb, np.nan)
-        out = (0, empty, empty, np.zeros(nb), 0, np.zeros(nb), np.zeros((nb, nb)))
+        out = (0, empty, empty, np.zeros(nb), 0, np.zeros(nb), np.zeros((nb, nb)), counts)
     else:
         S = Y[::stride].astype(np.float64)
-        out = (Y.shape[0], Y.min(axis=0).astype(np.float64), Y.max(axis=0).astype(np.float64),
-               (Y < 0).sum(axis=0), S.shape[0], S.sum(axis=0), S.T @ S)
+        low = np.where(present, Y.min(axis=0), np.nan).astype(np.float64)
+        high = np.where(present, Y.max(axis=0), np.nan).astype(np.float64)
+        out = (Y.shape[0], low, high, (Y < 0).sum(axis=0), S.shape[0], S.sum(axis=0), S.T @ S,
+               counts)
     holder = np.empty((1, 1), dtype=object)
     holder[0, 0] = out
     return holder
@@ -97,19 +108,23 @@ def band_statistics(cube: xr.DataArray, *, max_pixels: int = 250_000) -> BandSta
                             chunks=((1,) * len(data.chunks[0]), (1,) * len(data.chunks[1])),
                             meta=np.empty((0, 0), dtype=object))
     (grid,) = dask.compute(stats)
+    counts = sum(p[7] for p in grid.ravel())
     parts = [p for p in grid.ravel() if p[0]]
     nb = int(data.shape[2])
     if not parts:
         empty = np.full(nb, np.nan)
-        return BandStatistics(0, 0, empty, empty, empty, np.zeros(nb), np.zeros((nb, nb)))
+        return BandStatistics(0, 0, empty, empty, empty, np.zeros(nb), np.zeros((nb, nb)),
+                               counts)
     n = int(sum(p[0] for p in parts))
     sampled = int(sum(p[4] for p in parts))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a band without data: NaN range
+        minimum = np.nanmin(np.stack([p[1] for p in parts]), axis=0)
+        maximum = np.nanmax(np.stack([p[2] for p in parts]), axis=0)
     return BandStatistics(
-        n_pixels=n, n_sampled=sampled,
-        mean=sum(p[5] for p in parts) / max(sampled, 1),
-        minimum=np.min(np.stack([p[1] for p in parts]), axis=0),
-        maximum=np.max(np.stack([p[2] for p in parts]), axis=0),
-        negative_fraction=sum(p[3] for p in parts) / n, gram=sum(p[6] for p in parts))
+        n_pixels=n, n_sampled=sampled, mean=sum(p[5] for p in parts) / max(sampled, 1),
+        minimum=minimum, maximum=maximum, negative_fraction=sum(p[3] for p in parts) / n,
+        gram=sum(p[6] for p in parts), value_counts=counts)
 
 
 def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +139,7 @@ def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarr
     Returns
     -------
     noisy : numpy.ndarray of bool, shape (n_bands,)
-        Constant bands, bands mostly below zero, and bands whose signal-to-noise ratio is
+        Bands without data, constant bands, bands mostly below zero, and bands whose signal-to-noise ratio is
         below :data:`MIN_BAND_SNR` (judged with :data:`MIN_PIXELS_PER_BAND` pixels a band
         or more).
     snr : numpy.ndarray, shape (n_bands,)
@@ -143,7 +158,8 @@ def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarr
     mean = stats.mean[idx]
     C = stats.gram[np.ix_(idx, idx)] / n - np.outer(mean, mean)
     var = np.diag(C).copy()
-    scale = max(float(np.abs(stats.maximum[idx]).max()), 1e-30)
+    top = np.abs(stats.maximum[idx])
+    scale = max(float(top[np.isfinite(top)].max()) if np.isfinite(top).any() else 0.0, 1e-30)
     constant = var <= (1e-12 * scale) ** 2
     live = ~constant
     # the regression on p other bands needs many more pixels than p to be a noise estimate
@@ -159,6 +175,7 @@ def noisy_bands(stats: BandStatistics, candidates: np.ndarray) -> tuple[np.ndarr
         band_snr[live] = np.maximum(var[live] - noise, 0.0) / noise
         snr[idx] = band_snr
     noisy[idx] = constant | (stats.negative_fraction[idx] > _MAX_NEGATIVE)
+    noisy[idx] |= stats.value_counts[idx] == 0  # no data at all
     noisy[idx] |= np.nan_to_num(snr[idx], nan=np.inf) < MIN_BAND_SNR
     return noisy, snr
 
@@ -278,7 +295,7 @@ def screen_bands(cube: xr.DataArray, bad_bands: object = None) -> BandScreen:
                 wl = (np.asarray(cube.coords["wavelength"].values, dtype=float)
                       if has_wl else None)
                 messages.append(
-                    f"warning: {len(noisy)} bands look like noise (constant, mostly negative, "
+                    f"warning: {len(noisy)} bands look like noise (no data, constant, mostly negative, "
                     f"or signal below noise by the HySime estimate) and were left out: "
                     f"{describe_bands(np.asarray(noisy), wl)} — --bad-bands none keeps them")
                 keep = keep & ~flagged

@@ -97,20 +97,22 @@ def test_noisy_bands_scores(scene):
     values[..., 10] = 0.3  # constant
     values[..., 20] = np.random.default_rng(1).uniform(0, 0.4, values.shape[:2])  # noise
     values[..., 30] = -np.abs(values[..., 30])  # negative
+    values[..., 40] = np.nan  # no data: it must not make every pixel incomplete
     stats = band_statistics(open_cube(xr.DataArray(values, dims=("y", "x", "band"))))
+    assert stats.n_pixels == int(np.isfinite(values[..., 0]).sum())
     keep = np.ones(values.shape[2], dtype=bool)
     noisy, snr = noisy_bands(stats, keep)
-    assert np.flatnonzero(noisy).tolist() == [10, 20, 30]
-    assert snr[20] < MIN_BAND_SNR < np.nanmin(np.delete(snr, [10, 20, 30]))
+    assert np.flatnonzero(noisy).tolist() == [10, 20, 30, 40]
+    assert snr[20] < MIN_BAND_SNR < np.nanmin(np.delete(snr, [10, 20, 30, 40]))
     # a band not kept is neither judged nor used
     keep[20] = False
     noisy, snr = noisy_bands(stats, keep)
-    assert np.flatnonzero(noisy).tolist() == [10, 30] and np.isnan(snr[20])
+    assert np.flatnonzero(noisy).tolist() == [10, 30, 40] and np.isnan(snr[20])
     assert describe_bands(np.array([3, 4, 7]), None) == "3-4, 7"
     # too few pixels for the regression: only the constant and negative bands are judged
     few = band_statistics(open_cube(xr.DataArray(values[:12, :12], dims=("y", "x", "band"))))
     noisy, snr = noisy_bands(few, np.ones(values.shape[2], dtype=bool))
-    assert np.flatnonzero(noisy).tolist() == [10, 30] and np.isnan(snr).all()
+    assert np.flatnonzero(noisy).tolist() == [10, 30, 40] and np.isnan(snr).all()
 
 
 def test_explicit_lists_and_bbl_read_nothing_more(scene):
