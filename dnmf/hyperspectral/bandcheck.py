@@ -295,9 +295,10 @@ def screen_bands(cube: xr.DataArray, bad_bands: object = None) -> BandScreen:
                 wl = (np.asarray(cube.coords["wavelength"].values, dtype=float)
                       if has_wl else None)
                 messages.append(
-                    f"warning: {len(noisy)} bands look like noise (no data, constant, mostly negative, "
-                    f"or signal below noise by the HySime estimate) and were left out: "
-                    f"{describe_bands(np.asarray(noisy), wl)} — --bad-bands none keeps them")
+                    f"warning: {len(noisy)} band{'' if len(noisy) == 1 else 's'} left out as "
+                    "noise (no data, constant, mostly negative, or signal below noise by the "
+                    f"HySime estimate): {describe_bands(np.asarray(noisy), wl)} — --bad-bands "
+                    "none keeps them")
                 keep = keep & ~flagged
         if unscaled_possible and looks_unscaled(cube, stats):
             top = float(np.nanmax(stats.maximum))

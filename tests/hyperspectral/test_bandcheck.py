@@ -75,7 +75,7 @@ def test_geotiff_with_garbage_bands_unmixes_like_the_envi_file(scene, with_garba
     result = unmix(path, 4, on_message=lines.append, **FIT)  # no option given
     assert [line.split(":")[0] for line in lines] == ["note", "warning"]
     assert "no bad-band list (bbl): --bad-bands auto" in lines[0]
-    assert lines[1].startswith("warning: 5 bands look like noise")
+    assert lines[1].startswith("warning: 5 bands left out as noise")
     assert result.attrs["noisy_bands"] == garbage.tolist()
     assert result.attrs["bad_bands_rule"] == "auto" and result.attrs["notes"] == lines
     assert np.isnan(result["endmembers"].values[:, garbage]).all()
@@ -153,7 +153,7 @@ def test_cli_prints_the_note_and_the_warning(with_garbage, tmp_path):
     assert proc.returncode == 0, proc.stderr
     notes = [line for line in proc.stderr.splitlines() if line.startswith(("note:", "warning:"))]
     assert notes[0].startswith("note: the input has no bad-band list")
-    assert notes[1].startswith("warning: 5 bands look like noise")
+    assert notes[1].startswith("warning: 5 bands left out as noise")
     assert (tmp_path / "tif" / "abundances.tif").is_file()
     proc = run_cli("unmix", path, "-k", "4", "-o", str(tmp_path / "b.zarr"),
                    "--scale-factor", "-1")
