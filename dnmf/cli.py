@@ -406,7 +406,8 @@ def unmix(
     bad_bands: Annotated[str | None, typer.Option(
         "--bad-bands", help="auto (water absorption, <400 and >2450 nm) | none | a list of "
                             "band indices, a-b index ranges and 1340-1460nm ranges "
-                            "(default: the input's bbl).")] = None,
+                            "(default: the input's bbl, else auto when wavelengths are known; "
+                            "auto also drops bands that are noise).")] = None,
     init: Annotated[UnmixInit, typer.Option(help="Endmember initialisation.")] = UnmixInit.spa,
     no_sum_to_one: Annotated[bool, typer.Option(
         "--no-sum-to-one", help="Do not constrain abundances to sum to one.")] = False,
@@ -415,6 +416,15 @@ def unmix(
     plots: Annotated[Path | None, typer.Option(help="Directory for PNG plots.")] = None,
     netcdf: Annotated[Path | None, typer.Option(
         help="Also write the result as NetCDF to this file.")] = None,
+    geotiff: Annotated[Path | None, typer.Option(
+        help="Directory for Cloud-Optimized GeoTIFFs of the maps (abundances, residual, RGB) "
+             "with the input's CRS.")] = None,
+    scale_factor: Annotated[float | None, typer.Option(
+        "--scale-factor", help="Reflectance = stored value x F (e.g. 0.0001), replacing the "
+                               "input's scale factor.")] = None,
+    ortho: Annotated[bool, typer.Option(
+        "--ortho", help="Put the maps on the input's orthorectified grid (EMIT L2A GLT).")
+                     ] = False,
     max_iter: MaxIterOpt = 200,
     tol: TolOpt = 1e-4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -475,7 +485,8 @@ def unmix(
             on_prepared=on_prepared, checkpoint_every=checkpoint_every, resume=resume,
             spectra=spectra, library=library,
             select=None if select is None else [n.strip() for n in select.split(",")],
-            match_threshold=match_threshold, match_metric=match_metric)
+            match_threshold=match_threshold, match_metric=match_metric, geotiff=geotiff,
+            scale_factor=scale_factor, on_message=progress.echo, ortho=ortho)
     attrs = result.attrs
     if report is not None:
         from dnmf.report import unmixing_report, write_report

@@ -38,6 +38,18 @@ _AXIS_BLOCK = 256
 _NODATA_FRACTION = 0.025
 #: The map grid: UTM zone 33N, 30 m pixels, north-west corner at (500000 E, 5000000 N).
 _CRS = "EPSG:32633"
+# EPSG:32633 as WKT (GDAL's WKT1, from pyproj): a full CRS (datum included) for rioxarray
+# and GDAL, without needing pyproj here.
+_CRS_WKT = (
+    'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",'
+    '6378137,298.257223563,AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],'
+    'PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,'
+    'AUTHORITY["EPSG","9122"]],AUTHORITY["EPSG","4326"]],PROJECTION["Transverse_Mercator"],'
+    'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",15],'
+    'PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],'
+    'PARAMETER["false_northing",0],UNIT["metre",1,AUTHORITY["EPSG","9001"]],'
+    'AXIS["Easting",EAST],AXIS["Northing",NORTH],AUTHORITY["EPSG","32633"]]'
+)
 _PIXEL_SIZE = 30.0
 _X0, _Y0 = 500_000.0, 5_000_000.0
 
@@ -508,6 +520,8 @@ def _grid_mapping_attrs() -> dict:
     """CF grid mapping of UTM zone 33N on WGS 84 (EPSG:32633), and a GDAL geotransform."""
     return {
         "crs": _CRS,
+        "crs_wkt": _CRS_WKT,
+        "spatial_ref": _CRS_WKT,
         "grid_mapping_name": "transverse_mercator",
         "longitude_of_central_meridian": 15.0,
         "latitude_of_projection_origin": 0.0,

@@ -23,6 +23,7 @@ from dask.base import tokenize
 from xarray.core import indexing
 
 from dnmf.errors import InputError
+from dnmf.hyperspectral import emit, enmap
 from dnmf.hyperspectral.envi import (
     BINARY_EXTENSIONS,
     find_envi_files,
@@ -64,6 +65,7 @@ def open_cube(
     var: str | None = None,
     band_dim: str | None = None,
     chunks: Any = None,
+    scale_factor: float | None = None,
 ) -> xr.DataArray:
     """Open a hyperspectral cube lazily, band dim last, as float32 with NaN for no-data.
 
@@ -86,6 +88,9 @@ def open_cube(
         Dask chunks: a dict by dim name, or a tuple in the returned (spatial, spatial, band)
         order. By default all bands in one chunk and spatial tiles of about 32 MiB, in
         whole multiples of the stored chunking. A dask-backed input keeps its chunks.
+    scale_factor : float, optional
+        Reflectance = stored value × ``scale_factor`` (e.g. 0.0001 for reflectance stored as
+        integers × 10000), replacing the input's own scale factor; its offset still applies.
 
     Returns
     -------
@@ -97,6 +102,7 @@ def open_cube(
         compared before scaling, became NaN. Coordinates: ``wavelength(band)`` in nm when
         known, ``fwhm``/``bbl`` when known, spatial coords and ``spatial_ref``. Attrs:
         ``band_dim``, ``spatial_dims`` (2 names), ``source_format``, ``stored_dtype``,
+        ``scaled`` (whether a scale or offset was applied),
         ``source`` (the path, for files) and any of ``crs``, ``crs_wkt``, ``map_info``,
         ``transform``, ``grid_mapping``.
 
@@ -148,7 +154,7 @@ def open_cube(
     array = _standard_band_coords(array, bdim)
     array = _chunk(array, bdim, spatial, None if chunked else chunks, stored, source)
     array = array.transpose(*spatial, bdim)
-    out = _decode(array, bdim, spatial, fmt)
+    out = _decode(array, bdim, spatial, fmt, _checked_scale(scale_factor))
     if isinstance(source, str | os.PathLike):
         out.attrs["source"] = os.fspath(source)
     return out
@@ -378,8 +384,21 @@ def _scalar(value: Any) -> float:
     return float(np.asarray(value, dtype=np.float64).ravel()[0])
 
 
+def _checked_scale(scale_factor: Any) -> float | None:
+    if scale_factor is None:
+        return None
+    try:
+        value = float(scale_factor)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise InputError(f"the scale factor must be a positive number (reflectance = stored "
+                         f"value x F, e.g. 0.0001); got {scale_factor!r}")
+    return value
+
+
 def _decode(array: xr.DataArray, bdim: Hashable, spatial: tuple[Hashable, ...],
-            fmt: str) -> xr.DataArray:
+            fmt: str, scale_override: float | None = None) -> xr.DataArray:
     """Float32 reflectances: masked before scaling, scaled in float64, rounded once."""
     attrs = dict(array.attrs)
     fmt = attrs.pop("source_format", fmt)
@@ -400,6 +419,8 @@ def _decode(array: xr.DataArray, bdim: Hashable, spatial: tuple[Hashable, ...],
         offset = _scalar(attrs["add_offset"])
     elif isinstance(attrs.get("offsets"), list | tuple) and len(attrs["offsets"]) == nb:
         offset = np.asarray(attrs["offsets"], dtype=np.float64)
+    if scale_override is not None:  # the caller's factor multiplies, whatever the format
+        scale, divide = scale_override, False
     if scale is not None and np.all(np.asarray(scale) == 1.0):
         scale = None
     if offset is not None and np.all(np.asarray(offset) == 0.0):
@@ -433,7 +454,8 @@ def _decode(array: xr.DataArray, bdim: Hashable, spatial: tuple[Hashable, ...],
         if wkt:
             attrs["crs_wkt"] = str(wkt)
     attrs.update(band_dim=bdim, spatial_dims=tuple(spatial), source_format=fmt,
-                 stored_dtype=stored)
+                 stored_dtype=stored,
+                 scaled=scale is not None or offset is not None or scale_override is not None)
     out = array.copy(deep=False, data=data)
     out.attrs = attrs
     out.encoding = {}
@@ -509,12 +531,22 @@ def _open_path(path: str, var: str | None, chunks: Any
             envi_chunks = tuple(chunks)  # ENVI cubes are already (y, x, band)
         array = open_envi(loc.path, chunks=envi_chunks)
         return array, "envi", None
+    image = enmap.image_of(loc.path) if loc.is_local else None
+    if image is not None:  # an EnMAP L2A product given by its metadata file
+        loc, ext = resolve_location(str(image)), ".tif"
     if ext in (".tif", ".tiff"):
-        return _open_geotiff(loc, var)
+        array, fmt, stored = _open_geotiff(loc, var)
+        metadata = enmap.metadata_of(loc.path) if loc.is_local else None
+        if metadata is not None:
+            array, fmt = enmap.annotate(array, metadata), "enmap"
+        return array, fmt, stored
     try:
         fmt = detect_format(loc)
     except InputError as err:
         raise InputError(f"cannot open {path} as a cube ({_CUBE_FORMATS}): {err}") from err
+    for product_format, can_open, open_product in _PRODUCTS:
+        if fmt == product_format and can_open(loc):
+            return open_product(loc, var)
     reader = _CUBE_READERS.get(fmt)
     if reader is None:
         raise InputError(
@@ -798,3 +830,10 @@ _CUBE_READERS: dict[str, Callable[[Location, str | None],
     "netcdf3": functools.partial(_open_netcdf, engine="scipy"),
     "hdf5": _open_hdf5,
 }
+
+#: Public products whose layout is known, asked before the plain reader of their format:
+#: (format, whether a file has the product's layout, its reader).
+_PRODUCTS: tuple[tuple[str, Callable[[Location], bool], Callable[
+    [Location, str | None], tuple[xr.DataArray, str, dict[Hashable, int] | None]]], ...] = (
+    ("netcdf", emit.can_open, emit.open_emit),
+)

@@ -14,6 +14,7 @@ import posixpath
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,13 @@ import xarray as xr
 from dnmf import __version__
 from dnmf.api import factorize
 from dnmf.cluster import execution_context
-from dnmf.errors import InputError
+from dnmf.errors import DnmfWarning, InputError
+from dnmf.hyperspectral.bandcheck import screen_bands
 from dnmf.hyperspectral.cube import open_cube
+from dnmf.hyperspectral.emit import orthorectify
 from dnmf.hyperspectral.envi import find_envi_files
+from dnmf.hyperspectral.georef import grid_of, write_grid_mapping
+from dnmf.hyperspectral.geotiff import GEOTIFF_FILES, check_geotiff_dir, write_geotiffs
 from dnmf.hyperspectral.identify import DEFAULT_THRESHOLD_DEG
 from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
@@ -68,6 +73,10 @@ def unmix(
     overwrite: bool = False,
     plots: str | os.PathLike | None = None,
     netcdf: str | os.PathLike | None = None,
+    geotiff: str | os.PathLike | None = None,
+    scale_factor: float | None = None,
+    on_message: Callable[[str], None] | None = None,
+    ortho: bool = False,
     callback: Callable[[Any], None] | None = None,
     on_prepared: Callable[[PixelMatrix, int, SubspaceEstimate | None], None] | None = None,
     checkpoint_every: int = 10,
@@ -92,7 +101,8 @@ def unmix(
     bad_bands : None, "auto", "none" or a list
         Bands left out of the fit (NaN in ``endmembers``); see
         :func:`dnmf.hyperspectral.prepare.resolve_bad_bands`. Default: the ``bbl`` of the
-        input when present.
+        input when present, else ``"auto"`` when wavelengths are known. ``"auto"`` also
+        drops the bands that are noise (:func:`dnmf.hyperspectral.bandcheck.screen_bands`).
     init : {"spa", "vca", "nndsvda", "random"}
         Endmember initialisation; SPA and VCA pick pixels of the cube.
     sum_to_one : bool
@@ -115,6 +125,18 @@ def unmix(
         composite of the three most abundant, the residual map and the loss curve.
     netcdf : path, optional
         Also write the result as NetCDF (h5netcdf).
+    geotiff : path, optional
+        Directory for Cloud-Optimized GeoTIFFs of the maps, with the input's CRS and
+        transform (:func:`dnmf.hyperspectral.geotiff.write_geotiffs`; needs rasterio).
+    scale_factor : float, optional
+        Reflectance = stored value × ``scale_factor``, replacing the input's own factor.
+    ortho : bool
+        Put the maps on the orthorectified grid of the input's geometry lookup table (EMIT
+        L2A: ``location/glt_x``, ``glt_y``), with its CRS.
+    on_message : callable, optional
+        Called with each ``note: …``/``warning: …`` line about the bands and the scaling;
+        by default warnings are issued as :class:`dnmf.errors.DnmfWarning`. All of them
+        are kept in the ``notes`` attr.
     callback : callable, optional
         Called after each iteration with :class:`dnmf.api.IterationInfo`.
     on_prepared : callable, optional
@@ -155,8 +177,16 @@ def unmix(
     _check_outputs(cube, var, output, netcdf, plots, overwrite=overwrite, resume=resume)
     if resume and output is None:
         raise InputError("resume needs the output whose checkpoint it continues — pass -o OUT")
-    data = without_result_dims(open_cube(cube, var=var, band_dim=band_dim))
-    keep = resolve_bad_bands(data, bad_bands)
+    if geotiff is not None:
+        check_plots_are_not_inputs(geotiff, GEOTIFF_FILES, {"the cube": Stored(cube, var),
+                                                            **_envi_pair(cube)}, kind="GeoTIFF")
+        check_geotiff_dir(geotiff, overwrite=overwrite)
+    data = without_result_dims(open_cube(cube, var=var, band_dim=band_dim,
+                                         scale_factor=scale_factor))
+    keep = resolve_bad_bands(data, bad_bands)  # a malformed list fails before any cluster starts
+    if ortho and not data.attrs.get("glt"):
+        raise InputError("--ortho needs a geometry lookup table (an EMIT L2A file's "
+                         "location/glt_x, glt_y); this cube has none — drop --ortho")
     if spectra is not None:
         if resume:
             raise InputError("--resume continues an NMF unmixing; unmixing against given "
@@ -169,13 +199,16 @@ def unmix(
                            scheduler=scheduler, workers=workers, memory_limit=memory_limit,
                            client=client, output=output, overwrite=overwrite, plots=plots,
                            netcdf=netcdf)
-    namer = _namer(data, keep, library, match_threshold, match_metric)
     with contextlib.ExitStack() as stack:
         stack.enter_context(claim(None if output is None else local_path(output)))
         ctx = stack.enter_context(execution_context(
             scheduler, x_nbytes=int(data.nbytes), workers=workers, memory_limit=memory_limit,
             client=client))
         stack.enter_context(ctx.activate())
+        screen = screen_bands(data, bad_bands)
+        _say(screen.messages, on_message)
+        keep = screen.keep
+        namer = _namer(data, keep, library, match_threshold, match_metric)
         pm = pixel_matrix(data, keep)  # refuses a cube without one valid pixel
         k, estimate = _endmember_count(n_endmembers, pm, keep)
         if on_prepared is not None:
@@ -193,9 +226,12 @@ def unmix(
             if not sum_to_one:
                 W, H = _purest_pixel_scale(W, H, ctx)
             dataset = _result_dataset(data, pm, W, H, keep)
+            if ortho:
+                dataset = orthorectify(dataset, data, ("abundances", "residual_rmse"))
             attrs = _unmix_attrs(fit_attrs, data, pm, keep, sum_to_one, sparsity, estimate,
                                  time.perf_counter() - t_start)
             dataset.attrs.update(attrs)
+            dataset.attrs.update(jsonable(screen.attrs()))
             dataset = namer(dataset)
             if output is None:
                 result = dataset.compute()
@@ -204,6 +240,8 @@ def unmix(
                 result = xr.open_zarr(os.fspath(output))
             if netcdf is not None:
                 _write_netcdf(result, netcdf, overwrite=overwrite)
+            if geotiff is not None:
+                write_geotiffs(result, geotiff)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -231,6 +269,14 @@ def without_result_dims(data: xr.DataArray) -> xr.DataArray:
             attrs[key] = type(value)("endmember_in" if v == "endmember" else v for v in value)
     renamed.attrs = attrs
     return renamed
+
+
+def _say(messages: list[str], on_message: Callable[[str], None] | None) -> None:
+    for line in messages:
+        if on_message is not None:
+            on_message(line)
+        elif line.startswith("warning: "):
+            warnings.warn(line.removeprefix("warning: "), DnmfWarning, stacklevel=3)
 
 
 def _check_options(n_endmembers: Any, init: str, sparsity: float, sum_to_one: bool) -> None:
@@ -317,6 +363,9 @@ def _result_dataset(data: xr.DataArray, pm: PixelMatrix, W: da.Array, H: np.ndar
     for name in ("crs", "crs_wkt", "map_info", "transform", "grid_mapping"):
         if name in data.attrs:
             ds.attrs[name] = data.attrs[name]
+    grid = grid_of(data, (ydim, xdim))
+    if grid is not None:  # CF grid mapping that rioxarray and GDAL read
+        return write_grid_mapping(ds, grid, ("abundances", "residual_rmse"))
     if "grid_mapping" in data.attrs:  # CF: the maps name their grid-mapping coordinate
         for name in ("abundances", "residual_rmse"):
             ds[name].attrs["grid_mapping"] = data.attrs["grid_mapping"]

@@ -258,7 +258,7 @@ def check_outputs_are_not_inputs(outputs: Mapping[str, Any], inputs: Mapping[str
 
 
 def check_plots_are_not_inputs(directory: Any, files: Iterable[str],
-                               inputs: Mapping[str, Any]) -> None:
+                               inputs: Mapping[str, Any], *, kind: str = "plots") -> None:
     """Refuse a plots directory that is or lies inside an input, or one of whose files (links
     followed) would be an input; a directory that holds an input (``--plots .`` beside it) is
     fine.
@@ -269,6 +269,8 @@ def check_plots_are_not_inputs(directory: Any, files: Iterable[str],
     files : iterable of str
         The names the plots may take, as glob patterns (``abundance_*.png``).
     inputs : mapping of label to an input, as for :func:`check_outputs_are_not_inputs`
+    kind : str
+        What the directory holds, for the message (``"plots"``, ``"GeoTIFF"``).
 
     Raises
     ------
@@ -291,11 +293,11 @@ def check_plots_are_not_inputs(directory: Any, files: Iterable[str],
         relation = _relation(out, inp)
         if relation in ("is", "lies inside"):
             raise OutputError(
-                f"plots directory {out.describe()} {relation} {in_label} {inp.describe()} — "
-                "writing plots there would change the input; choose a plots directory outside "
-                "it")
+                f"{kind} directory {out.describe()} {relation} {in_label} {inp.describe()} — "
+                f"writing into it would change the input; choose a {kind} directory "
+                "outside it")
         for plot in written:
             if _relation(plot, inp) is not None:
                 raise OutputError(
-                    f"plots directory {out.describe()} would write {os.path.basename(plot.given)}"
-                    f" over {in_label} {inp.describe()} — choose another plots directory")
+                    f"{kind} directory {out.describe()} would write {os.path.basename(plot.given)}"
+                    f" over {in_label} {inp.describe()} — choose another {kind} directory")
