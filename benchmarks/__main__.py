@@ -11,7 +11,12 @@ one, each writing its own results under ``benchmarks/results/``):
 - ``scaling`` (:mod:`benchmarks.scaling`): 1 against 2 workers, and X larger than the workers'
   memory — ``scaling-<profile>.{json,md}``;
 - ``rank`` (:mod:`benchmarks.rank`): the rank survey's hit rate on planted structures over
-  seeds, and its wall time against the single fits it stands for — ``rank-<profile>.{json,md}``.
+  seeds, and its wall time against the single fits it stands for — ``rank-<profile>.{json,md}``;
+- ``small`` (:mod:`benchmarks.small`): in-memory fits from 100 x 10 up, dnmf in-process and
+  through the graph against scikit-learn's cd at equal loss, and a GridSearchCV —
+  ``small-<profile>.{json,md}``;
+- ``sklearn-tests`` (:mod:`benchmarks.sklearn_nmf_tests`): scikit-learn's installed
+  test_nmf.py run on ``dnmf.NMF`` — ``sklearn-nmf-tests.{json,md}``.
 
 A section that fails is reported and the others still run; the exit status is 1 then. The
 summary (each section's time and results, the headline ratios against their targets, the total
@@ -37,6 +42,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "sparse": ("benchmarks.sparse", "sparse-{profile}"),
     "scaling": ("benchmarks.scaling", "scaling-{profile}"),
     "rank": ("benchmarks.rank", "rank-{profile}"),
+    "small": ("benchmarks.small", "small-{profile}"),
+    "sklearn-tests": ("benchmarks.sklearn_nmf_tests", "sklearn-nmf-tests"),
 }
 
 

@@ -101,9 +101,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     In-memory input (numpy, lists, pandas, scipy.sparse) is checked as scikit-learn checks it
     (object arrays of numbers converted, integers become float64, float32 kept) and gets numpy
     W back from :meth:`fit_transform` and :meth:`transform`. Lazy input (dask, zarr, xarray,
-    AnnData, paths) gets a dask array from both: call ``.compute()`` on the rows you need.
-    xarray and AnnData input keep their labels on ``W_`` and ``components_`` only through
-    :func:`dnmf.labels.labelled` (see there).
+    paths) gets a dask array from both: call ``.compute()`` on the rows you need.
 
     Examples
     --------
@@ -226,6 +224,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             self.n_features_in_ = int(labels.shape_of(X)[1]) if labels.shape_of(X) else None
         W, H = self._custom_start(X, W, H)
         k = self._rank(X, W, H)
+        self._n_components = k  # scikit-learn's name for the resolved rank
         if self.verbose and "callback" not in params:
             params["callback"] = _print_iteration
         result = api.factorize(
