@@ -354,6 +354,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         large matrix.
         """
         check_is_fitted(self, ["components_", "W_"])
+        if self.W_ is None:
+            raise InputError(
+                f"the training W was not kept (over {KEEP_W_MAX_BYTES // 2**20} MiB) — fit "
+                "with out=PATH to keep it in a result store, or use transform")
         return reconstruct(self.W_, self.components_, rows, cols)
 
 
