@@ -237,7 +237,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         )
         if result.stop_reason == "max_iter" and self.tol > 0:
             warnings.warn(f"Maximum number of iterations {self.max_iter} reached. Increase it "
-                          "to improve convergence.", ConvergenceWarning, stacklevel=2)
+                          "to improve convergence.", ConvergenceWarning, stacklevel=3)
         keep = result.path is not None or np.prod(np.shape(result.W)) * np.dtype(
             result.W.dtype).itemsize <= KEEP_W_MAX_BYTES
         W_out = result.W
