@@ -13,7 +13,12 @@ one, each writing its own results under ``benchmarks/results/``):
 - ``rank`` (:mod:`benchmarks.rank`): the rank survey's hit rate on planted structures over
   seeds, and its wall time against the single fits it stands for — ``rank-<profile>.{json,md}``;
 - ``endmembers`` (:mod:`benchmarks.endmembers`): SPA, VCA, N-FINDR and ATGP on five scenes,
-  angles and times — ``endmembers-<profile>.{json,md}``.
+  angles and times — ``endmembers-<profile>.{json,md}``;
+- ``small`` (:mod:`benchmarks.small`): in-memory fits from 100 x 10 up, dnmf in-process and
+  through the graph against scikit-learn's cd at equal loss, and a GridSearchCV —
+  ``small-<profile>.{json,md}``;
+- ``sklearn-tests`` (:mod:`benchmarks.sklearn_nmf_tests`): scikit-learn's installed
+  test_nmf.py run on ``dnmf.NMF`` — ``sklearn-nmf-tests.{json,md}``.
 
 A section that fails is reported and the others still run; the exit status is 1 then. The
 summary (each section's time and results, the headline ratios against their targets, the total
@@ -40,6 +45,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "scaling": ("benchmarks.scaling", "scaling-{profile}"),
     "rank": ("benchmarks.rank", "rank-{profile}"),
     "endmembers": ("benchmarks.endmembers", "endmembers-{profile}"),
+    "small": ("benchmarks.small", "small-{profile}"),
+    "sklearn-tests": ("benchmarks.sklearn_nmf_tests", "sklearn-nmf-tests"),
 }
 
 

@@ -347,6 +347,7 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
     Xp = source.array
     if len(Xp.chunks[1]) > 1:
         Xp = Xp.rechunk({1: -1})
+    check_values(Xp, beta, masked, scheduler=scheduler, client=client)
     k = H.shape[0]
     if beta == 2.0 and not masked:
         HHt = H.astype(np.float64) @ H.T.astype(np.float64)
@@ -360,10 +361,28 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
         W = graph.map_panels(Xp, divergence.transform_rows_beta, k=k, dtype=H.dtype,
                              name="dnmf-transform-mu", H=H, beta=beta, l1=l1, l2=l2,
                              masked=masked, max_iter=max_iter, tol=tol)
-    if source.format != "numpy":
+    if source.format not in IN_MEMORY_FORMATS:  # numpy or scipy.sparse in -> numpy out
         return W
     with execution_context(scheduler, x_nbytes=Xp.nbytes, client=client) as ctx:
         return ctx.compute(W)[0]
+
+
+def check_values(X: da.Array, beta: float, masked: bool, *, scheduler: Any = "auto",
+                 client: Any = None) -> None:
+    """The fit's validation pass on rows to transform: negative, NaN (unless ``masked``) and
+    infinite entries raise :class:`InputError` with the fit's messages, and so do zeros for
+    β <= 0."""
+    if callable(scheduler):  # an active context's scheduler (transform_to_store)
+        report = validate(X, scheduler=scheduler)
+    else:
+        with execution_context(scheduler, x_nbytes=X.nbytes, client=client) as ctx:
+            report = validate(X, scheduler=ctx.scheduler)
+    report.raise_if_invalid(allow_nan=masked)
+    if beta <= 0.0 and report.min_value <= 0.0:
+        raise InputError(
+            f"the {divergence.beta_name(beta)} loss (β = {beta:g} <= 0) needs X > 0, but X "
+            f"has zeros (min {report.min_value:.3g}) — add a small offset, or use "
+            "kullback-leibler")
 
 
 def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike, *,
@@ -385,10 +404,13 @@ def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike,
     source = open_matrix(X, var, dtype=H.dtype)
     with execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
                            memory_limit=memory_limit) as ctx, ctx.activate():
+        # the fit's penalties on W, as the estimator's transform applies them
+        l1, l2, _, _ = regularization(attrs.get("alpha_W", 0.0), attrs.get("alpha_H", "same"),
+                                      attrs.get("l1_ratio", 0.0), (1, H.shape[1]))
         W = transform_rows(X, H, var=var, beta_loss=attrs.get("beta_loss", "frobenius"),
                            missing=attrs.get("missing", "error"),
                            w_sum_to_one=bool(attrs.get("w_sum_to_one", False)),
-                           scheduler=ctx.scheduler)
+                           scheduler=ctx.scheduler, l1=l1, l2=l2)
         if not isinstance(W, da.Array):
             W = da.from_array(W, chunks=(source.chunks[0], H.shape[0]))
         # the fit's error and history describe the model's data, not these rows

@@ -126,8 +126,9 @@ def to_device(X: da.Array) -> da.Array:
 
 
 def on_host(A: da.Array) -> bool:
-    """Whether A's blocks are numpy arrays (from its meta)."""
-    return isinstance(A._meta, np.ndarray)
+    """Whether A's blocks are numpy arrays (from its meta); a numpy A (an in-process fit's
+    W) is on the host."""
+    return isinstance(A, np.ndarray) or isinstance(A._meta, np.ndarray)
 
 
 def to_host(A: da.Array) -> da.Array:

@@ -344,7 +344,8 @@ def beta_panel_step(
         delta = sum_to_one_delta(H_host, beta, SUM_TO_ONE_WEIGHT_MU)
         numW, denW = augment_w_terms(numW, denW, W, beta, delta, eps)
     W_new = mu_ratio_step(W, numW, denW, gamma=gamma, l1=l1, l2=l2, eps=eps)
-    if beta <= 1.0:  # scikit-learn's guard: tiny entries of W would stall in log/negative powers
+    if beta < 1.0:  # scikit-learn's guard (W: beta < 1, H: beta <= 1): tiny entries of W
+        # would stall in negative powers; for KL they stay, as in scikit-learn's "mu"
         W_new[W_new < float(np.finfo(np.float64).eps)] = 0  # 2^-52: exact in float32 too
     numH, denH, loss = _dense_h_terms(X, W_new, H, beta, observed, eps)
     W64 = astype(W_new, xp.float64)
@@ -452,8 +453,8 @@ def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2
     if sum_to_one:
         delta = sum_to_one_delta(H, beta, SUM_TO_ONE_WEIGHT_MU)
         numW, denW = augment_w_terms(numW, denW, W, beta, delta, eps)
+    # no guard on W for KL (scikit-learn zeroes tiny W entries for beta < 1 only)
     W_new = mu_ratio_step(W, numW, denW, l1=l1, l2=l2, eps=eps)
-    W_new[W_new < np.finfo(np.float64).eps] = 0
     numH, denH, loss = _sparse_h_terms(X, W_new, H, eps)
     W64 = W_new.astype(np.float64)
     return W_new, (numH, denH, loss, W64.T @ W64)
@@ -546,7 +547,7 @@ def transform_rows_beta(X: Array, H: np.ndarray, *, beta: float, max_iter: int =
             W = mu_ratio_step(W, numW, denW, gamma=mu_exponent(beta), l1=l1, l2=l2, eps=eps)
             loss = beta_divergence(Xd, W @ H, beta, observed, eps)
         else:
-            W, (_, _, loss, _, _, _) = _sparse_panel_step(
+            W, (_, _, loss, _) = _sparse_panel_step(
                 X.tocsr(), W, H, beta=beta, l1=l1, l2=l2, sum_to_one=False, eps=eps)
         # MU can stall for a few iterations before moving again: judge progress over ten
         if it % 10 == 0:

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from dnmf import api
+from dnmf import api, labels
+from dnmf.errors import InputError
 from dnmf.io.result_store import open_result
 from dnmf.reconstruct import reconstruct
+from dnmf.spec import regularization
+
+#: A fitted model keeps the training W (``W_``) in memory up to this size; a larger W is
+#: dropped (``W_`` is None) unless it lives in a result store (``out=``), so that a pickled
+#: model stays small: ``components_`` and the fit's summary plus at most this much.
+KEEP_W_MAX_BYTES = 16 * 2**20
+
+#: Methods of ``init`` that do not use given ``W``/``H`` (scikit-learn warns and ignores them).
+_IGNORES_CUSTOM = ("random", "nndsvd", "nndsvda", "nndsvdar", "spa", "vca")
 
 
-class NMF(TransformerMixin, BaseEstimator):
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Non-negative matrix factorization ``X ~= W @ H`` on Dask, out of core.
 
     Parameters follow :class:`sklearn.decomposition.NMF`; the fit runs on a Dask scheduler over
@@ -22,8 +36,9 @@ class NMF(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_components : int, optional
-        Rank k. None means ``n_features`` (as scikit-learn).
+    n_components : int, "auto" or None
+        Rank k. None means ``n_features``; ``"auto"`` takes k from ``W``/``H`` given to
+        :meth:`fit` (``init="custom"``), else ``n_features`` (as scikit-learn).
     solver : {"auto", "hals", "cd", "mu", "anls"}
         ``auto``: hals for the Frobenius loss on fully observed data, mu otherwise.
     beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float
@@ -53,6 +68,8 @@ class NMF(TransformerMixin, BaseEstimator):
     max_time : float, optional
         Wall-time budget of the iterations, in seconds.
     persist_x : bool or "auto"
+    verbose : int
+        Print the loss of every iteration (to stdout).
 
     Attributes
     ----------
@@ -69,6 +86,22 @@ class NMF(TransformerMixin, BaseEstimator):
     best_restart_ : int
         The restart kept.
     result_ : dnmf.api.FitResult
+        The fit's result (its ``W`` is ``W_``).
+    W_ : ndarray, dask array or None
+        The training W: kept when it takes at most :data:`KEEP_W_MAX_BYTES` (16 MiB) or is
+        read lazily from the result store (``out=``); None otherwise. A pickled model is
+        ``components_`` plus at most those 16 MiB.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Column names of a DataFrame given to :meth:`fit`; :meth:`transform` refuses another
+        order or other names, as scikit-learn does.
+
+    Notes
+    -----
+    In-memory input (numpy, lists, pandas, scipy.sparse) is checked as scikit-learn checks it
+    (object arrays of numbers converted, integers become float64, float32 kept) and gets numpy
+    W back from :meth:`fit_transform` and :meth:`transform`. Lazy input (dask, zarr, xarray,
+    paths) gets a dask array from both: call ``.compute()`` on the rows you need.
 
     Examples
     --------
@@ -101,6 +134,7 @@ class NMF(TransformerMixin, BaseEstimator):
         device: str = "cpu",
         max_time: float | None = None,
         persist_x: bool | str = "auto",
+        verbose: int = 0,
     ) -> None:
         self.n_components = n_components
         self.solver = solver
@@ -120,6 +154,20 @@ class NMF(TransformerMixin, BaseEstimator):
         self.device = device
         self.max_time = max_time
         self.persist_x = persist_x
+        self.verbose = verbose
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = self.missing == "mask"
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    @property
+    def _n_features_out(self) -> int:
+        """``get_feature_names_out`` names ``nmf0``, ``nmf1``, ... (one per component)."""
+        return int(self.components_.shape[0])
 
     @classmethod
     def from_store(cls, path: str | os.PathLike) -> NMF:
@@ -169,9 +217,16 @@ class NMF(TransformerMixin, BaseEstimator):
         -------
         W : ndarray (numpy input) or dask array of shape (n_samples, n_components)
         """
-        k = self.n_components
-        if k is None:
-            k = int(np.shape(X)[1]) if hasattr(X, "shape") else None
+        in_memory = labels.in_memory(X)
+        if in_memory:
+            X = self._checked(X, reset=True)
+        else:
+            self.n_features_in_ = int(labels.shape_of(X)[1]) if labels.shape_of(X) else None
+        W, H = self._custom_start(X, W, H)
+        k = self._rank(X, W, H)
+        self._n_components = k  # scikit-learn's name for the resolved rank
+        if self.verbose and "callback" not in params:
+            params["callback"] = _print_iteration
         result = api.factorize(
             X, k, solver=self.solver, beta_loss=self.beta_loss, init=self.init,
             max_iter=self.max_iter, tol=self.tol, random_state=self.random_state,
@@ -180,6 +235,13 @@ class NMF(TransformerMixin, BaseEstimator):
             scheduler=self.scheduler, device=self.device, max_time=self.max_time,
             persist_x=self.persist_x, **params,
         )
+        if result.stop_reason == "max_iter" and self.tol > 0:
+            warnings.warn(f"Maximum number of iterations {self.max_iter} reached. Increase it "
+                          "to improve convergence.", ConvergenceWarning, stacklevel=3)
+        keep = result.path is not None or np.prod(np.shape(result.W)) * np.dtype(
+            result.W.dtype).itemsize <= KEEP_W_MAX_BYTES
+        W_out = result.W
+        result = dataclasses.replace(result, W=result.W if keep else None)
         self.result_ = result
         self.components_ = result.H
         self.n_components_ = result.n_components
@@ -191,7 +253,48 @@ class NMF(TransformerMixin, BaseEstimator):
         self.restart_losses_ = result.restart_losses
         self.best_restart_ = result.best_restart
         self.W_ = result.W
-        return result.W
+        return W_out
+
+    def _checked(self, X: Any, *, reset: bool) -> Any:
+        """In-memory X checked and converted as scikit-learn does (values are checked by
+        dnmf's validation pass, with its messages)."""
+        return validate_data(self, X, reset=reset, accept_sparse=("csr", "csc"),
+                             dtype=[np.float64, np.float32],
+                             ensure_all_finite=False)
+
+    def _custom_start(self, X: Any, W: Any, H: Any) -> tuple[Any, Any]:
+        """``(W, H)`` to start from: ignored with a warning when ``init`` does not use them,
+        and of X's dtype (as scikit-learn requires)."""
+        if W is None and H is None:
+            return None, None
+        if self.init in _IGNORES_CUSTOM:
+            warnings.warn("When init!='custom', provided W or H are ignored. Set "
+                          " init='custom' to use them as initialization.", RuntimeWarning,
+                          stacklevel=3)
+            return None, None
+        dtype = getattr(X, "dtype", None)
+        for name, F in (("W", W), ("H", H)):
+            if F is not None and dtype is not None and getattr(F, "dtype", dtype) != dtype:
+                raise TypeError(f"H and W should have the same dtype as X. Got "
+                                f"{name}.dtype = {F.dtype} and X.dtype = {dtype}.")
+        return W, H
+
+    def _rank(self, X: Any, W: Any, H: Any) -> Any:
+        """k from ``n_components``: None -> n_features; "auto" -> from W/H, else n_features."""
+        k = self.n_components
+        if isinstance(k, str) and k == "auto":
+            if H is not None:
+                return int(np.shape(H)[0])
+            if W is not None:
+                return int(np.shape(W)[1])
+            k = None
+        if k is None:
+            shape = labels.shape_of(X)
+            if shape is None:
+                raise InputError("n_components=None needs X's number of columns — pass "
+                                 "n_components=k for a path")
+            return int(shape[1])
+        return k
 
     def transform(self, X: Any, **params: Any) -> Any:
         """W for new rows with H fixed, in one pass over X.
@@ -201,9 +304,14 @@ class NMF(TransformerMixin, BaseEstimator):
         to convergence. Returns a numpy array for numpy input, else a lazy dask array.
         """
         check_is_fitted(self, "components_")
-        return api.transform_rows(X, self.components_, scheduler=self.scheduler,
+        if labels.in_memory(X):
+            X = self._checked(X, reset=False)
+        # the fit's penalties on W (scikit-learn's transform solves the same penalised problem)
+        l1, l2, _, _ = regularization(self.alpha_W, self.alpha_H, self.l1_ratio,
+                                      (1, int(self.components_.shape[1])))
+        return api.transform_rows(X, np.asarray(self.components_), scheduler=self.scheduler,
                                   beta_loss=self.beta_loss, missing=self.missing,
-                                  w_sum_to_one=self.w_sum_to_one, **params)
+                                  w_sum_to_one=self.w_sum_to_one, l1=l1, l2=l2, **params)
 
     def partial_fit(self, X: Any, y: Any = None, **params: Any) -> NMF:
         """Update H from one batch of rows (online NMF, constant memory).
@@ -219,7 +327,9 @@ class NMF(TransformerMixin, BaseEstimator):
             ``var``, ``client``.
         """
         state = getattr(self, "_online", None)
-        k = self.n_components if self.n_components is not None else int(np.shape(X)[1])
+        if labels.in_memory(X):
+            X = self._checked(X, reset=state is None)
+        k = self._rank(X, None, None)
         state = api.partial_fit_batch(
             state, X, k, beta_loss=self.beta_loss, init=self.init,
             random_state=self.random_state, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
@@ -244,7 +354,15 @@ class NMF(TransformerMixin, BaseEstimator):
         large matrix.
         """
         check_is_fitted(self, ["components_", "W_"])
+        if self.W_ is None:
+            raise InputError(
+                f"the training W was not kept (over {KEEP_W_MAX_BYTES // 2**20} MiB) — fit "
+                "with out=PATH to keep it in a result store, or use transform")
         return reconstruct(self.W_, self.components_, rows, cols)
+
+
+def _print_iteration(info: Any) -> None:
+    print(f"iteration {info.iteration}: loss {info.loss:.6g}", file=sys.stdout)
 
 
 def _float_or_nan(value: Any) -> float:

@@ -110,16 +110,33 @@ def iteration_graph(
     general = beta != 2.0 or masked or mask is not None
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, solver, l1_w, l2_w,
                      inner_sweeps, beta, masked, sum_to_one)
+    step, consts = iteration_task(H, solver=solver, l1_w=l1_w, l2_w=l2_w,
+                                  inner_sweeps=inner_sweeps, beta=beta, masked=masked,
+                                  has_mask=mask is not None, sum_to_one=sum_to_one)
     if general:
-        step = functools.partial(_beta_task, beta=beta, l1=l1_w, l2=l2_w, masked=masked,
-                                 sum_to_one=sum_to_one)
         return panel_map_reduce(X, step, prefix="dnmf", token=token, W=W, mask=mask,
-                                consts=(H,), with_w=True, split_every=split_every)
-    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
-    step = functools.partial(kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w,
-                             inner_sweeps=inner_sweeps, sum_to_one=sum_to_one)
-    return panel_map_reduce(X, step, prefix="dnmf", token=token, W=W, consts=(H, HHt),
+                                consts=consts, with_w=True, split_every=split_every)
+    return panel_map_reduce(X, step, prefix="dnmf", token=token, W=W, consts=consts,
                             with_w=True, pass_mask=False, split_every=split_every)
+
+
+def iteration_task(H: np.ndarray, *, solver: str, l1_w: float, l2_w: float,
+                   inner_sweeps: int, beta: float, masked: bool, has_mask: bool = False,
+                   sum_to_one: bool = False) -> tuple[Any, tuple]:
+    """``(func, consts)``: the panel task of :func:`iteration_graph`, called as
+    ``func(X_i, W_i, *consts)`` (plus ``mask_i``, or None, for β-divergences and missing
+    values). ``H`` is X's dtype. An in-process fit calls it on the whole X (one panel)."""
+    if beta != 2.0 or masked or has_mask:
+        return functools.partial(_beta_task, beta=beta, l1=l1_w, l2=l2_w, masked=masked,
+                                 sum_to_one=sum_to_one), (H,)
+    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    return functools.partial(kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w,
+                             inner_sweeps=inner_sweeps, sum_to_one=sum_to_one), (H, HHt)
+
+
+def loss_task(beta: float, masked: bool = False) -> Any:
+    """The panel task of :func:`loss_graph`, ``func(X_i, W_i, H, mask_i)``."""
+    return functools.partial(_loss_task, beta=beta, masked=masked)
 
 
 def panel_map_reduce(X: da.Array, func: Any, *, prefix: str, token: str,
@@ -209,7 +226,7 @@ def loss_graph(X: da.Array, W: da.Array, H: np.ndarray, *, beta: float, masked: 
     """``(β-divergence, squared Frobenius residual, Σ M X²)`` of ``(W, H)``: one read of X."""
     H = np.ascontiguousarray(H, dtype=X.dtype)
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, beta, masked)
-    func = functools.partial(_loss_task, beta=beta, masked=masked)
+    func = loss_task(beta, masked)
     return panel_map_reduce(X, func, prefix="dnmf-loss", token=token, W=W, mask=mask,
                             consts=(H,), split_every=split_every)
 

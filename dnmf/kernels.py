@@ -645,6 +645,19 @@ def frobenius_loss(sq_norm: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarr
     return max(sq_norm - 2.0 * cross + quad, 0.0)
 
 
+def penalty(w_sum: float, w_sq: float, h_sum: float, h_sq: float, *, l1_w: float = 0.0,
+            l2_w: float = 0.0, l1_h: float = 0.0, l2_h: float = 0.0, beta: float = 2.0) -> float:
+    """The penalties of the objective, in the units of the recorded loss.
+
+    scikit-learn minimises ``D + l1_W ||W||_1 + l2_W / 2 ||W||_F^2 + (the same for H)`` with
+    ``D = ||X - W H||^2 / 2`` for Frobenius; the loss dnmf records is ``||X - W H||^2`` (twice
+    that ``D``), so the penalties are doubled there. ``w_sum``/``h_sum`` are the entry sums (the
+    L1 norms of non-negative factors), ``w_sq``/``h_sq`` the squared Frobenius norms.
+    """
+    scale = 2.0 if beta == 2.0 else 1.0
+    return scale * (l1_w * w_sum + 0.5 * l2_w * w_sq + l1_h * h_sum + 0.5 * l2_h * h_sq)
+
+
 # ---------------------------------------------------------------------------------------------
 # Initialisation pieces that are per block
 # ---------------------------------------------------------------------------------------------

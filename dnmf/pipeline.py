@@ -31,6 +31,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from dnmf import device as devices
@@ -70,6 +71,10 @@ from dnmf.spec import FitSpec, restart_seeds
 IN_MEMORY_FORMATS = ("numpy", "scipy")
 #: Without ``out``, a W up to this size is brought back into memory; larger goes to a temp store.
 W_IN_MEMORY_MAX_BYTES = 256 * 2**20
+#: An in-memory X (numpy, scipy.sparse) up to this size, fitted in-process without ``out``,
+#: runs the loop in this process with no graph per iteration (see :func:`local_input`); the
+#: crossover is measured by ``benchmarks/small.py``.
+IN_PROCESS_MAX_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -613,12 +618,13 @@ def run(spec: FitSpec, opened: Opened, prepared: Prepared, start: Start, ctx: Ex
             opened.notes.append(f"X kept in device memory ({Xp.nbytes / 2**30:.2f} GiB): no "
                                 "reads of X per iteration")
     l1_w, l2_w, l1_h, l2_h = spec.penalties(opened.source.shape)
+    local = local_input(spec, opened, prepared, ctx, impute=impute, has_writer=writer is not None)
     step = make_step(
         X_fit, ctx, solver=spec.solver, sq_norm=prepared.report.sq_norm if sq_norm is None
         else sq_norm, restarts=spec.n_restarts, stacked=spec.n_restarts > 1 or impute,
         l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h, beta=spec.beta, masked=spec.masked,
         mask=mask_fit, sum_to_one=spec.sum_to_one, w_scratch=prepared.w_scratch,
-        second_read=not (plan.persist_x or in_memory), impute=impute)
+        second_read=not (plan.persist_x or in_memory), impute=impute, local=local)
     history = start.loss_history
     if history is not None and spec.n_restarts == 1:
         history = [history]  # a plain fit's checkpoint holds one flat history
@@ -633,6 +639,29 @@ def run(spec: FitSpec, opened: Opened, prepared: Prepared, start: Start, ctx: Ex
             writer.interrupted(exc.state)
             raise Interrupted(exc.state, resume_hint=str(out)) from None
         raise
+
+
+def local_input(spec: FitSpec, opened: Opened, prepared: Prepared, ctx: ExecutionContext, *,
+                impute: bool = False, has_writer: bool = False) -> Any:
+    """X itself (numpy, or CSR for sparse input) when the fit runs in this process, else None.
+
+    Small in-memory inputs (up to :data:`IN_PROCESS_MAX_BYTES`) fitted with the in-process
+    scheduler, on the CPU, one restart, row panels, no explicit mask and no checkpoints: there
+    the per-iteration graph and scheduler call cost more than the arithmetic. The loop is the
+    same; its step calls the graph's panel task on the whole X.
+    """
+    Xp = prepared.X
+    if (opened.source.format not in IN_MEMORY_FORMATS or Xp.nbytes > IN_PROCESS_MAX_BYTES
+            or ctx.client is not None or spec.device != "cpu" or spec.n_restarts > 1
+            or impute or has_writer or prepared.mask is not None or prepared.plan.is_2d
+            or prepared.w_scratch is not None or len(Xp.chunks[1]) > 1):
+        return None
+    blocks = ctx.compute(*Xp.to_delayed().ravel())
+    if len(blocks) == 1:
+        return blocks[0]
+    if sp.issparse(blocks[0]):
+        return sp.vstack(blocks, format="csr")
+    return np.concatenate([np.asarray(b) for b in blocks])
 
 
 def to_device(Xp: da.Array, mask: da.Array | None, W0: da.Array, persist_x: bool | str,
@@ -773,6 +802,8 @@ def bring_back(W: da.Array, ctx: ExecutionContext, in_memory: bool, notes: list[
                name: str = "W", columns: np.ndarray | None = None) -> Any:
     """A factor (W, or a chunked H) in a form that outlives the execution context, with its
     columns taken in the order ``columns`` (all, as they are, when None)."""
+    if isinstance(W, np.ndarray):  # an in-process fit's W (in-memory input)
+        return W if columns is None else W[:, columns]
     if columns is not None and W.nbytes > W_IN_MEMORY_MAX_BYTES:
         W = W[:, columns]
     if W.nbytes <= W_IN_MEMORY_MAX_BYTES:

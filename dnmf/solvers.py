@@ -83,22 +83,45 @@ class _RowPanelStep:
     """
 
     restarts = 1
+    beta = 2.0
 
     def __init__(self, X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float,
                  l1_w: float, l2_w: float, l1_h: float, l2_h: float,
-                 sum_to_one: bool = False, w_scratch: str | None = None) -> None:
+                 sum_to_one: bool = False, w_scratch: str | None = None,
+                 local: object = None) -> None:
         self.X, self.ctx, self.solver, self.sq_norm = X, ctx, solver, sq_norm
         self.regs = (l1_w, l2_w, l1_h, l2_h)
         self.sum_to_one = sum_to_one
         self.w_store = None if w_scratch is None else _WStore(w_scratch, X)
+        #: X itself (numpy or CSR) when the fit runs in this process: each iteration calls the
+        #: panel task of the graph on it as one panel, W is numpy, no graph is built
+        self.local = local
 
     def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
         W = self.keep(W)
         H64 = np.asarray(H, dtype=np.float64)
         return W, H64, H64 @ H64.T
 
+    def iterate_local(self, W: np.ndarray, H: np.ndarray, **options: object) -> tuple:
+        """The graph's panel task (:func:`dnmf.graph.iteration_task`) on the whole X, here."""
+        func, consts = graph.iteration_task(
+            np.ascontiguousarray(H, dtype=self.X.dtype), l1_w=self.regs[0], l2_w=self.regs[1],
+            inner_sweeps=kernels.w_inner_sweeps(W.shape[1], self.X.shape[1]),
+            **options)  # type: ignore[arg-type]
+        extra = (None,) if len(consts) == 1 else ()  # the β task takes the (absent) mask
+        return kernels.call_aligned(func, self.local, W, *consts, *extra)
+
+    def loss_local(self, W: np.ndarray, H: object, *, beta: float,
+                   masked: bool = False) -> tuple[float, float, float]:
+        """:func:`dnmf.graph.loss_graph`'s panel task on the whole X, here."""
+        H = np.ascontiguousarray(H, dtype=self.X.dtype)
+        return graph.loss_task(beta, masked)(self.local, W, H, None)
+
     def keep(self, W: da.Array) -> da.Array:
-        """W between iterations: persisted on the workers, or written to the scratch store."""
+        """W between iterations: persisted on the workers, or written to the scratch store
+        (in-process: computed once, numpy)."""
+        if self.local is not None:
+            return np.asarray(self.ctx.compute(W)[0] if isinstance(W, da.Array) else W)
         if self.w_store is None:
             (W,) = self.ctx.persist(W)
             return W
@@ -116,6 +139,8 @@ class _RowPanelStep:
 
     def resume_from(self, W: da.Array) -> da.Array:
         """W read back from a checkpoint, as the loop continues from it."""
+        if self.local is not None:
+            return self.keep(W)
         if self.w_store is None:
             (W,) = self.ctx.persist(W)
         return W
@@ -125,14 +150,31 @@ class _RowPanelStep:
         # H stays float64 (as checkpoints store it, so a resumed run is exact); the API casts
         # the final H to X's dtype
         l1_w, l2_w, l1_h, l2_h = self.regs
-        W_next, partials = graph.iteration_graph(
-            self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w, l2_w=l2_w,
-            sum_to_one=self.sum_to_one,
-        )
-        W_next, (WtX, WtW) = self.run(W_next, partials)
+        if self.local is not None:
+            W_next, (WtX, WtW) = self.iterate_local(W, H64, solver=self.solver, beta=2.0,
+                                                    masked=False, sum_to_one=self.sum_to_one)
+        else:
+            W_next, partials = graph.iteration_graph(
+                self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w,
+                l2_w=l2_w, sum_to_one=self.sum_to_one,
+            )
+            W_next, (WtX, WtW) = self.run(W_next, partials)
         H64 = kernels.update_h(H64, WtX, WtW, solver=self.solver, l1=l1_h, l2=l2_h)
         loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64)
+        loss += self.penalty_of(W_next, WtW, H64)
         return W_next, H64, WtW[None], H64 @ H64.T, np.array([loss], dtype=np.float64)
+
+    def penalty_of(self, W: object, WtW: np.ndarray, H: object,
+                   columns: slice = slice(None)) -> float:
+        """The penalties of ``(W[:, columns], H)`` (0 without regularisation); ``WtW`` is that
+        W's Gram matrix. The L1 term of W needs W's sum: one more pass over W (not X)."""
+        if not any(self.regs):
+            return 0.0
+        l1_w, l2_w, l1_h, l2_h = self.regs
+        w_sum = float(column_sums(W, self.ctx)[columns].sum()) if l1_w else 0.0
+        h_sum, h_sq = factor_sums(H, self.ctx)
+        return kernels.penalty(w_sum, float(np.trace(WtW)), h_sum, h_sq, l1_w=l1_w, l2_w=l2_w,
+                               l1_h=l1_h, l2_h=l2_h, beta=self.beta)
 
     def callback_error(self, loss: float) -> float:
         return _ratio(loss, self.sq_norm)
@@ -147,13 +189,17 @@ class _RowPanelStep:
 
         In float64 the history's last loss is exact. In float32 the Gram identity behind it
         cancels (products rounded to ~1e-7 against a residual that may be 1e-5 of ``||X||²``),
-        so the final residual is computed directly, in one more pass over X.
+        so the final residual is computed directly, in one more pass over X; with penalties
+        too (the history holds the penalised objective).
         """
-        if self.X.dtype != np.float32:
+        if self.X.dtype != np.float32 and not any(self.regs):
             return loss, None
-        part = graph.loss_graph(self.X, W, np.asarray(H), beta=2.0)
-        (total,) = self.ctx.compute(part)
-        _, residual, _ = total
+        if self.local is not None:
+            _, residual, _ = self.loss_local(W, H, beta=2.0)
+        else:
+            part = graph.loss_graph(self.X, W, np.asarray(H), beta=2.0)
+            (total,) = self.ctx.compute(part)
+            _, residual, _ = total
         return float(residual), _ratio(residual, self.sq_norm)
 
 
@@ -209,13 +255,20 @@ class _BetaRowPanelStep(_RowPanelStep):
     def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray,
                  active: list[bool] | None = None) -> tuple:
         l1_w, l2_w, l1_h, l2_h = self.regs
-        W_next, partials = graph.iteration_graph(
-            self.X, W, H64.astype(self.X.dtype), solver="mu", l1_w=l1_w, l2_w=l2_w,
-            beta=self.beta, masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one,
-        )
-        W_next, (numH, denH, loss, WtW) = self.run(W_next, partials)
+        if self.local is not None:
+            W_next, (numH, denH, loss, WtW) = self.iterate_local(
+                W, H64, solver="mu", beta=self.beta, masked=self.masked,
+                sum_to_one=self.sum_to_one)
+        else:
+            W_next, partials = graph.iteration_graph(
+                self.X, W, H64.astype(self.X.dtype), solver="mu", l1_w=l1_w, l2_w=l2_w,
+                beta=self.beta, masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one,
+            )
+            W_next, (numH, denH, loss, WtW) = self.run(W_next, partials)
+        # the objective of (W_new, H_old), as the loss (see the class docstring)
+        objective = float(loss) + self.penalty_of(W_next, WtW, H64)
         H64 = divergence.update_h_beta(H64, numH, denH, beta=self.beta, l1=l1_h, l2=l2_h)
-        return W_next, H64, WtW[None], H64 @ H64.T, np.array([float(loss)], dtype=np.float64)
+        return W_next, H64, WtW[None], H64 @ H64.T, np.array([objective], dtype=np.float64)
 
     def callback_error(self, loss: float) -> float:
         # the Frobenius residual is only computed at the end (see final) for other losses;
@@ -224,6 +277,10 @@ class _BetaRowPanelStep(_RowPanelStep):
                 else float("nan"))
 
     def final_one(self, W: da.Array, H: object, loss: float) -> tuple[float, float | None]:
+        if self.local is not None:
+            loss, residual, observed_sq = self.loss_local(W, H, beta=self.beta,
+                                                          masked=self.masked)
+            return float(loss), _ratio(residual, observed_sq)
         part = graph.loss_graph(self.X, W, np.asarray(H), beta=self.beta, masked=self.masked,
                                 mask=self.mask)
         (total,) = self.ctx.compute(part)
@@ -233,6 +290,24 @@ class _BetaRowPanelStep(_RowPanelStep):
 
 def _ratio(residual: float, sq: float) -> float:
     return float(np.sqrt(residual / sq)) if sq > 0 else 0.0
+
+
+def column_sums(W: object, ctx: ExecutionContext) -> np.ndarray:
+    """W's column sums in float64 (numpy W in place; a dask W in one scheduler call)."""
+    if isinstance(W, da.Array):
+        (sums,) = ctx.compute(W.astype(np.float64).sum(axis=0))
+        return np.asarray(kernels.to_host(sums), dtype=np.float64)
+    return np.asarray(W, dtype=np.float64).sum(axis=0)
+
+
+def factor_sums(H: object, ctx: ExecutionContext) -> tuple[float, float]:
+    """``(sum(H), ||H||_F^2)`` in float64 (a chunked H of the 2-D scheme in one call)."""
+    if isinstance(H, da.Array):
+        H64 = H.astype(np.float64)
+        total, sq = ctx.compute(H64.sum(), (H64 * H64).sum())
+        return float(total), float(sq)
+    H64 = np.asarray(H, dtype=np.float64)
+    return float(H64.sum()), float(np.vdot(H64, H64))
 
 
 class _Block2DStep:
@@ -270,14 +345,23 @@ class _Block2DStep:
         W_next, H_next, stats = self.ctx.persist(W_next, H_next, stats, optimize=False)
         HHt, cross, WtW = self.ctx.result_of(stats)
         loss = max(self.sq_norm - 2.0 * cross + float(np.vdot(WtW, HHt)), 0.0)
+        loss += self.penalty_of(W_next, WtW, H_next)
         return W_next, H_next, WtW[None], HHt, np.array([loss], dtype=np.float64)
+
+    penalty_of = _RowPanelStep.penalty_of
+    beta = 2.0
 
     def callback_error(self, loss: float) -> float:
         return _ratio(loss, self.sq_norm)
 
     def final(self, W: da.Array, H: object,
               histories: list[list[float]]) -> tuple[list[float], list[float | None]]:
-        return [histories[0][-1]], [None]
+        loss = histories[0][-1]
+        if any(self.regs):  # the history holds the objective: the loss is without penalties
+            W64 = W.astype(np.float64)
+            (WtW,) = self.ctx.compute(W64.T @ W64)
+            loss -= self.penalty_of(W, kernels.to_host(WtW), H)
+        return [loss], [None]
 
 
 def component_order(WtW: np.ndarray, HHt: np.ndarray) -> np.ndarray:
@@ -382,8 +466,9 @@ class _RestartsRowPanelStep(_RowPanelStep):
         self.impute = impute and missing and beta == 2.0
         #: multiplicative updates on the observed entries (β-divergences, missing values)
         self.general = (beta != 2.0 or missing) and not self.impute
-        #: the final losses need one more pass (the history holds intermediate ones)
-        self.final_pass = beta != 2.0 or missing
+        #: the final losses need one more pass (the history holds intermediate ones, or the
+        #: penalised objective)
+        self.final_pass = beta != 2.0 or missing or any(self.regs)
 
     def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
         W, H64, _ = super().prepare(W, H)
@@ -413,7 +498,8 @@ class _RestartsRowPanelStep(_RowPanelStep):
                 numH, denH, loss, WtW_all = parts
                 H_next[sl] = divergence.update_h_beta(H64[sl], numH[sl], denH[sl],
                                                       beta=self.beta, l1=l1_h, l2=l2_h)
-                losses[r] = loss[r]
+                # the objective of (W_new, H_old), as the loss
+                losses[r] = loss[r] + self.penalty_of(W_next, WtW_all[r], H64[sl], sl)
             else:
                 # with impute, ||Z||^2 of the filled data replaces ||X||^2: the loss is the
                 # EM surrogate, >= the masked loss of the new factors, <= that of the old ones
@@ -422,6 +508,7 @@ class _RestartsRowPanelStep(_RowPanelStep):
                                               l1=l1_h, l2=l2_h)
                 losses[r] = kernels.frobenius_loss(sq[0][r] if sq else self.sq_norm, WtX[sl],
                                                    WtW_all[r], H_next[sl])
+                losses[r] += self.penalty_of(W_next, WtW_all[r], H_next[sl], sl)
             WtW[r] = WtW_all[r]
         return W_next, H_next, WtW, block_grams(H_next, R), losses
 
@@ -459,14 +546,21 @@ def make_step(X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float
               l1_h: float = 0.0, l2_h: float = 0.0, beta: float = 2.0, masked: bool = False,
               mask: da.Array | None = None, sum_to_one: bool = False,
               w_scratch: str | None = None, second_read: bool = True,
-              impute: bool = False) -> Step:
+              impute: bool = False, local: object = None) -> Step:
     """The step of one iteration for X's layout and the loss.
 
     ``stacked`` (or ``restarts > 1``): R factorizations batched in row panels
     (:class:`_RestartsRowPanelStep`, also for EM imputation with ``impute``); else a single
     fit's own kernels: 2-D blocks when X has several column chunks, multiplicative updates for
     β-divergences and missing values, ``solver`` otherwise.
+
+    ``local``: X itself (numpy or CSR, the same values as the dask X) for a single fit in row
+    panels without an explicit mask: the loop runs in this process, calling the graph's panel
+    task on the whole X each iteration (no graph is built; W is numpy).
     """
+    if local is not None and (stacked or restarts > 1 or mask is not None
+                              or w_scratch is not None):
+        raise ValueError("in-process fits are single fits without a mask or a scratch store")
     regs = dict(l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h)
     general = beta != 2.0 or masked or mask is not None
     if stacked or restarts > 1:
@@ -483,9 +577,9 @@ def make_step(X: da.Array, ctx: ExecutionContext, *, solver: str, sq_norm: float
     if general:
         return _BetaRowPanelStep(X, ctx, beta=beta, masked=masked, mask=mask, solver="mu",
                                  sq_norm=sq_norm, sum_to_one=sum_to_one, w_scratch=w_scratch,
-                                 **regs)
+                                 local=local, **regs)
     return _RowPanelStep(X, ctx, solver=solver, sq_norm=sq_norm, sum_to_one=sum_to_one,
-                         w_scratch=w_scratch, **regs)
+                         w_scratch=w_scratch, local=local, **regs)
 
 
 def run_iterations(
