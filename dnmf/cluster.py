@@ -201,7 +201,8 @@ def check_workers(workers: Any) -> None:
 
 
 def check_memory_limit(memory: int | None) -> None:
-    """Refuse a per-worker memory limit below what a worker process needs to run at all."""
+    """Refuse a per-worker memory limit below what a worker process needs to run at all (for
+    worker processes; in-process, ``memory_limit`` is only the chunk plan's budget)."""
     if memory is not None and memory < WORKER_BASE_MEMORY:
         raise InputError(
             f"--memory-limit {memory:,} bytes is below the {WORKER_BASE_MEMORY // 2**20} MiB a "
@@ -348,7 +349,6 @@ def execution_context(
         return
     check_workers(workers)
     mem_limit = parse_memory(memory_limit)
-    check_memory_limit(mem_limit)
     if scheduler == "auto":
         current = _current_client()
         if current is not None:
@@ -361,6 +361,8 @@ def execution_context(
         with dask.config.set(num_workers=ctx.threads_per_worker):
             yield ctx
         return
+    if scheduler in ("local", "cuda"):  # in-process, the limit is only the plan's budget
+        check_memory_limit(mem_limit)
     if scheduler == "local":
         from distributed import Client, LocalCluster
 
@@ -482,7 +484,8 @@ def planned_context(
     Used by ``--dry-run`` to plan against a LocalCluster that is never started.
     """
     check_workers(workers)
-    check_memory_limit(memory_limit)
+    if scheduler in ("local", "cuda"):
+        check_memory_limit(memory_limit)
     cores = os.cpu_count() or 1
     if scheduler in ("threads", "sync"):
         n = 1 if scheduler == "sync" else (workers or cores)

@@ -82,7 +82,9 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "dnmf"
 def test_shell_completion_script_and_completions():
     # completion is named after the program: run the installed console script itself
     env = {k: v for k, v in os.environ.items() if k != "DNMF_DEBUG"}
-    proc = subprocess.run([str(CONSOLE_SCRIPT), "--show-completion", "bash"], env=env,
+    # --show-completion names the shell it runs under (shellingham reads the process tree):
+    # run it from bash, whatever started the tests
+    proc = subprocess.run(["bash", "-c", f"'{CONSOLE_SCRIPT}' --show-completion"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "complete -o default -F _dnmf_completion dnmf" in proc.stdout

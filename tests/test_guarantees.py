@@ -97,7 +97,6 @@ def data(tmp_path_factory) -> Path:
     write_zarr(d / "huge_f32.zarr", (rng.random((200, 20)) * 1e19).astype(np.float32))
     write_zarr(d / "huge_i64.zarr", rng.integers(2**61, 2**62, (200, 20)).astype(np.int64))
     write_zarr(d / "huge_f64.zarr", rng.random((200, 20)) * 1e300)
-    write_zarr(d / "vector.zarr", X[:, 0].copy(), None) if False else None
     zarr.create_array(str(d / "vector.zarr"), shape=(50,), dtype="f4")[...] = 1.0
     zarr.create_array(str(d / "cube3.zarr"), shape=(5, 5, 5), dtype="f4")[...] = 1.0
     zarr.create_array(str(d / "complex.zarr"), shape=(20, 5), dtype="c8")[...] = 1.0
@@ -298,6 +297,8 @@ CASES: dict[str, Case] = {
                                         r"interrupted run .* --resume"),
     "transform-mismatched-model": Case("transform {d}/mismatch.zarr {d}/x.zarr -o out.zarr",
                                        r"damaged: W .* disagree"),
+    "transform-negative-rows": Case("transform {d}/model.zarr {d}/neg.zarr -o out.zarr",
+                                    r"negative"),
     "transform-model-without-h": Case("transform {d}/no_h.zarr {d}/x.zarr -o out.zarr",
                                       r"damaged: W or H cannot be read"),
 }
