@@ -85,8 +85,11 @@ class FitResult:
     ----------
     W : ndarray or dask array of shape (n_samples, k)
         numpy when X was a numpy array or a ``scipy.sparse`` matrix; otherwise a dask array
-        (read from the result store when ``out`` was given).
+        (read from the result store when ``out`` was given). For labelled X (xarray, AnnData)
+        an ``xarray.DataArray`` of those values with dims ``(X's row dim, "component")`` and
+        X's row labels (see :mod:`dnmf.named_axes`).
     H : ndarray of shape (k, n_features)
+        A DataArray with X's column labels for labelled X, as W.
     n_iter : int
     converged : bool
     loss_history : list of float
@@ -495,10 +498,11 @@ class CheckpointWriter:
         if self.started:
             checkpoint.mark(self.out, "interrupted")
 
-    def finish(self, W: da.Array, H: Any, attrs: dict) -> None:
+    def finish(self, W: da.Array, H: Any, attrs: dict,
+               coords: dict[str, Any] | None = None) -> None:
         with disk_errors_named(self.out, result_bytes(W, H)):
             checkpoint.finish(self.out, W=devices.to_host(W), H=H, attrs=attrs,
-                              scheduler=self.scheduler)
+                              scheduler=self.scheduler, coords=coords)
 
 
 def result_bytes(W: Any, H: Any) -> int:
@@ -688,9 +692,10 @@ def to_device(Xp: da.Array, mask: da.Array | None, W0: da.Array, persist_x: bool
 
 def finish(spec: FitSpec, opened: Opened, prepared: Prepared, loop: RestartsState,
            ctx: ExecutionContext, *, writer: CheckpointWriter | None = None, out: Any = None,
-           t_start: float) -> FitResult:
+           t_start: float, coords: dict[str, Any] | None = None) -> FitResult:
     """The kept restart's factors, components ordered by decreasing contribution, written to
-    ``out`` (atomically) or brought back in a form that outlives the execution context."""
+    ``out`` (atomically, with X's labels ``coords``: see :func:`dnmf.named_axes.store_coords`)
+    or brought back in a form that outlives the execution context."""
     if spec.n_restarts > 1:
         best = best_restart(loop.final_losses)
         opened.notes.append(
@@ -708,12 +713,13 @@ def finish(spec: FitSpec, opened: Opened, prepared: Prepared, loop: RestartsStat
         result.wall_time_s = time.perf_counter() - t_start
         attrs = store_attrs(result, opened.source.describe())
         if writer is not None and writer.started:
-            writer.finish(W, result.H, attrs)
+            writer.finish(W, result.H, attrs, coords)
             result.path = os.fspath(out)
         else:
             with disk_errors_named(out, result_bytes(W, result.H)):
                 result.path = write_result(out, W=W, H=result.H, attrs=attrs,
-                                           overwrite=spec.overwrite, scheduler=ctx.scheduler)
+                                           overwrite=spec.overwrite, scheduler=ctx.scheduler,
+                                           coords=coords)
         H_is_chunked = isinstance(result.H, da.Array)
         result.W, stored_H, _ = open_result(result.path)
         if H_is_chunked:
