@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from dnmf import device as devices
 from dnmf import divergence
@@ -396,12 +397,19 @@ def plan_for(source: Any, columns: int, ctx: ExecutionContext, persist_x: bool |
     )
 
 
+@functools.cache
+def blas_controller() -> ThreadpoolController:
+    """This process's BLAS libraries, found once: finding them (``threadpool_limits`` does it
+    on every call) cost ~4 ms, as much as a whole small fit's iterations."""
+    return ThreadpoolController()
+
+
 def planned_input(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkPlan,
                   ctx: ExecutionContext, stack: contextlib.ExitStack) -> da.Array:
     """X in the plan's panels, its graph optimised once, persisted when the plan says so; the
     BLAS threads of this process limited for the plan (on ``stack``)."""
     stack.enter_context(
-        threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas"))
+        blas_controller().limit(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas"))
     Xp = planned_array(X, var, dtype, source, plan)
     # Optimise X's graph once: every iteration submits it again unoptimised, and a key
     # submitted with two different specs upsets the distributed scheduler.
