@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
+import dask.local
 import numpy as np
 import scipy.sparse as sp
 
@@ -401,10 +402,11 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
     n_row_blocks, n_col_blocks = blocks.shape
     row_starts = np.cumsum((0, *array.chunks[0]))
     col_starts = np.cumsum((0, *array.chunks[1]))
-    if blocks.size == 1 and array.nbytes <= ONE_BLOCK_HERE_MAX_BYTES and scheduler in _HERE:
+    if blocks.size == 1 and array.nbytes <= ONE_BLOCK_HERE_MAX_BYTES and _here(scheduler):
         # one small block (an in-memory X): the same summaries, computed here without a graph
         # and a thread pool, which cost more than the pass itself
-        here = "sync" if scheduler in ("threads", "threading") else scheduler  # one task
+        # one task: in this thread (the configured default when none is named)
+        here = None if scheduler is None else dask.local.get_sync
         (block,) = dask.compute(blocks[0, 0], scheduler=here, optimize_graph=optimize_graph)
         only = _block_stats(block, (0, 0))
         row_summaries, zero_cols = [_combine_row(only)], [_count_zero_cols(_combine_cols(only))]
@@ -414,9 +416,14 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
     return _report(array, row_summaries, zero_cols, row_starts, col_starts, stored_chunks)
 
 
-#: Schedulers of this process: a one-block X below :data:`ONE_BLOCK_HERE_MAX_BYTES` is checked
-#: here, without a graph.
-_HERE = (None, "threads", "threading", "sync", "synchronous", "single-threaded")
+def _here(scheduler: Any) -> bool:
+    """Whether ``scheduler`` runs in this process (a name, dask's own ``get``, or None)."""
+    if scheduler is None or scheduler in ("threads", "threading", "sync", "synchronous",
+                                          "single-threaded"):
+        return True
+    return callable(scheduler) and getattr(scheduler, "__module__", "") in (
+        "dask.threaded", "dask.local", "dnmf.cluster")
+
 #: A single block up to this size is checked in this process (see :func:`validate`).
 ONE_BLOCK_HERE_MAX_BYTES = 64 * 2**20
 
