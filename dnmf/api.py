@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 
 from dnmf import device as devices
-from dnmf import divergence, graph, kernels, pipeline
+from dnmf import divergence, graph, kernels, named_axes, pipeline
 from dnmf._version import __version__
 from dnmf.cluster import ExecutionContext, execution_context
 from dnmf.errors import InputError
@@ -90,14 +90,17 @@ def factorize(
     resume: bool = False,
     callback: Callable[[IterationInfo], None] | None = None,
     on_plan: Callable[[ChunkPlan, ExecutionContext], None] | None = None,
+    axis_labels: named_axes.AxisLabels | None = None,
 ) -> FitResult:
     """Factorize a non-negative matrix ``X ~= W @ H`` out of core on Dask.
 
     Parameters
     ----------
-    X : array-like, dask array, zarr array, or path/URL of size (n_samples, n_features)
+    X : array-like, dask array, zarr array, xarray.DataArray, AnnData, or path/URL of size (n_samples, n_features)
         A numpy/dask/zarr array, or a Zarr/HDF5/NetCDF/.npy path (``var`` names the array
-        inside a container).
+        inside a container). Labelled X (an ``xarray.DataArray``, an ``anndata.AnnData``,
+        backed or not) gives W and H as DataArrays carrying its row and column labels, also
+        written to ``out`` (see :mod:`dnmf.named_axes`).
     rank : int
         Number of components k, ``1 <= k <= min(n_samples, n_features)``.
     var : str, optional
@@ -186,6 +189,9 @@ def factorize(
         Called with an :class:`IterationInfo` after each iteration.
     on_plan : callable, optional
         Called with the chunk plan and execution context before iterating.
+    axis_labels : dnmf.named_axes.AxisLabels, optional
+        Row and column labels for an X that has none of its own (the estimator passes those
+        of the xarray or AnnData it took X from); labelled X brings its own.
 
     Returns
     -------
@@ -201,6 +207,8 @@ def factorize(
     True
     """
     t_start = time.perf_counter()
+    X, labelled_var, axes = named_axes.split(X)  # xarray / AnnData: the matrix and its labels
+    var, axes = labelled_var or var, axes or axis_labels
     spec = resolve(
         rank, solver=solver, beta_loss=beta_loss, init=init, max_iter=max_iter, tol=tol,
         max_time=max_time, random_state=random_state, n_restarts=n_restarts, missing=missing,
@@ -225,9 +233,9 @@ def factorize(
         loop = pipeline.run(spec, opened, prepared, start, ctx, writer=writer, out=out,
                             callback=callback)
         result = pipeline.finish(spec, opened, prepared, loop, ctx, writer=writer, out=out,
-                                 t_start=t_start)
+                                 t_start=t_start, coords=named_axes.store_coords(axes))
     result.wall_time_s = time.perf_counter() - t_start
-    return result
+    return named_axes.labelled_result(result, axes)
 
 
 @dataclass
@@ -331,8 +339,12 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
     Frobenius on fully observed X: exact NNLS per row (fully constrained with
     ``w_sum_to_one``). Other β or missing values: multiplicative updates on each panel until
     the panel's loss decreases by less than ``tol`` (relative) or ``max_iter``.
-    numpy in -> numpy out; otherwise a lazy dask array (chunked like X's rows).
+    numpy in -> numpy out; otherwise a lazy dask array (chunked like X's rows). Labelled X
+    (xarray, AnnData) gets that W as a DataArray with X's row labels (see
+    :mod:`dnmf.named_axes`).
     """
+    X, labelled_var, axes = named_axes.split(X)
+    var = labelled_var or var
     beta = resolve_beta(beta_loss)
     check_parameters(PARAMETERS, {"missing": missing})
     masked = missing == "mask"
@@ -361,10 +373,10 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
         W = graph.map_panels(Xp, divergence.transform_rows_beta, k=k, dtype=H.dtype,
                              name="dnmf-transform-mu", H=H, beta=beta, l1=l1, l2=l2,
                              masked=masked, max_iter=max_iter, tol=tol)
-    if source.format not in IN_MEMORY_FORMATS:  # numpy or scipy.sparse in -> numpy out
-        return W
-    with execution_context(scheduler, x_nbytes=Xp.nbytes, client=client) as ctx:
-        return ctx.compute(W)[0]
+    if source.format in IN_MEMORY_FORMATS:  # numpy or scipy.sparse in -> numpy out
+        with execution_context(scheduler, x_nbytes=Xp.nbytes, client=client) as ctx:
+            W = ctx.compute(W)[0]
+    return named_axes.labelled(W, axes, "W")
 
 
 def check_values(X: da.Array, beta: float, masked: bool, *, scheduler: Any = "auto",

@@ -14,7 +14,7 @@ import copy
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +39,28 @@ WAIT_FOR_WORKERS_S = 60.0
 
 
 def _threads_get() -> Any:
+    return threads_or_here
+
+
+#: A graph of at most this many tasks runs in the calling thread under the "threads"
+#: scheduler: the thread pool's hand-offs (~1 ms each on a loaded machine) cost more than
+#: such a graph (a small in-memory fit's setup computes several).
+HERE_MAX_TASKS = 8
+
+
+def threads_or_here(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """dask's threaded ``get``, or its synchronous one for a graph of at most
+    :data:`HERE_MAX_TASKS` tasks (the same tasks, so the same results)."""
+    import dask.local
     import dask.threaded
 
-    return dask.threaded.get
+    if not isinstance(dsk, Mapping):
+        dsk = dsk.__dask_graph__()  # what either get does first: once, not twice
+    if len(dsk) <= HERE_MAX_TASKS:
+        kwargs.pop("num_workers", None)
+        kwargs.pop("pool", None)
+        return dask.local.get_sync(dsk, keys, **kwargs)
+    return dask.threaded.get(dsk, keys, **kwargs)
 
 
 def _sync_get() -> Any:

@@ -9,11 +9,12 @@ import warnings
 from typing import Any
 
 import numpy as np
+import zarr
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from dnmf import api, labels
+from dnmf import api, labels, named_axes
 from dnmf.errors import InputError
 from dnmf.io.result_store import open_result
 from dnmf.reconstruct import reconstruct
@@ -74,7 +75,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
-        H.
+        H; an ``xarray.DataArray`` with X's column labels for labelled X (see Notes).
     n_components_ : int
     n_iter_ : int
     reconstruction_err_ : float
@@ -100,8 +101,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     -----
     In-memory input (numpy, lists, pandas, scipy.sparse) is checked as scikit-learn checks it
     (object arrays of numbers converted, integers become float64, float32 kept) and gets numpy
-    W back from :meth:`fit_transform` and :meth:`transform`. Lazy input (dask, zarr, xarray,
-    paths) gets a dask array from both: call ``.compute()`` on the rows you need.
+    W back from :meth:`fit_transform` and :meth:`transform`. Lazy input (dask, zarr, paths)
+    gets a dask array from both: call ``.compute()`` on the rows you need.
+
+    Labelled input keeps its labels: an ``xarray.DataArray`` (dims ``(rows, cols)``) or an
+    ``anndata.AnnData`` (``obs_names``, ``var_names``; dims ``obs``, ``var``) gets W from
+    :meth:`fit_transform`/:meth:`transform` as a DataArray with dims ``(rows, "component")``
+    and X's row labels, and ``components_`` (H) as a DataArray with dims
+    ``("component", cols)`` and X's column labels; ``np.asarray`` gives the bare values (numpy
+    for in-memory X, dask inside for lazy X). The result store (``out=``) keeps the labels as
+    its ``sample``/``feature`` coordinates, and :meth:`from_store` (``dnmf.load``) restores
+    them.
 
     Examples
     --------
@@ -177,6 +187,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``model.components_`` is H; ``model.W_`` is W, lazy from the store.
         """
         W, H, attrs = open_result(path)
+        axes = named_axes.stored_labels(zarr.open_group(os.fspath(path), mode="r"))
         model = cls(n_components=int(attrs["n_components"]), solver=attrs["solver"],
                     init=attrs["init"], random_state=attrs["seed"],
                     beta_loss=attrs.get("beta_loss", "frobenius"),
@@ -185,14 +196,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                     alpha_W=attrs.get("alpha_W", 0.0), alpha_H=attrs.get("alpha_H", "same"),
                     l1_ratio=attrs.get("l1_ratio", 0.0),
                     n_restarts=int(attrs.get("n_restarts", 1)))
-        model.components_ = H
+        model.components_ = named_axes.labelled(H, axes, "H")
         model.n_components_ = H.shape[0]
         model.n_features_in_ = H.shape[1]
         model.n_iter_ = int(attrs["n_iter"])
         model.reconstruction_err_ = _float_or_nan(attrs.get("reconstruction_err"))
         model.relative_error_ = _float_or_nan(attrs.get("relative_error"))
         model.loss_history_ = list(attrs["loss_history"])
-        model.W_ = W
+        model.W_ = named_axes.labelled(W, axes, "W")
         model.attrs_ = attrs
         return model
 
@@ -217,6 +228,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         -------
         W : ndarray (numpy input) or dask array of shape (n_samples, n_components)
         """
+        X, var, axes = named_axes.split(X)  # xarray / AnnData: W and H keep X's labels
+        if var is not None:
+            params["var"] = var
         in_memory = labels.in_memory(X)
         if in_memory:
             X = self._checked(X, reset=True)
@@ -233,7 +247,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             n_restarts=self.n_restarts, W_init=W, H_init=H, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
             l1_ratio=self.l1_ratio, missing=self.missing, w_sum_to_one=self.w_sum_to_one,
             scheduler=self.scheduler, device=self.device, max_time=self.max_time,
-            persist_x=self.persist_x, **params,
+            persist_x=self.persist_x, axis_labels=axes, **params,
         )
         if result.stop_reason == "max_iter" and self.tol > 0:
             warnings.warn(f"Maximum number of iterations {self.max_iter} reached. Increase it "
@@ -304,14 +318,19 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         to convergence. Returns a numpy array for numpy input, else a lazy dask array.
         """
         check_is_fitted(self, "components_")
+        X, var, axes = named_axes.split(X)
+        named_axes.check_columns(axes, self.components_)
+        if var is not None:
+            params["var"] = var
         if labels.in_memory(X):
             X = self._checked(X, reset=False)
         # the fit's penalties on W (scikit-learn's transform solves the same penalised problem)
         l1, l2, _, _ = regularization(self.alpha_W, self.alpha_H, self.l1_ratio,
                                       (1, int(self.components_.shape[1])))
-        return api.transform_rows(X, np.asarray(self.components_), scheduler=self.scheduler,
-                                  beta_loss=self.beta_loss, missing=self.missing,
-                                  w_sum_to_one=self.w_sum_to_one, l1=l1, l2=l2, **params)
+        W = api.transform_rows(X, np.asarray(self.components_), scheduler=self.scheduler,
+                               beta_loss=self.beta_loss, missing=self.missing,
+                               w_sum_to_one=self.w_sum_to_one, l1=l1, l2=l2, **params)
+        return named_axes.labelled(W, axes, "W")
 
     def partial_fit(self, X: Any, y: Any = None, **params: Any) -> NMF:
         """Update H from one batch of rows (online NMF, constant memory).
@@ -345,7 +364,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def inverse_transform(self, X: Any) -> Any:
         """``W @ H``: the data reconstructed from W (numpy or dask)."""
         check_is_fitted(self, "components_")
-        return X @ self.components_
+        H = self.components_
+        if type(X).__module__.split(".")[0] == "xarray" or not hasattr(H, "dims"):
+            return X @ H  # a labelled W @ labelled H: xarray's dot over "component"
+        return X @ np.asarray(H)
 
     def reconstruct(self, rows: Any = None, cols: Any = None) -> Any:
         """``W[rows] @ H[:, cols]`` from the fitted W: predictions for missing entries.

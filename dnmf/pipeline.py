@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from dnmf import device as devices
 from dnmf import divergence
@@ -85,8 +86,11 @@ class FitResult:
     ----------
     W : ndarray or dask array of shape (n_samples, k)
         numpy when X was a numpy array or a ``scipy.sparse`` matrix; otherwise a dask array
-        (read from the result store when ``out`` was given).
+        (read from the result store when ``out`` was given). For labelled X (xarray, AnnData)
+        an ``xarray.DataArray`` of those values with dims ``(X's row dim, "component")`` and
+        X's row labels (see :mod:`dnmf.named_axes`).
     H : ndarray of shape (k, n_features)
+        A DataArray with X's column labels for labelled X, as W.
     n_iter : int
     converged : bool
     loss_history : list of float
@@ -393,12 +397,19 @@ def plan_for(source: Any, columns: int, ctx: ExecutionContext, persist_x: bool |
     )
 
 
+@functools.cache
+def blas_controller() -> ThreadpoolController:
+    """This process's BLAS libraries, found once: finding them (``threadpool_limits`` does it
+    on every call) cost ~4 ms, as much as a whole small fit's iterations."""
+    return ThreadpoolController()
+
+
 def planned_input(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkPlan,
                   ctx: ExecutionContext, stack: contextlib.ExitStack) -> da.Array:
     """X in the plan's panels, its graph optimised once, persisted when the plan says so; the
     BLAS threads of this process limited for the plan (on ``stack``)."""
     stack.enter_context(
-        threadpool_limits(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas"))
+        blas_controller().limit(limits=blas_threads_for(ctx, plan.n_panels), user_api="blas"))
     Xp = planned_array(X, var, dtype, source, plan)
     # Optimise X's graph once: every iteration submits it again unoptimised, and a key
     # submitted with two different specs upsets the distributed scheduler.
@@ -495,10 +506,11 @@ class CheckpointWriter:
         if self.started:
             checkpoint.mark(self.out, "interrupted")
 
-    def finish(self, W: da.Array, H: Any, attrs: dict) -> None:
+    def finish(self, W: da.Array, H: Any, attrs: dict,
+               coords: dict[str, Any] | None = None) -> None:
         with disk_errors_named(self.out, result_bytes(W, H)):
             checkpoint.finish(self.out, W=devices.to_host(W), H=H, attrs=attrs,
-                              scheduler=self.scheduler)
+                              scheduler=self.scheduler, coords=coords)
 
 
 def result_bytes(W: Any, H: Any) -> int:
@@ -688,9 +700,10 @@ def to_device(Xp: da.Array, mask: da.Array | None, W0: da.Array, persist_x: bool
 
 def finish(spec: FitSpec, opened: Opened, prepared: Prepared, loop: RestartsState,
            ctx: ExecutionContext, *, writer: CheckpointWriter | None = None, out: Any = None,
-           t_start: float) -> FitResult:
+           t_start: float, coords: dict[str, Any] | None = None) -> FitResult:
     """The kept restart's factors, components ordered by decreasing contribution, written to
-    ``out`` (atomically) or brought back in a form that outlives the execution context."""
+    ``out`` (atomically, with X's labels ``coords``: see :func:`dnmf.named_axes.store_coords`)
+    or brought back in a form that outlives the execution context."""
     if spec.n_restarts > 1:
         best = best_restart(loop.final_losses)
         opened.notes.append(
@@ -708,12 +721,13 @@ def finish(spec: FitSpec, opened: Opened, prepared: Prepared, loop: RestartsStat
         result.wall_time_s = time.perf_counter() - t_start
         attrs = store_attrs(result, opened.source.describe())
         if writer is not None and writer.started:
-            writer.finish(W, result.H, attrs)
+            writer.finish(W, result.H, attrs, coords)
             result.path = os.fspath(out)
         else:
             with disk_errors_named(out, result_bytes(W, result.H)):
                 result.path = write_result(out, W=W, H=result.H, attrs=attrs,
-                                           overwrite=spec.overwrite, scheduler=ctx.scheduler)
+                                           overwrite=spec.overwrite, scheduler=ctx.scheduler,
+                                           coords=coords)
         H_is_chunked = isinstance(result.H, da.Array)
         result.W, stored_H, _ = open_result(result.path)
         if H_is_chunked:

@@ -8,10 +8,12 @@ import pytest
 
 from dnmf.cluster import (
     AUTO_THREADS_MAX_BYTES,
+    HERE_MAX_TASKS,
     blas_threads_for,
     execution_context,
     parse_memory,
     resolve_scheduler_name,
+    threads_or_here,
 )
 from dnmf.errors import InputError
 
@@ -98,3 +100,18 @@ def test_no_blas_oversubscription():
     with execution_context("threads") as ctx:
         assert blas_threads_for(ctx, n_tasks=100) * ctx.threads_per_worker <= cores
         assert blas_threads_for(ctx, n_tasks=1) == cores  # one panel: BLAS gets the cores
+
+
+@pytest.mark.parametrize("n_tasks", [1, HERE_MAX_TASKS, HERE_MAX_TASKS + 10])
+def test_threads_scheduler_runs_small_graphs_here(n_tasks: int) -> None:
+    """A graph of at most HERE_MAX_TASKS tasks runs in the calling thread (no pool hand-offs),
+    a larger one on dask's thread pool; both give the same results."""
+    import threading
+
+    import dask
+
+    where = [dask.delayed(lambda i: (i * i, threading.get_ident()))(i) for i in range(n_tasks)]
+    results = dask.compute(*where, scheduler=threads_or_here)
+    assert [r[0] for r in results] == [i * i for i in range(n_tasks)]
+    here = {r[1] for r in results} == {threading.get_ident()}
+    assert here == (n_tasks <= HERE_MAX_TASKS)

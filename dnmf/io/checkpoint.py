@@ -30,6 +30,7 @@ from dnmf.io.result_store import (
     local_path,
     remove_path,
     write_arrays,
+    write_coords,
 )
 from dnmf.io.zarr_ import from_zarr_array, read_version
 
@@ -269,10 +270,12 @@ def check_compatible(ckpt: Checkpoint, params: dict, fp: dict, *, max_iter: int)
 
 
 def finish(out: str | os.PathLike, *, W: da.Array, H: Any, attrs: dict,
-           scheduler: Any = None) -> None:
-    """Write the final W and H, the metadata, ``status = complete`` (last), drop the checkpoint."""
+           scheduler: Any = None, coords: dict[str, Any] | None = None) -> None:
+    """Write the final W and H, the input's labels, the metadata, ``status = complete`` (last),
+    drop the checkpoint."""
     root = zarr.open_group(_store(out), mode="r+")
     write_arrays(root, W, H, scheduler)
+    write_coords(root, coords, int(max(W.chunks[0])))
     root.attrs.update({**jsonable(attrs), "schema_version": SCHEMA_VERSION})
     root.attrs["status"] = "complete"
     if GROUP in root:

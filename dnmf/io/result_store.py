@@ -26,6 +26,7 @@ import zarr
 from dnmf.errors import InputError, OutputError
 from dnmf.io.lock import claim
 from dnmf.io.zarr_ import read_version
+from dnmf.named_axes import coord_values
 
 SCHEMA_VERSION = 1
 
@@ -156,13 +157,16 @@ def write_result(
     attrs: dict[str, Any],
     overwrite: bool = False,
     scheduler: Any = None,
+    coords: dict[str, Any] | None = None,
 ) -> str:
-    """Write W chunk by chunk (on the workers), H and ``attrs``; mark the store complete last.
+    """Write W chunk by chunk (on the workers), H, the input's labels (``coords``, see
+    :func:`write_coords`) and ``attrs``; mark the store complete last.
 
     Returns the path of the store.
     """
-    return write_atomically(out, lambda store: _write_group(store, W, H, attrs, scheduler),
-                            overwrite=overwrite)
+    return write_atomically(
+        out, lambda store: _write_group(store, W, H, attrs, scheduler, coords),
+        overwrite=overwrite)
 
 
 def write_atomically(out: str | os.PathLike, write: Any, *, overwrite: bool = False) -> str:
@@ -214,9 +218,11 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _write_group(store: str, W: da.Array, H: Any, attrs: dict, scheduler: Any) -> None:
+def _write_group(store: str, W: da.Array, H: Any, attrs: dict, scheduler: Any,
+                 coords: dict[str, Any] | None = None) -> None:
     root = zarr.open_group(store, mode="w", zarr_format=3)
     write_arrays(root, W, H, scheduler)
+    write_coords(root, coords, int(max(W.chunks[0])))
     root.attrs.update({**jsonable(attrs), "schema_version": SCHEMA_VERSION, "status": "running"})
     root.attrs["status"] = "complete"  # last: every chunk of W and H is written by now
     consolidate(store)
@@ -250,6 +256,31 @@ def write_arrays(group: zarr.Group, W: da.Array, H: Any, scheduler: Any, *,
     else:
         h_arr[...] = H
         da.store(W_aligned, w_arr, lock=False, scheduler=scheduler)
+
+
+def write_coords(group: zarr.Group, coords: dict[str, Any] | None, rows: int) -> None:
+    """The input's labels as the coordinates ``sample`` and ``feature`` (1-D arrays on those
+    dims, which ``xr.open_zarr`` makes W's and H's coordinates), written ``rows`` labels at a
+    time, and the input's own dim names as the attribute ``dims``.
+
+    ``coords`` is :func:`dnmf.named_axes.store_coords`'s; None writes nothing.
+    """
+    if not coords:
+        return
+    for name in ("sample", "feature"):
+        labels = coords.get(name)
+        if labels is None:
+            continue
+        n = len(labels)
+        step = max(1, min(rows, n)) if name == "sample" else max(1, n)
+        first = coord_values(labels, 0, min(step, n))
+        dtype = str if first.dtype == object else first.dtype
+        arr = group.create_array(name, shape=(n,), chunks=(step,), dtype=dtype,
+                                 dimension_names=(name,), overwrite=True)
+        arr[: len(first)] = first
+        for start in range(step, n, step):
+            arr[start:start + step] = coord_values(labels, start, min(start + step, n))
+    group.attrs["dims"] = list(coords["dims"])
 
 
 def consolidate(store: str) -> None:

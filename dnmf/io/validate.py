@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import dask
 import dask.array as da
+import dask.local
 import numpy as np
 import scipy.sparse as sp
 
@@ -399,9 +400,40 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
         )
     blocks = array.to_delayed()
     n_row_blocks, n_col_blocks = blocks.shape
-    stats_fn = dask.delayed(_block_stats, pure=True)
     row_starts = np.cumsum((0, *array.chunks[0]))
     col_starts = np.cumsum((0, *array.chunks[1]))
+    if blocks.size == 1 and array.nbytes <= ONE_BLOCK_HERE_MAX_BYTES and _here(scheduler):
+        # one small block (an in-memory X): the same summaries, computed here without a graph
+        # and a thread pool, which cost more than the pass itself
+        # one task: in this thread (the configured default when none is named)
+        here = None if scheduler is None else dask.local.get_sync
+        (block,) = dask.compute(blocks[0, 0], scheduler=here, optimize_graph=optimize_graph)
+        only = _block_stats(block, (0, 0))
+        row_summaries, zero_cols = [_combine_row(only)], [_count_zero_cols(_combine_cols(only))]
+    else:
+        row_summaries, zero_cols = _summaries(blocks, row_starts, col_starts, scheduler,
+                                              optimize_graph)
+    return _report(array, row_summaries, zero_cols, row_starts, col_starts, stored_chunks)
+
+
+def _here(scheduler: Any) -> bool:
+    """Whether ``scheduler`` runs in this process (a name, dask's own ``get``, or None)."""
+    if scheduler is None or scheduler in ("threads", "threading", "sync", "synchronous",
+                                          "single-threaded"):
+        return True
+    return callable(scheduler) and getattr(scheduler, "__module__", "") in (
+        "dask.threaded", "dask.local", "dnmf.cluster")
+
+#: A single block up to this size is checked in this process (see :func:`validate`).
+ONE_BLOCK_HERE_MAX_BYTES = 64 * 2**20
+
+
+def _summaries(blocks: np.ndarray, row_starts: np.ndarray, col_starts: np.ndarray,
+               scheduler: Any, optimize_graph: bool) -> tuple[list, list]:
+    """The per-row-panel summaries and per-column-of-blocks zero-column counts of
+    :func:`validate`, in one ``dask.compute``."""
+    n_row_blocks, n_col_blocks = blocks.shape
+    stats_fn = dask.delayed(_block_stats, pure=True)
     stats = [
         [stats_fn(blocks[i, j], (int(row_starts[i]), int(col_starts[j])))
          for j in range(n_col_blocks)]
@@ -420,6 +452,13 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
         cols.append(dask.delayed(_count_zero_cols, pure=True)(top))
     row_summaries, zero_cols = dask.compute(rows, cols, scheduler=scheduler,
                                             optimize_graph=optimize_graph)
+    return list(row_summaries), list(zero_cols)
+
+
+def _report(array: da.Array, row_summaries: list, zero_cols: list, row_starts: np.ndarray,
+            col_starts: np.ndarray, stored_chunks: tuple[int, ...] | None) -> ValidationReport:
+    """:func:`validate`'s report from the summaries."""
+    n_row_blocks, n_col_blocks = len(row_starts) - 1, len(col_starts) - 1
 
     def first(attr: str) -> Chunk | None:
         return _first([c for r in row_summaries if (c := getattr(r, attr)) is not None])
