@@ -26,6 +26,7 @@ from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, open_matrix, validate
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
+from dnmf.io.remote import storage_options_used
 from dnmf.io.result_store import check_output, open_result, write_result
 from dnmf.pipeline import IN_MEMORY_FORMATS, W_IN_MEMORY_MAX_BYTES, FitResult, check_variant
 from dnmf.plan import ChunkPlan
@@ -90,6 +91,8 @@ def factorize(
     resume: bool = False,
     callback: Callable[[IterationInfo], None] | None = None,
     on_plan: Callable[[ChunkPlan, ExecutionContext], None] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
 ) -> FitResult:
     """Factorize a non-negative matrix ``X ~= W @ H`` out of core on Dask.
 
@@ -186,6 +189,11 @@ def factorize(
         Called with an :class:`IterationInfo` after each iteration.
     on_plan : callable, optional
         Called with the chunk plan and execution context before iterating.
+    storage_options : dict, optional
+        fsspec options (endpoint, credentials) of the URLs read and written: X, the mask and
+        ``out``. Never stored, logged or shown.
+    out_storage_options : dict, optional
+        fsspec options of ``out`` where they differ from ``storage_options``.
 
     Returns
     -------
@@ -211,6 +219,7 @@ def factorize(
         checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
         has_out=out is not None)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(storage_options_used(storage_options, out_storage_options))
         opened = pipeline.open_input(spec, X, var=var, dtype=dtype, mask=mask,
                                      mask_var=mask_var, W_init=W_init, H_init=H_init, out=out,
                                      stack=stack)
@@ -325,19 +334,20 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
                    client: Any = None, l1: float = 0.0, l2: float = 0.0,
                    beta_loss: str | float = "frobenius", missing: str = "error",
                    w_sum_to_one: bool = False, max_iter: int = 200,
-                   tol: float = 1e-6) -> Any:
+                   tol: float = 1e-6, storage_options: dict[str, Any] | None = None) -> Any:
     """W for the rows of ``X`` with H fixed, in one pass over X (a task per row panel).
 
     Frobenius on fully observed X: exact NNLS per row (fully constrained with
     ``w_sum_to_one``). Other β or missing values: multiplicative updates on each panel until
     the panel's loss decreases by less than ``tol`` (relative) or ``max_iter``.
     numpy in -> numpy out; otherwise a lazy dask array (chunked like X's rows).
+    ``storage_options``: fsspec options of X's URL.
     """
     beta = resolve_beta(beta_loss)
     check_parameters(PARAMETERS, {"missing": missing})
     masked = missing == "mask"
     H = np.asarray(H)
-    source = open_matrix(X, var, dtype=H.dtype)
+    source = open_matrix(X, var, dtype=H.dtype, storage_options=storage_options)
     if source.shape[1] != H.shape[1]:
         raise InputError(
             f"X has {source.shape[1]} features but the model has {H.shape[1]} — transform data "

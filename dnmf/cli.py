@@ -100,23 +100,61 @@ JsonOpt = Annotated[bool, typer.Option(
                    "stays on stderr; schema in the README).")]
 
 
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage-options", help="fsspec options of the URLs read and written (endpoint, "
+    "credentials): a JSON object, or a file holding one. Never stored or shown.")]
+
+
+def _use_storage_options(text: str | None) -> None:
+    """Parse --storage-options (JSON text or a JSON file) and use it for this command."""
+    from dnmf.errors import InputError
+    from dnmf.io.remote import set_storage_options
+
+    if text is None:
+        set_storage_options(None)
+        return
+    source = "--storage-options"
+    if not text.lstrip().startswith("{"):
+        try:
+            source, text = f"--storage-options file {text}", Path(text).read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read --storage-options file {text}: {exc.strerror} — "
+                             "give a JSON object or a readable file holding one") from None
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        # the text may hold secrets: name the position only, never echo it
+        raise InputError(f"{source} is not valid JSON (line {exc.lineno}, column "
+                         f"{exc.colno}) — give an object such as "
+                         '\'{"endpoint_url": "http://127.0.0.1:9000"}\'') from None
+    if not isinstance(options, dict):
+        raise InputError(f"{source} must be a JSON object, not {type(options).__name__} — "
+                         'give one such as \'{"anon": true}\'')
+    set_storage_options(options)
+
+
 def _echo(text: str, quiet: bool = False) -> None:
     """A result line: stdout."""
+    from dnmf.io.remote import redact
+
     if not quiet:
-        typer.echo(text)
+        typer.echo(redact(text))
 
 
 def _log(text: str, quiet: bool = False) -> None:
     """A note or a log line: stderr (stdout carries results only)."""
+    from dnmf.io.remote import redact
+
     if not quiet:
-        typer.echo(text, err=True)
+        typer.echo(redact(text), err=True)
 
 
 def _print_json(value: Any) -> None:
-    """Exactly one JSON object on stdout (NaN and infinities as null)."""
+    """Exactly one JSON object on stdout (NaN and infinities as null; no credentials)."""
+    from dnmf.io.remote import redacted
     from dnmf.io.result_store import jsonable
 
-    typer.echo(json.dumps(jsonable(value), allow_nan=False))
+    typer.echo(json.dumps(redacted(jsonable(value)), allow_nan=False))
 
 
 def _plan_printer(progress: Any) -> Any:
@@ -184,8 +222,10 @@ def fit(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
+    storage_options: StorageOpt = None,
 ) -> None:
     """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT (Zarr)."""
+    _use_storage_options(storage_options)
     import numpy as np
 
     from dnmf import api
@@ -294,8 +334,10 @@ def transform(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    storage_options: StorageOpt = None,
 ) -> None:
     """W for the rows of INPUT with the model's H fixed; OUT has the layout of a fit's store."""
+    _use_storage_options(storage_options)
     from dnmf import api
     from dnmf.io.result_store import open_result
     from dnmf.progress import TaskProgress
@@ -360,8 +402,10 @@ def rank(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
+    storage_options: StorageOpt = None,
 ) -> None:
     """Survey ranks A..B: error, consensus stability, silhouette and held-out error per k."""
+    _use_storage_options(storage_options)
     from dnmf.rank import run_rank_cli
 
     run_rank_cli(input, ks, runs, out, plots, seed, var=var, scheduler=scheduler,
@@ -440,9 +484,11 @@ def unmix(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
+    storage_options: StorageOpt = None,
 ) -> None:
     """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT;
     with --spectra, abundances against given spectra in one pass."""
+    _use_storage_options(storage_options)
     from dnmf.errors import InputError
     from dnmf.hyperspectral.unmix import unmix as run_unmix
     from dnmf.progress import FitProgress
@@ -620,9 +666,11 @@ def info(
                     ] = None,
     scheduler: SchedulerOpt = "auto",
     as_json: JsonOpt = False,
+    storage_options: StorageOpt = None,
 ) -> None:
     """Shape, chunks, dtype, codec, sparsity, sizes, range, sign, NaN/Inf, zero rows of a
     matrix (one pass), and the chunk plan a fit would use."""
+    _use_storage_options(storage_options)
     from dnmf import api
     from dnmf.progress import TaskProgress
 
@@ -697,7 +745,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _exit_with(message: str, code: int) -> None:
-    sys.stderr.write(f"error: {message}\n")
+    from dnmf.io.remote import redact
+
+    sys.stderr.write(f"error: {redact(message)}\n")
     sys.stderr.flush()
     sys.exit(code)
 
