@@ -133,6 +133,36 @@ def _use_storage_options(text: str | None) -> None:
     set_storage_options(options)
 
 
+WaitWorkersOpt = Annotated[int, typer.Option(
+    "--wait-for-workers", min=1, help="With a scheduler address: start once this many "
+    "workers have joined (the job may start before its workers).")]
+WaitTimeoutOpt = Annotated[float | None, typer.Option(
+    "--wait-timeout", min=0.001, help="Seconds to wait for those workers (default 60, or "
+    "DNMF_WAIT_TIMEOUT); then one error line.")]
+DashboardOpt = Annotated[str, typer.Option(
+    "--dashboard-address", help="Where the dashboard of a LocalCluster started here listens "
+    "(default this host only, a free port; e.g. 0.0.0.0:8787 for every interface).")]
+
+
+def _use_cluster_options(wait_for_workers: int, wait_timeout: float | None,
+                         dashboard_address: str, *, announce: bool = False) -> None:
+    """The cluster options of this command, where :mod:`dnmf.cluster` reads them (Dask's
+    config); with ``announce``, the dashboard link of every cluster is printed (stderr)."""
+    import dask
+
+    from dnmf import cluster
+
+    dask.config.set({cluster.WAIT_WORKERS_KEY: wait_for_workers,
+                     cluster.WAIT_TIMEOUT_KEY: wait_timeout,
+                     cluster.DASHBOARD_KEY: dashboard_address})
+    cluster.announce_clusters(_print_dashboard if announce else None)
+
+
+def _print_dashboard(ctx: Any) -> None:
+    if ctx.dashboard_link:
+        _log(f"dashboard: {ctx.dashboard_link}")
+
+
 def _echo(text: str, quiet: bool = False) -> None:
     """A result line: stdout."""
     from dnmf.io.remote import redact
@@ -223,8 +253,12 @@ def fit(
     as_json: JsonOpt = False,
     report: ReportOpt = None,
     storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT (Zarr)."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address)
     _use_storage_options(storage_options)
     import numpy as np
 
@@ -335,8 +369,12 @@ def transform(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """W for the rows of INPUT with the model's H fixed; OUT has the layout of a fit's store."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     _use_storage_options(storage_options)
     from dnmf import api
     from dnmf.io.result_store import open_result
@@ -368,8 +406,12 @@ def reconstruct(
     seed: SeedOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Write W·H chunk by chunk (e.g. to fill the missing entries of a masked fit)."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.progress import TaskProgress
     from dnmf.reconstruct import write_reconstruction
 
@@ -403,8 +445,12 @@ def rank(
     as_json: JsonOpt = False,
     report: ReportOpt = None,
     storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Survey ranks A..B: error, consensus stability, silhouette and held-out error per k."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     _use_storage_options(storage_options)
     from dnmf.rank import run_rank_cli
 
@@ -485,9 +531,13 @@ def unmix(
     as_json: JsonOpt = False,
     report: ReportOpt = None,
     storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT;
     with --spectra, abundances against given spectra in one pass."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     _use_storage_options(storage_options)
     from dnmf.errors import InputError
     from dnmf.hyperspectral.unmix import unmix as run_unmix
@@ -610,8 +660,12 @@ def endmembers(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Extract K endmember spectra of CUBE (pixels) into a spectral library."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.hyperspectral.endmembers import (
         DEFAULT_METHOD,
         extract_endmembers,
@@ -640,8 +694,12 @@ def score(
     scheduler: SchedulerOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Spectral angles (after Hungarian matching) and abundance RMSE against a reference."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.cluster import execution_context
     from dnmf.hyperspectral.metrics import format_score, open_dataset
     from dnmf.hyperspectral.metrics import score as run_score
@@ -667,9 +725,13 @@ def info(
     scheduler: SchedulerOpt = "auto",
     as_json: JsonOpt = False,
     storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Shape, chunks, dtype, codec, sparsity, sizes, range, sign, NaN/Inf, zero rows of a
     matrix (one pass), and the chunk plan a fit would use."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address)
     _use_storage_options(storage_options)
     from dnmf import api
     from dnmf.progress import TaskProgress
@@ -696,8 +758,12 @@ def demo(
     memory_limit: MemoryOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated data and the fit.")] = 0,
     quiet: QuietOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Unmix a generated hyperspectral scene on a LocalCluster and score it against the truth."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf import demo as demos
     from dnmf.progress import FitProgress
 
