@@ -41,9 +41,8 @@ from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import NON_FINITE_FIX, InputError, NumericalError
 from dnmf.init import initialize
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
-from dnmf.io.lock import claim_output
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
-from dnmf.io.remote import redacted
+from dnmf.io.remote import claim_output, redacted
 from dnmf.io.result_store import (
     check_free_space,
     check_output,

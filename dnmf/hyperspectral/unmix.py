@@ -37,9 +37,8 @@ from dnmf.hyperspectral.identify import DEFAULT_THRESHOLD_DEG
 from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
-from dnmf.io.lock import claim_output
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
-from dnmf.io.remote import uses_storage_options, zarr_store
+from dnmf.io.remote import claim_output, uses_storage_options, zarr_store
 from dnmf.io.result_store import (
     check_directory_output,
     check_output,

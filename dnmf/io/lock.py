@@ -4,8 +4,8 @@ The claim is a hidden sibling directory ``.NAME.lock`` made with ``mkdir`` (atom
 local and network file system: a second run cannot also make it), holding ``owner.json`` with
 the claimant's pid, host and start time. A claim left by a run that was killed (its pid gone on
 this host) is stale and taken over; a live one is refused with the owner named. Remote outputs
-(object stores) are claimed with a lock object instead: :func:`claim_output` picks
-(``dnmf.io.remote.claim_remote``).
+(object stores) are claimed with a lock object instead (``dnmf.io.remote.claim_output``
+picks).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from dnmf.errors import OutputError
-from dnmf.io.remote import claim_remote, is_remote
 
 OWNER_FILE = "owner.json"
 #: Claims this process holds (re-entrant: a fit that holds OUT writes it through helpers that
@@ -96,18 +95,6 @@ def claim(out: Path | None) -> Iterator[None]:
         del _HELD[lock]
         shutil.rmtree(lock, ignore_errors=True)
         _remove_empty(made)
-
-
-def claim_output(out: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
-    """Hold the output ``out`` for this run, local (a claim directory) or remote (a lock
-    object beside it)."""
-    if is_remote(out):
-        return claim_remote(os.fspath(out))
-    text = os.fspath(out)
-    for prefix in ("file://", "local://"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    return claim(Path(text))
 
 
 def _missing_parents(lock: Path) -> list[Path]:

@@ -21,9 +21,11 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from dnmf.errors import OutputError
+from dnmf.io.lock import claim, is_stale
 
 #: (input options, output options or None for "the same").
 _OPTIONS: ContextVar[tuple[dict[str, Any], dict[str, Any] | None]] = ContextVar(
@@ -138,9 +140,19 @@ def claim_remote(url: str) -> Iterator[None]:
             fs.rm(path)
 
 
-def _acquire(fs: Any, path: str, url: str, lock: str) -> None:
-    from dnmf.io.lock import is_stale
+def claim_output(out: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
+    """Hold the output ``out`` for this run, local (a claim directory, :func:`dnmf.io.lock.
+    claim`) or remote (a lock object beside it, :func:`claim_remote`)."""
+    if is_remote(out):
+        return claim_remote(os.fspath(out))
+    text = os.fspath(out)
+    for prefix in ("file://", "local://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    return claim(Path(text))
 
+
+def _acquire(fs: Any, path: str, url: str, lock: str) -> None:
     owner = {"pid": os.getpid(), "host": socket.gethostname(),
              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     body = json.dumps(owner).encode()

@@ -24,8 +24,8 @@ import numpy as np
 import zarr
 
 from dnmf.errors import InputError, OutputError
-from dnmf.io.lock import claim, claim_output
-from dnmf.io.remote import exists, redact, zarr_store
+from dnmf.io.lock import claim
+from dnmf.io.remote import claim_output, exists, redact, zarr_store
 from dnmf.io.zarr_ import read_version
 
 SCHEMA_VERSION = 1
