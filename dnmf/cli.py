@@ -160,7 +160,7 @@ def _use_cluster_options(wait_for_workers: int, wait_timeout: float | None,
 
 def _print_dashboard(ctx: Any) -> None:
     if ctx.dashboard_link:
-        _log(f"dashboard: {ctx.dashboard_link}")
+        _log(f"dashboard: {ctx.dashboard_text()}")
 
 
 def _echo(text: str, quiet: bool = False) -> None:

@@ -120,8 +120,19 @@ class ExecutionContext:
             f"{self.memory_per_worker / 2**30:.1f} GiB per worker"
         )
         if self.dashboard_link:
-            text += f", dashboard {self.dashboard_link}"
+            text += f", dashboard {self.dashboard_text()}"
         return text
+
+    def dashboard_text(self) -> str | None:
+        """The dashboard's link, or how to get one where bokeh (which draws it) is missing:
+        a link to a page saying "Dask needs bokeh" helps nobody."""
+        if not self.dashboard_link:
+            return None
+        import importlib.util
+
+        if importlib.util.find_spec("bokeh") is None:
+            return "unavailable without bokeh (pip install 'dnmf[dashboard]')"
+        return self.dashboard_link
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
