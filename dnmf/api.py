@@ -26,7 +26,7 @@ from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, open_matrix, validate
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
-from dnmf.io.remote import storage_options_used
+from dnmf.io.remote import input_options, storage_options_used, uses_storage_options
 from dnmf.io.result_store import check_output, open_result, write_result
 from dnmf.pipeline import IN_MEMORY_FORMATS, W_IN_MEMORY_MAX_BYTES, FitResult, check_variant
 from dnmf.plan import ChunkPlan
@@ -264,6 +264,7 @@ class DryRun:
         ]
 
 
+@uses_storage_options
 def dry_run(
     X: Any,
     rank: int,
@@ -286,11 +287,14 @@ def dry_run(
     masked: bool = False,
     n_restarts: int = 1,
     device: str = "cpu",
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
 ) -> DryRun:
     """Check the parameters and the output, open X lazily and make the chunk plan; write nothing.
 
     A LocalCluster is planned for but not started; an address is connected to for its workers'
     sizes. Restarts are planned as :func:`factorize` runs them: ``n_restarts * rank`` columns.
+    ``storage_options``, ``out_storage_options``: as :func:`factorize`.
     """
     spec = resolve(rank, solver=solver, beta_loss=beta_loss, init=init, missing=missing,
                    has_mask=masked, n_restarts=n_restarts, device=device, persist_x=persist_x,
@@ -395,11 +399,15 @@ def check_values(X: da.Array, beta: float, masked: bool, *, scheduler: Any = "au
             "kullback-leibler")
 
 
+@uses_storage_options
 def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike, *,
                        var: str | None = None, scheduler: Any = "auto", workers: int | None = None,
-                       memory_limit: str | int | None = None, overwrite: bool = False) -> str:
+                       memory_limit: str | int | None = None, overwrite: bool = False,
+                       storage_options: dict[str, Any] | None = None,
+                       out_storage_options: dict[str, Any] | None = None) -> str:
     """Transform the rows of ``X`` with the H of the result store ``model``; write a store of
     the same layout (W new, H copied, the model's attributes plus ``transform_of``).
+    ``storage_options`` (X and the model), ``out_storage_options``: as :func:`factorize`.
 
     Raises
     ------
@@ -410,7 +418,8 @@ def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike,
     check_outputs_are_not_inputs({"output": out},
                                  {"the model": model, "the input": Stored(X, var)})
     check_output(out, overwrite=overwrite)
-    _, H, attrs = open_result(model)
+    with storage_options_used(input_options(), input_options()):  # the model is an input
+        _, H, attrs = open_result(model)
     source = open_matrix(X, var, dtype=H.dtype)
     with execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
                            memory_limit=memory_limit) as ctx, ctx.activate():
