@@ -165,3 +165,18 @@ def test_an_existing_client_is_used_and_never_closed(local_client, planted):
         assert current.cluster.status.name == "running"
     assert local_client.status == "running"
     assert local_client.submit(sum, [1, 2]).result() == 3
+
+
+def test_unmix_prints_the_dashboard_link_of_its_local_cluster(tmp_path):
+    pytest.importorskip("bokeh", reason="bokeh is not installed (pip install dnmf[dashboard])")
+    from dnmf.datasets import make_scene
+
+    scene = make_scene(24, 20, n_endmembers=3, snr_db=30.0, seed=1, chunks=(24, 20))
+    scene[["reflectance"]].to_zarr(tmp_path / "cube.zarr", mode="w", consolidated=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "dnmf", "unmix", str(tmp_path / "cube.zarr"), "-k", "3",
+         "--var", "reflectance", "-o", str(tmp_path / "out.zarr"), "--scheduler", "local",
+         "--workers", "1", "--memory-limit", "1GB", "--max-iter", "3"],
+        capture_output=True, text=True, env=_env(), timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert "dashboard: http://127.0.0.1:" in run.stderr

@@ -108,6 +108,11 @@ def test_fit_s3_to_s3_with_storage_options_only(s3, planted, dtype):
     np.testing.assert_allclose(again.H, result.H, rtol=1e-4 if dtype == np.float32 else 1e-10)
     W_new = model.transform(f"{bucket}/x.zarr", storage_options=options)
     assert np.asarray(W_new).shape == (X.shape[0], 4)
+    # the command line's transform: model and X in, a store out, all on S3
+    written = dnmf.api.transform_to_store(out, f"{bucket}/x.zarr", f"{bucket}/t.zarr",
+                                          storage_options=options, scheduler="threads")
+    np.testing.assert_array_equal(dnmf.load(written, storage_options=options).components_,
+                                  result.H)
 
 
 def test_existing_output_refused_without_overwrite(s3, planted):
