@@ -409,8 +409,10 @@ def reconstruct(
     wait_for_workers: WaitWorkersOpt = 1,
     wait_timeout: WaitTimeoutOpt = None,
     dashboard_address: DashboardOpt = "127.0.0.1:0",
+    storage_options: StorageOpt = None,
 ) -> None:
     """Write W·H chunk by chunk (e.g. to fill the missing entries of a masked fit)."""
+    _use_storage_options(storage_options)
     _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.progress import TaskProgress
     from dnmf.reconstruct import write_reconstruction
@@ -663,8 +665,10 @@ def endmembers(
     wait_for_workers: WaitWorkersOpt = 1,
     wait_timeout: WaitTimeoutOpt = None,
     dashboard_address: DashboardOpt = "127.0.0.1:0",
+    storage_options: StorageOpt = None,
 ) -> None:
     """Extract K endmember spectra of CUBE (pixels) into a spectral library."""
+    _use_storage_options(storage_options)
     _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.hyperspectral.endmembers import (
         DEFAULT_METHOD,
@@ -697,8 +701,10 @@ def score(
     wait_for_workers: WaitWorkersOpt = 1,
     wait_timeout: WaitTimeoutOpt = None,
     dashboard_address: DashboardOpt = "127.0.0.1:0",
+    storage_options: StorageOpt = None,
 ) -> None:
     """Spectral angles (after Hungarian matching) and abundance RMSE against a reference."""
+    _use_storage_options(storage_options)
     _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.cluster import execution_context
     from dnmf.hyperspectral.metrics import format_score, open_dataset
