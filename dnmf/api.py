@@ -26,6 +26,7 @@ from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
 from dnmf.io import check_rank, open_matrix, validate
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
+from dnmf.io.remote import input_options, storage_options_used, uses_storage_options
 from dnmf.io.result_store import check_output, open_result, write_result
 from dnmf.pipeline import IN_MEMORY_FORMATS, W_IN_MEMORY_MAX_BYTES, FitResult, check_variant
 from dnmf.plan import ChunkPlan
@@ -91,6 +92,8 @@ def factorize(
     callback: Callable[[IterationInfo], None] | None = None,
     on_plan: Callable[[ChunkPlan, ExecutionContext], None] | None = None,
     axis_labels: named_axes.AxisLabels | None = None,
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
 ) -> FitResult:
     """Factorize a non-negative matrix ``X ~= W @ H`` out of core on Dask.
 
@@ -192,6 +195,11 @@ def factorize(
     axis_labels : dnmf.named_axes.AxisLabels, optional
         Row and column labels for an X that has none of its own (the estimator passes those
         of the xarray or AnnData it took X from); labelled X brings its own.
+    storage_options : dict, optional
+        fsspec options (endpoint, credentials) of the URLs read and written: X, the mask and
+        ``out``. Never stored, logged or shown.
+    out_storage_options : dict, optional
+        fsspec options of ``out`` where they differ from ``storage_options``.
 
     Returns
     -------
@@ -219,6 +227,7 @@ def factorize(
         checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite,
         has_out=out is not None)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(storage_options_used(storage_options, out_storage_options))
         opened = pipeline.open_input(spec, X, var=var, dtype=dtype, mask=mask,
                                      mask_var=mask_var, W_init=W_init, H_init=H_init, out=out,
                                      stack=stack)
@@ -263,6 +272,7 @@ class DryRun:
         ]
 
 
+@uses_storage_options
 def dry_run(
     X: Any,
     rank: int,
@@ -285,11 +295,14 @@ def dry_run(
     masked: bool = False,
     n_restarts: int = 1,
     device: str = "cpu",
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
 ) -> DryRun:
     """Check the parameters and the output, open X lazily and make the chunk plan; write nothing.
 
     A LocalCluster is planned for but not started; an address is connected to for its workers'
     sizes. Restarts are planned as :func:`factorize` runs them: ``n_restarts * rank`` columns.
+    ``storage_options``, ``out_storage_options``: as :func:`factorize`.
     """
     spec = resolve(rank, solver=solver, beta_loss=beta_loss, init=init, missing=missing,
                    has_mask=masked, n_restarts=n_restarts, device=device, persist_x=persist_x,
@@ -333,7 +346,7 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
                    client: Any = None, l1: float = 0.0, l2: float = 0.0,
                    beta_loss: str | float = "frobenius", missing: str = "error",
                    w_sum_to_one: bool = False, max_iter: int = 200,
-                   tol: float = 1e-6) -> Any:
+                   tol: float = 1e-6, storage_options: dict[str, Any] | None = None) -> Any:
     """W for the rows of ``X`` with H fixed, in one pass over X (a task per row panel).
 
     Frobenius on fully observed X: exact NNLS per row (fully constrained with
@@ -342,6 +355,7 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
     numpy in -> numpy out; otherwise a lazy dask array (chunked like X's rows). Labelled X
     (xarray, AnnData) gets that W as a DataArray with X's row labels (see
     :mod:`dnmf.named_axes`).
+    ``storage_options``: fsspec options of X's URL.
     """
     X, labelled_var, axes = named_axes.split(X)
     var = labelled_var or var
@@ -349,7 +363,7 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
     check_parameters(PARAMETERS, {"missing": missing})
     masked = missing == "mask"
     H = np.asarray(H)
-    source = open_matrix(X, var, dtype=H.dtype)
+    source = open_matrix(X, var, dtype=H.dtype, storage_options=storage_options)
     if source.shape[1] != H.shape[1]:
         raise InputError(
             f"X has {source.shape[1]} features but the model has {H.shape[1]} — transform data "
@@ -397,11 +411,15 @@ def check_values(X: da.Array, beta: float, masked: bool, *, scheduler: Any = "au
             "kullback-leibler")
 
 
+@uses_storage_options
 def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike, *,
                        var: str | None = None, scheduler: Any = "auto", workers: int | None = None,
-                       memory_limit: str | int | None = None, overwrite: bool = False) -> str:
+                       memory_limit: str | int | None = None, overwrite: bool = False,
+                       storage_options: dict[str, Any] | None = None,
+                       out_storage_options: dict[str, Any] | None = None) -> str:
     """Transform the rows of ``X`` with the H of the result store ``model``; write a store of
     the same layout (W new, H copied, the model's attributes plus ``transform_of``).
+    ``storage_options`` (X and the model), ``out_storage_options``: as :func:`factorize`.
 
     Raises
     ------
@@ -412,7 +430,8 @@ def transform_to_store(model: str | os.PathLike, X: Any, out: str | os.PathLike,
     check_outputs_are_not_inputs({"output": out},
                                  {"the model": model, "the input": Stored(X, var)})
     check_output(out, overwrite=overwrite)
-    _, H, attrs = open_result(model)
+    with storage_options_used(input_options(), input_options()):  # the model is an input
+        _, H, attrs = open_result(model)
     source = open_matrix(X, var, dtype=H.dtype)
     with execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
                            memory_limit=memory_limit) as ctx, ctx.activate():

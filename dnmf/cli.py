@@ -100,23 +100,91 @@ JsonOpt = Annotated[bool, typer.Option(
                    "stays on stderr; schema in the README).")]
 
 
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage-options", help="fsspec options of the URLs read and written (endpoint, "
+    "credentials): a JSON object, or a file holding one. Never stored or shown.")]
+
+
+def _use_storage_options(text: str | None) -> None:
+    """Parse --storage-options (JSON text or a JSON file) and use it for this command."""
+    from dnmf.errors import InputError
+    from dnmf.io.remote import set_storage_options
+
+    if text is None:
+        set_storage_options(None)
+        return
+    source = "--storage-options"
+    if not text.lstrip().startswith("{"):
+        try:
+            source, text = f"--storage-options file {text}", Path(text).read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read --storage-options file {text}: {exc.strerror} — "
+                             "give a JSON object or a readable file holding one") from None
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        # the text may hold secrets: name the position only, never echo it
+        raise InputError(f"{source} is not valid JSON (line {exc.lineno}, column "
+                         f"{exc.colno}) — give an object such as "
+                         '\'{"endpoint_url": "http://127.0.0.1:9000"}\'') from None
+    if not isinstance(options, dict):
+        raise InputError(f"{source} must be a JSON object, not {type(options).__name__} — "
+                         'give one such as \'{"anon": true}\'')
+    set_storage_options(options)
+
+
+WaitWorkersOpt = Annotated[int, typer.Option(
+    "--wait-for-workers", min=1, help="With a scheduler address: start once this many "
+    "workers have joined (the job may start before its workers).")]
+WaitTimeoutOpt = Annotated[float | None, typer.Option(
+    "--wait-timeout", min=0.001, help="Seconds to wait for those workers (default 60, or "
+    "DNMF_WAIT_TIMEOUT); then one error line.")]
+DashboardOpt = Annotated[str, typer.Option(
+    "--dashboard-address", help="Where the dashboard of a LocalCluster started here listens "
+    "(default this host only, a free port; e.g. 0.0.0.0:8787 for every interface).")]
+
+
+def _use_cluster_options(wait_for_workers: int, wait_timeout: float | None,
+                         dashboard_address: str, *, announce: bool = False) -> None:
+    """The cluster options of this command, where :mod:`dnmf.cluster` reads them (Dask's
+    config); with ``announce``, the dashboard link of every cluster is printed (stderr)."""
+    import dask
+
+    from dnmf import cluster
+
+    dask.config.set({cluster.WAIT_WORKERS_KEY: wait_for_workers,
+                     cluster.WAIT_TIMEOUT_KEY: wait_timeout,
+                     cluster.DASHBOARD_KEY: dashboard_address})
+    cluster.announce_clusters(_print_dashboard if announce else None)
+
+
+def _print_dashboard(ctx: Any) -> None:
+    if ctx.dashboard_link:
+        _log(f"dashboard: {ctx.dashboard_text()}")
+
+
 def _echo(text: str, quiet: bool = False) -> None:
     """A result line: stdout."""
+    from dnmf.io.remote import redact
+
     if not quiet:
-        typer.echo(text)
+        typer.echo(redact(text))
 
 
 def _log(text: str, quiet: bool = False) -> None:
     """A note or a log line: stderr (stdout carries results only)."""
+    from dnmf.io.remote import redact
+
     if not quiet:
-        typer.echo(text, err=True)
+        typer.echo(redact(text), err=True)
 
 
 def _print_json(value: Any) -> None:
-    """Exactly one JSON object on stdout (NaN and infinities as null)."""
+    """Exactly one JSON object on stdout (NaN and infinities as null; no credentials)."""
+    from dnmf.io.remote import redacted
     from dnmf.io.result_store import jsonable
 
-    typer.echo(json.dumps(jsonable(value), allow_nan=False))
+    typer.echo(json.dumps(redacted(jsonable(value)), allow_nan=False))
 
 
 def _plan_printer(progress: Any) -> Any:
@@ -184,8 +252,14 @@ def fit(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
+    storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Factorize INPUT ~= W H and write W, H and the run's metadata to OUT (Zarr)."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address)
+    _use_storage_options(storage_options)
     import numpy as np
 
     from dnmf import api
@@ -294,8 +368,14 @@ def transform(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """W for the rows of INPUT with the model's H fixed; OUT has the layout of a fit's store."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
+    _use_storage_options(storage_options)
     from dnmf import api
     from dnmf.io.result_store import open_result
     from dnmf.progress import TaskProgress
@@ -326,8 +406,14 @@ def reconstruct(
     seed: SeedOpt = None,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
+    storage_options: StorageOpt = None,
 ) -> None:
     """Write W·H chunk by chunk (e.g. to fill the missing entries of a masked fit)."""
+    _use_storage_options(storage_options)
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.progress import TaskProgress
     from dnmf.reconstruct import write_reconstruction
 
@@ -360,8 +446,14 @@ def rank(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
+    storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Survey ranks A..B: error, consensus stability, silhouette and held-out error per k."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
+    _use_storage_options(storage_options)
     from dnmf.rank import run_rank_cli
 
     run_rank_cli(input, ks, runs, out, plots, seed, var=var, scheduler=scheduler,
@@ -440,9 +532,15 @@ def unmix(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
+    storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Unmix CUBE into endmember spectra and abundance maps (sum-to-one NMF), written to OUT;
     with --spectra, abundances against given spectra in one pass."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
+    _use_storage_options(storage_options)
     from dnmf.errors import InputError
     from dnmf.hyperspectral.unmix import unmix as run_unmix
     from dnmf.progress import FitProgress
@@ -564,8 +662,14 @@ def endmembers(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
+    storage_options: StorageOpt = None,
 ) -> None:
     """Extract K endmember spectra of CUBE (pixels) into a spectral library."""
+    _use_storage_options(storage_options)
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.hyperspectral.endmembers import (
         DEFAULT_METHOD,
         extract_endmembers,
@@ -594,8 +698,14 @@ def score(
     scheduler: SchedulerOpt = "auto",
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
+    storage_options: StorageOpt = None,
 ) -> None:
     """Spectral angles (after Hungarian matching) and abundance RMSE against a reference."""
+    _use_storage_options(storage_options)
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf.cluster import execution_context
     from dnmf.hyperspectral.metrics import format_score, open_dataset
     from dnmf.hyperspectral.metrics import score as run_score
@@ -620,9 +730,15 @@ def info(
                     ] = None,
     scheduler: SchedulerOpt = "auto",
     as_json: JsonOpt = False,
+    storage_options: StorageOpt = None,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Shape, chunks, dtype, codec, sparsity, sizes, range, sign, NaN/Inf, zero rows of a
     matrix (one pass), and the chunk plan a fit would use."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address)
+    _use_storage_options(storage_options)
     from dnmf import api
     from dnmf.progress import TaskProgress
 
@@ -648,8 +764,12 @@ def demo(
     memory_limit: MemoryOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated data and the fit.")] = 0,
     quiet: QuietOpt = False,
+    wait_for_workers: WaitWorkersOpt = 1,
+    wait_timeout: WaitTimeoutOpt = None,
+    dashboard_address: DashboardOpt = "127.0.0.1:0",
 ) -> None:
     """Unmix a generated hyperspectral scene on a LocalCluster and score it against the truth."""
+    _use_cluster_options(wait_for_workers, wait_timeout, dashboard_address, announce=not quiet)
     from dnmf import demo as demos
     from dnmf.progress import FitProgress
 
@@ -697,7 +817,9 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _exit_with(message: str, code: int) -> None:
-    sys.stderr.write(f"error: {message}\n")
+    from dnmf.io.remote import redact
+
+    sys.stderr.write(f"error: {redact(message)}\n")
     sys.stderr.flush()
     sys.exit(code)
 

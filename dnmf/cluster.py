@@ -14,7 +14,8 @@ import copy
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,15 @@ WORKER_BASE_MEMORY = 256 * 2**20
 #: Seconds to wait for the first worker of a cluster started or reached here;
 #: ``DNMF_WAIT_TIMEOUT`` overrides it (seconds).
 WAIT_FOR_WORKERS_S = 60.0
+#: Where the dashboard of a cluster started here listens: this host only, any free port (a
+#: dashboard on every interface would show the run to the whole network).
+DASHBOARD_ADDRESS = "127.0.0.1:0"
+#: Dask config keys (set by the CLI's --wait-for-workers, --wait-timeout, --dashboard-address).
+WAIT_WORKERS_KEY, WAIT_TIMEOUT_KEY, DASHBOARD_KEY = (
+    "dnmf.wait-for-workers", "dnmf.wait-timeout", "dnmf.dashboard-address")
+#: Called with the context of every cluster started or reached here (the CLI prints the link).
+_ON_CLUSTER: ContextVar[Callable[[ExecutionContext], None] | None] = ContextVar(
+    "dnmf_on_cluster", default=None)
 
 
 def _threads_get() -> Any:
@@ -129,8 +139,19 @@ class ExecutionContext:
             f"{self.memory_per_worker / 2**30:.1f} GiB per worker"
         )
         if self.dashboard_link:
-            text += f", dashboard {self.dashboard_link}"
+            text += f", dashboard {self.dashboard_text()}"
         return text
+
+    def dashboard_text(self) -> str | None:
+        """The dashboard's link, or how to get one where bokeh (which draws it) is missing:
+        a link to a page saying "Dask needs bokeh" helps nobody."""
+        if not self.dashboard_link:
+            return None
+        import importlib.util
+
+        if importlib.util.find_spec("bokeh") is None:
+            return "unavailable without bokeh (pip install 'dnmf[dashboard]')"
+        return self.dashboard_link
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
@@ -229,8 +250,44 @@ def check_memory_limit(memory: int | None) -> None:
             "give at least 512MB per worker")
 
 
+def dashboard_address() -> str:
+    """Where a started cluster's dashboard listens (``dnmf.dashboard-address`` in Dask's
+    config, e.g. ``0.0.0.0:8787``; default this host only, a free port)."""
+    return str(dask.config.get(DASHBOARD_KEY, None) or DASHBOARD_ADDRESS)
+
+
+def announce_clusters(callback: Callable[[ExecutionContext], None] | None) -> None:
+    """Call ``callback`` with every cluster started or reached from now on (in this context)."""
+    _ON_CLUSTER.set(callback)
+
+
+def _announce(ctx: ExecutionContext) -> None:
+    callback = _ON_CLUSTER.get()
+    if callback is not None:
+        callback(ctx)
+
+
+def wait_for_count() -> int:
+    """How many workers a cluster reached at an address must have before the run starts
+    (``dnmf.wait-for-workers`` in Dask's config; default 1)."""
+    value = dask.config.get(WAIT_WORKERS_KEY, None)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"--wait-for-workers must be a whole number >= 1; got {value!r}")
+    return value
+
+
 def wait_timeout() -> float:
-    """Seconds to wait for a cluster's first worker (``DNMF_WAIT_TIMEOUT`` or 60)."""
+    """Seconds to wait for a cluster's workers (``--wait-timeout``, ``dnmf.wait-timeout`` in
+    Dask's config, ``DNMF_WAIT_TIMEOUT``, or 60)."""
+    configured = dask.config.get(WAIT_TIMEOUT_KEY, None)
+    if configured is not None:
+        value = float(configured)
+        if not value > 0 or value == float("inf"):
+            raise InputError(f"--wait-timeout must be a positive number of seconds; got "
+                             f"{configured!r}")
+        return value
     text = os.environ.get("DNMF_WAIT_TIMEOUT")
     if not text:
         return WAIT_FOR_WORKERS_S
@@ -243,16 +300,20 @@ def wait_timeout() -> float:
     return value
 
 
-def wait_for_workers(client: Any, where: str) -> None:
-    """Block until a worker is connected; one line after :func:`wait_timeout` seconds."""
+def wait_for_workers(client: Any, where: str, n: int | None = None) -> None:
+    """Block until ``n`` workers (default :func:`wait_for_count`) are connected; one line
+    after :func:`wait_timeout` seconds."""
+    n = wait_for_count() if n is None else n
     timeout = wait_timeout()
     try:
-        client.wait_for_workers(1, timeout=timeout)
+        client.wait_for_workers(n, timeout=timeout)
     except TimeoutError:
+        have = len(client.scheduler_info().get("workers", {}))
+        joined = "no Dask worker" if have == 0 else f"only {have} of {n} Dask workers"
         raise InputError(
-            f"no Dask worker joined {where} within {timeout:g} s — start workers "
+            f"{joined} joined {where} within {timeout:g} s — start workers "
             "('dask worker ADDRESS'), check that they can reach the scheduler, or wait longer "
-            "with DNMF_WAIT_TIMEOUT=SECONDS") from None
+            "with --wait-timeout SECONDS (DNMF_WAIT_TIMEOUT)") from None
 
 
 def parse_memory(size: str | int | None) -> int | None:
@@ -391,16 +452,17 @@ def execution_context(
             threads_per_worker=1,  # BLAS stays single-threaded in each worker process
             processes=True,
             memory_limit=planned.memory_per_worker,
-            dashboard_address=":0",
+            dashboard_address=dashboard_address(),
             # a failing task's traceback would break the CLI's one-line errors
             silence_logs=logging.DEBUG if os.environ.get("DNMF_DEBUG") == "1"
             else logging.CRITICAL,
         )
         local_client = Client(cluster, set_as_default=False)
         try:
-            wait_for_workers(local_client, "the LocalCluster")
+            wait_for_workers(local_client, "the LocalCluster", n=1)
             ctx = _context_from_client(local_client, "local")
             log.info("started LocalCluster: %s", ctx.describe())
+            _announce(ctx)
             yield ctx
         finally:
             local_client.close()
@@ -410,6 +472,7 @@ def execution_context(
         with _local_cuda_cluster(workers, mem_limit) as cuda_client:
             ctx = _context_from_client(cuda_client, "cuda")
             log.info("started LocalCUDACluster: %s", ctx.describe())
+            _announce(ctx)
             yield ctx
         return
     if isinstance(scheduler, str) and "://" in scheduler:
@@ -424,7 +487,9 @@ def execution_context(
             ) from exc
         try:
             wait_for_workers(remote, f"the cluster at {scheduler}")
-            yield _context_from_client(remote, "address")
+            ctx = _context_from_client(remote, "address")
+            _announce(ctx)
+            yield ctx
         finally:
             remote.close()
         return
@@ -459,7 +524,7 @@ def _local_cuda_cluster(workers: int | None, memory_limit: int | None) -> Iterat
     import dask_cuda
     from distributed import Client
 
-    kwargs: dict[str, Any] = {"threads_per_worker": 1, "dashboard_address": ":0",
+    kwargs: dict[str, Any] = {"threads_per_worker": 1, "dashboard_address": dashboard_address(),
                               "silence_logs": logging.DEBUG if os.environ.get("DNMF_DEBUG") == "1"
                               else logging.CRITICAL}
     if workers:

@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from dnmf import api, labels, named_axes
 from dnmf.errors import InputError
+from dnmf.io.remote import storage_options_used, zarr_store
 from dnmf.io.result_store import open_result
 from dnmf.reconstruct import reconstruct
 from dnmf.spec import regularization
@@ -180,14 +181,18 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return int(self.components_.shape[0])
 
     @classmethod
-    def from_store(cls, path: str | os.PathLike) -> NMF:
+    def from_store(cls, path: str | os.PathLike,
+                   storage_options: dict[str, Any] | None = None) -> NMF:
         """A fitted :class:`NMF` from a result store written by ``factorize(out=...)`` (also
         ``dnmf.load``).
 
         ``model.components_`` is H; ``model.W_`` is W, lazy from the store.
+        ``storage_options``: fsspec options (endpoint, credentials) of a URL ``path``.
         """
-        W, H, attrs = open_result(path)
-        axes = named_axes.stored_labels(zarr.open_group(os.fspath(path), mode="r"))
+        with storage_options_used(None, storage_options):
+            W, H, attrs = open_result(path)
+            axes = named_axes.stored_labels(zarr.open_group(zarr_store(path, read_only=True),
+                                                            mode="r"))
         model = cls(n_components=int(attrs["n_components"]), solver=attrs["solver"],
                     init=attrs["init"], random_state=attrs["seed"],
                     beta_loss=attrs.get("beta_loss", "frobenius"),
@@ -222,7 +227,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         W, H : array-like, optional
             Initial factors (``init="custom"``).
         **params
-            Passed to :func:`dnmf.factorize` (``var``, ``out``, ``client``, ``callback``, ...).
+            Passed to :func:`dnmf.factorize` (``var``, ``out``, ``client``, ``callback``,
+            ``storage_options``, ...).
 
         Returns
         -------

@@ -42,8 +42,8 @@ from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import NON_FINITE_FIX, InputError, NumericalError
 from dnmf.init import initialize
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
-from dnmf.io.lock import claim
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
+from dnmf.io.remote import claim_output, redacted
 from dnmf.io.result_store import (
     check_free_space,
     check_output,
@@ -197,7 +197,7 @@ def open_input(spec: FitSpec, X: Any, *, var: str | None = None, dtype: Any = No
     if out is not None and not spec.resume:
         check_output(out, overwrite=spec.overwrite)
     if out is not None and stack is not None:
-        stack.enter_context(claim(local_path(out)))  # one writer per output
+        stack.enter_context(claim_output(out))  # one writer per output, local or remote
     ckpt = None
     if spec.resume:
         ckpt = checkpoint.read(out)
@@ -870,7 +870,7 @@ def store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
         "relative_error": result.relative_error,
         "reconstruction_err": result.reconstruction_err,
         "loss_history": result.loss_history,
-        "input": input_desc,
+        "input": redacted(input_desc),  # a URL's embedded credentials never stored
         "missing": result.missing,
         "device": result.device,
         "w_sum_to_one": result.w_sum_to_one,

@@ -75,6 +75,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dnmf.errors import InputError
 from dnmf.heldout import HeldoutSets, heldout_panel_error, panel_stats
 from dnmf.io.overlap import resolved_locations
+from dnmf.io.remote import uses_storage_options
 from dnmf.spec import resolve_beta
 
 #: The criteria of a report, in the order of its table and plots.
@@ -914,6 +915,7 @@ def _fit_criteria(fit: Any, sample: np.ndarray) -> dict[str, Any]:
             "n_iter": max(fit.restart_n_iter)}
 
 
+@uses_storage_options
 def select_rank(
     X: Any,
     ks: Iterable[int] = range(2, 11),
@@ -931,6 +933,7 @@ def select_rank(
     memory_limit: str | int | None = None,
     max_consensus_features: int = MAX_CONSENSUS_FEATURES,
     progress: Any = None,
+    storage_options: dict[str, Any] | None = None,
     **fit_kwargs: Any,
 ) -> RankReport:
     """Survey the rank k of ``X ~= W H``: fit every k in ``ks`` ``n_runs`` times and report
@@ -967,6 +970,8 @@ def select_rank(
         ``max_iter`` of the held-out fits; default ``2 * max_iter``.
     var, scheduler, client, workers, memory_limit
         As :func:`dnmf.factorize`; one scheduler (e.g. one LocalCluster) serves every fit.
+    storage_options : dict, optional
+        fsspec options (endpoint, credentials) of a URL ``X``; never stored or shown.
     max_consensus_features : int
         Features in the consensus matrix at most (a seeded sample beyond); its memory is
         ``8 * max_consensus_features^2`` bytes.

@@ -426,7 +426,7 @@ def test_dnmf_job_waits_for_the_workers_and_resumes_from_a_checkpoint(tmp_path, 
         if first.poll() is None:
             first.kill()
             first.communicate()
-    assert stdout.startswith("dnmf-job: 2 worker(s) connected to tcp://127.0.0.1:")
+    assert stdout.startswith("dnmf-job: dnmf fit waits for 2 worker(s) at tcp://127.0.0.1:")
     assert first.returncode == 130, stderr
     done = zarr.open_group(str(out), mode="r")["checkpoint"].attrs["iteration"]
 

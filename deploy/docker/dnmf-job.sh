@@ -1,8 +1,9 @@
 #!/bin/sh
 # dnmf-job ARGS...: run `dnmf fit ARGS... --scheduler $DASK_SCHEDULER_ADDRESS` as a batch job.
 #
-# 1. waits until DNMF_WAIT_WORKERS workers (default 1) are connected to the scheduler, so the
-#    chunk plan is made for the cluster the fit will run on;
+# 1. has dnmf fit wait (--wait-for-workers) until DNMF_WAIT_WORKERS workers (default 1) are
+#    connected to the scheduler, so the chunk plan is made for the cluster the fit will run on
+#    (up to DNMF_WAIT_TIMEOUT seconds, default 1800: --wait-timeout);
 # 2. adds --resume when OUT (-o/--out) holds a checkpoint, so a restarted job (a pod that was
 #    evicted, a container that was killed) continues from its last checkpoint;
 # 3. execs dnmf fit: its exit code is the job's (0 done, 1 bad input or failed run, 130
@@ -22,17 +23,10 @@ for arg in "$@"; do
     previous="$arg"
 done
 
-"$PYTHON" - "$DASK_SCHEDULER_ADDRESS" "${DNMF_WAIT_WORKERS:-1}" "${DNMF_WAIT_TIMEOUT:-1800}" <<'PY'
-import sys
-
-from distributed import Client
-
-address, n_workers, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-with Client(address, timeout="300s") as client:
-    client.wait_for_workers(n_workers, timeout=timeout)
-    connected = len(client.nthreads())
-print(f"dnmf-job: {connected} worker(s) connected to {address}", flush=True)
-PY
+WAIT_WORKERS="${DNMF_WAIT_WORKERS:-1}"
+WAIT_TIMEOUT="${DNMF_WAIT_TIMEOUT:-1800}"
+echo "dnmf-job: dnmf fit waits for $WAIT_WORKERS worker(s) at $DASK_SCHEDULER_ADDRESS" \
+    "(up to $WAIT_TIMEOUT s)"
 
 resume=""
 if [ -n "$out" ] && "$PYTHON" - "$out" <<'PY'
@@ -52,4 +46,5 @@ then
 fi
 
 # shellcheck disable=SC2086 # $resume is empty or one word
-exec dnmf fit "$@" --scheduler "$DASK_SCHEDULER_ADDRESS" $resume
+exec dnmf fit "$@" --scheduler "$DASK_SCHEDULER_ADDRESS" --wait-for-workers "$WAIT_WORKERS" \
+    --wait-timeout "$WAIT_TIMEOUT" $resume

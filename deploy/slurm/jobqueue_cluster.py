@@ -74,15 +74,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
     args = parser.parse_args(argv)
 
+    import dask
     from distributed import Client
+
+    from dnmf.cluster import wait_for_workers
 
     with make_cluster(cores=args.cores, memory=args.memory, queue=args.queue,
                       account=args.account, walltime=args.walltime,
                       interface=args.interface) as cluster, Client(cluster) as client:
         cluster.scale(jobs=args.jobs)
         print(f"dashboard: {client.dashboard_link}", flush=True)
-        # plan the chunks for the whole cluster, not for the first job that starts
-        client.wait_for_workers(args.jobs * args.cores, timeout=3600)
+        # plan the chunks for the whole cluster, not for the first job that starts (dnmf's
+        # own wait: one error line after the timeout)
+        with dask.config.set({"dnmf.wait-timeout": 3600}):
+            wait_for_workers(client, "the SLURM cluster", n=args.jobs * args.cores)
         result = fit(client, args.X, args.rank, args.out, resume=args.resume,
                      random_state=args.seed, max_iter=args.max_iter,
                      callback=lambda info: print(

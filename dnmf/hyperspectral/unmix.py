@@ -37,8 +37,8 @@ from dnmf.hyperspectral.identify import DEFAULT_THRESHOLD_DEG
 from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
-from dnmf.io.lock import claim
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
+from dnmf.io.remote import claim_output, uses_storage_options, zarr_store
 from dnmf.io.result_store import (
     check_directory_output,
     check_output,
@@ -52,6 +52,7 @@ from dnmf.io.result_store import (
 UNMIX_INITS = ("spa", "vca", "nndsvda", "random")
 
 
+@uses_storage_options
 def unmix(
     cube: Any,
     n_endmembers: int | str = "auto",
@@ -86,6 +87,8 @@ def unmix(
     library: Sequence[Any] | None = None,
     match_threshold: float = DEFAULT_THRESHOLD_DEG,
     match_metric: str = "angle",
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Unmix a hyperspectral cube into endmember spectra and abundance maps.
 
@@ -163,6 +166,11 @@ def unmix(
     match_threshold : float
         Degrees.
     match_metric : {"angle", "correlation"}
+    storage_options : dict, optional
+        fsspec options (endpoint, credentials) of the URLs read and written; never stored,
+        logged or shown.
+    out_storage_options : dict, optional
+        fsspec options of the outputs where they differ from ``storage_options``.
 
     Returns
     -------
@@ -200,7 +208,8 @@ def unmix(
                            client=client, output=output, overwrite=overwrite, plots=plots,
                            netcdf=netcdf)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(claim(None if output is None else local_path(output)))
+        if output is not None:
+            stack.enter_context(claim_output(output))
         ctx = stack.enter_context(execution_context(
             scheduler, x_nbytes=int(data.nbytes), workers=workers, memory_limit=memory_limit,
             client=client))
@@ -237,7 +246,7 @@ def unmix(
                 result = dataset.compute()
             else:  # replaces OUT, with the fit's checkpoint group, by the result (this run's)
                 _write_zarr(dataset, output, overwrite=True)
-                result = xr.open_zarr(os.fspath(output))
+                result = xr.open_zarr(zarr_store(output, read_only=True))
             if netcdf is not None:
                 _write_netcdf(result, netcdf, overwrite=overwrite)
             if geotiff is not None:
@@ -544,7 +553,7 @@ def _supervised(data: xr.DataArray, keep: np.ndarray, spectra: Any, select: Any,
             result = dataset.compute()
         else:
             _write_zarr(dataset, output, overwrite=overwrite)
-            result = xr.open_zarr(os.fspath(output))
+            result = xr.open_zarr(zarr_store(output, read_only=True))
         if netcdf is not None:
             _write_netcdf(result, netcdf, overwrite=overwrite)
     if plots is not None:

@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 
 from dnmf.errors import InputError, OutputError
+from dnmf.io.remote import zarr_store
 from dnmf.io.result_store import (
     SCHEMA_VERSION,
     consolidate,
@@ -73,11 +74,11 @@ def fingerprint(X: da.Array, scheduler: Any = None) -> dict[str, Any]:
             "sample_hash": digest.hexdigest()}
 
 
-def _store(out: str | os.PathLike) -> str:
-    """The path zarr opens: a local path for ``file://`` URLs (fsspec's local file system
-    creates no parent directories), the URL otherwise."""
+def _store(out: str | os.PathLike) -> Any:
+    """What zarr opens: a local path for ``file://`` URLs (fsspec's local file system
+    creates no parent directories), an fsspec store with the run's options otherwise."""
     local = local_path(out)
-    return str(local) if local is not None else os.fspath(out)
+    return str(local) if local is not None else zarr_store(out)
 
 
 def start(out: str | os.PathLike, *, overwrite: bool) -> None:

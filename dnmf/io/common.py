@@ -15,6 +15,7 @@ import fsspec
 import numpy as np
 
 from dnmf.errors import InputError
+from dnmf.io.remote import input_options
 
 #: Target size of one chunk of X in memory (after any dtype conversion).
 TARGET_CHUNK_BYTES = 64 * 2**20
@@ -80,7 +81,8 @@ def resolve_location(
 ) -> Location:
     """Resolve a path or fsspec URL; ``file://`` URLs become plain local paths."""
     original = os.fspath(source)
-    options = dict(storage_options or {})
+    # without options of its own, a URL gets the ones of the call it is opened in
+    options = dict(input_options() if storage_options is None else storage_options)
     if "://" not in original and "::" not in original:
         path = os.path.abspath(os.path.expanduser(original))
         return Location(original, "file", path, options)

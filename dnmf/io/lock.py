@@ -4,7 +4,8 @@ The claim is a hidden sibling directory ``.NAME.lock`` made with ``mkdir`` (atom
 local and network file system: a second run cannot also make it), holding ``owner.json`` with
 the claimant's pid, host and start time. A claim left by a run that was killed (its pid gone on
 this host) is stale and taken over; a live one is refused with the owner named. Remote outputs
-(object stores) are not locked here.
+(object stores) are claimed with a lock object instead (``dnmf.io.remote.claim_output``
+picks).
 """
 
 from __future__ import annotations

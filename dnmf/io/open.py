@@ -9,6 +9,7 @@ whether they recognise a path, and :func:`open_matrix` opens it with the one tha
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -157,6 +158,14 @@ def open_matrix(
         check_chunk_grid(opened.shape, opened.chunks, opened.stored_chunks,
                          opened.dtype.itemsize)
         return opened
+    if isinstance(source, MatrixSource) and var is None:
+        # opened already (e.g. with storage_options): used as is, cast or rechunked if asked
+        array = source.array
+        if dtype is not None and np.dtype(dtype) != array.dtype:
+            array = array.astype(dtype)
+        if chunks is not None:
+            array = array.rechunk(chunks)
+        return source if array is source.array else dataclasses.replace(source, array=array)
     if var is not None:
         raise InputError(
             f"var={var!r} applies to files only; X is an in-memory {type(source).__name__} — "

@@ -25,6 +25,7 @@ import zarr
 
 from dnmf.errors import InputError, OutputError
 from dnmf.io.lock import claim
+from dnmf.io.remote import claim_output, exists, redact, zarr_store
 from dnmf.io.zarr_ import read_version
 from dnmf.named_axes import coord_values
 
@@ -56,6 +57,11 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
         raise OutputError("the output path is empty — give a path such as result.zarr")
     path = local_path(out)
     if path is None:
+        # object stores follow the local rule: nothing existing is replaced without overwrite
+        if not overwrite and exists(os.fspath(out)):
+            raise OutputError(
+                f"output {redact(out)} already exists — pass --overwrite (overwrite=True) to "
+                "replace it or choose another URL")
         return
     if path.is_symlink() and not path.exists():
         raise OutputError(
@@ -175,12 +181,15 @@ def write_atomically(out: str | os.PathLike, write: Any, *, overwrite: bool = Fa
     ``write`` may make a directory (a Zarr store) or a single file (NetCDF). A crash or an
     error leaves nothing at ``out`` (the partial output is removed); an existing ``out`` is
     replaced only with ``overwrite`` and only once the new one is whole. Remote URLs are
-    written in place (no atomic rename on object stores). Returns the path.
+    written in place (no atomic rename on object stores: ``write`` gets an fsspec store, and
+    writes ``status`` last so a reader never takes a partial store for a result). Returns the
+    path.
     """
     check_output(out, overwrite=overwrite)
     path = local_path(out)
     if path is None:
-        write(os.fspath(out))
+        with claim_output(out):
+            write(zarr_store(out))
         return os.fspath(out)
     with claim(path):
         return _write_and_rename(path, write, overwrite)
@@ -316,7 +325,7 @@ def open_result(path: str | os.PathLike) -> tuple[da.Array, np.ndarray, dict[str
     if local is not None and not local.exists():
         raise FileNotFoundError(f"no result store at {path} — check the path")
     try:
-        root = zarr.open_group(os.fspath(path), mode="r")
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
         attrs = dict(root.attrs)
     except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as exc:
         raise InputError(f"{path} is not a dnmf result store ({_first_line(exc)}) — check "
