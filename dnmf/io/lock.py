@@ -16,16 +16,16 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
 from dnmf.errors import OutputError
 
 OWNER_FILE = "owner.json"
-#: Claims this process holds (re-entrant: a fit that holds OUT writes it through helpers that
-#: claim it again).
-_HELD: dict[Path, int] = {}
+#: Claims this process holds, local and remote (re-entrant: a fit that holds OUT writes it
+#: through helpers that claim it again).
+_HELD: dict[Hashable, int] = {}
 
 
 def lock_path(out: Path) -> Path:
@@ -60,8 +60,41 @@ def is_stale(owner: dict[str, Any] | None, lock: Path) -> bool:
     return False
 
 
+def owner_record() -> dict[str, Any]:
+    """What a claim records of its run: pid, host and start time."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def busy_message(out: Any, owner: dict[str, Any] | None, remedy: str) -> str:
+    """The refusal of an output another live run holds, naming that run."""
+    who = ("pid {pid}, host {host}, since {since}".format(**owner)
+           if owner and {"pid", "host", "since"} <= owner.keys() else "starting")
+    return (f"{out} is being written by another run ({who}) — wait for it to end, or write "
+            f"elsewhere; if that run is gone, {remedy}")
+
+
 @contextlib.contextmanager
-def claim(out: Path | None) -> Iterator[None]:
+def held_once(key: Hashable, acquire: Callable[[], Callable[[], None]]) -> Iterator[None]:
+    """Hold the claim ``key`` for the block: the outermost holder in this process calls
+    ``acquire`` (which returns the release), nested holders share its claim."""
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    release = acquire()
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        release()
+
+
+def claim(out: Path | None) -> contextlib.AbstractContextManager[None]:
     """Hold the local output ``out`` for this run (nothing for None: a remote output); refuse
     it when another live run holds it. Folders made for the claim are removed with it.
 
@@ -69,17 +102,14 @@ def claim(out: Path | None) -> Iterator[None]:
     ------
     OutputError
     """
-    lock = None if out is None else lock_path(out)
-    if lock is None:
-        yield
-        return
-    if lock in _HELD:
-        _HELD[lock] += 1
-        try:
-            yield
-        finally:
-            _HELD[lock] -= 1
-        return
+    if out is None:
+        return contextlib.nullcontext()
+    lock = lock_path(out)
+    return held_once(lock, lambda: _acquire_local(lock, out))
+
+
+def _acquire_local(lock: Path, out: Path) -> Callable[[], None]:
+    """Make ``lock`` (and the folders above it that are missing); return its release."""
     made = _missing_parents(lock)
     for folder in reversed(made):
         folder.mkdir(exist_ok=True)
@@ -88,13 +118,12 @@ def claim(out: Path | None) -> Iterator[None]:
     except BaseException:
         _remove_empty(made)
         raise
-    _HELD[lock] = 1
-    try:
-        yield
-    finally:
-        del _HELD[lock]
+
+    def release() -> None:
         shutil.rmtree(lock, ignore_errors=True)
         _remove_empty(made)
+
+    return release
 
 
 def _missing_parents(lock: Path) -> list[Path]:
@@ -122,18 +151,12 @@ def _acquire(lock: Path, out: Path) -> None:
         except FileExistsError:
             owner = owner_of(lock)
             if not is_stale(owner, lock):
-                who = ("pid {pid}, host {host}, since {since}".format(**owner)
-                       if owner and {"pid", "host", "since"} <= owner.keys() else "starting")
-                raise OutputError(
-                    f"{out} is being written by another run ({who}) — wait for it to end, or "
-                    f"write elsewhere; if that run is gone, remove {lock}") from None
+                raise OutputError(busy_message(out, owner, f"remove {lock}")) from None
             shutil.rmtree(lock, ignore_errors=True)  # its run was killed: take over
             continue
         except OSError as exc:
             raise OutputError(f"cannot claim output {out}: {exc.strerror} ({lock}) — choose "
                               "a writable location") from None
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (lock / OWNER_FILE).write_text(json.dumps(owner))
+        (lock / OWNER_FILE).write_text(json.dumps(owner_record()))
         return
     raise OutputError(f"cannot claim output {out}: {lock} keeps reappearing — remove it")

@@ -17,21 +17,17 @@ import contextlib
 import json
 import os
 import re
-import socket
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from dnmf.errors import OutputError
-from dnmf.io.lock import claim, is_stale
+from dnmf.io.lock import busy_message, claim, held_once, is_stale, owner_record
 
 #: (input options, output options or None for "the same").
 _OPTIONS: ContextVar[tuple[dict[str, Any], dict[str, Any] | None]] = ContextVar(
     "dnmf_storage_options", default=({}, None))
-#: Remote claims this process holds (re-entrant, like the local ones).
-_HELD: dict[str, int] = {}
 #: Option names whose values are credentials (never shown, never stored).
 _SECRET_NAME = re.compile(r"key|secret|token|password|passwd|credential|session|auth|sas",
                           re.IGNORECASE)
@@ -112,8 +108,7 @@ def lock_url(url: str) -> str:
     return f"{head}/.{name}.lock"
 
 
-@contextlib.contextmanager
-def claim_remote(url: str) -> Iterator[None]:
+def claim_remote(url: str) -> contextlib.AbstractContextManager[None]:
     """Hold the remote output ``url`` for this run: create its claim object (conditionally
     where the store can) and remove it at the end; refuse when another live run holds it.
 
@@ -122,22 +117,18 @@ def claim_remote(url: str) -> Iterator[None]:
     OutputError
     """
     lock = lock_url(url)
-    if lock in _HELD:
-        _HELD[lock] += 1
-        try:
-            yield
-        finally:
-            _HELD[lock] -= 1
-        return
-    fs, path = filesystem(lock)
-    _acquire(fs, path, url, lock)
-    _HELD[lock] = 1
-    try:
-        yield
-    finally:
-        del _HELD[lock]
-        with contextlib.suppress(OSError):
-            fs.rm(path)
+
+    def acquire() -> Callable[[], None]:
+        fs, path = filesystem(lock)
+        _acquire(fs, path, url, lock)
+
+        def release() -> None:
+            with contextlib.suppress(OSError):
+                fs.rm(path)
+
+        return release
+
+    return held_once(lock, acquire)
 
 
 def claim_output(out: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
@@ -153,9 +144,7 @@ def claim_output(out: str | os.PathLike) -> contextlib.AbstractContextManager[No
 
 
 def _acquire(fs: Any, path: str, url: str, lock: str) -> None:
-    owner = {"pid": os.getpid(), "host": socket.gethostname(),
-             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    body = json.dumps(owner).encode()
+    body = json.dumps(owner_record()).encode()
     for _ in range(2):  # a stale claim is removed once, then taken
         try:
             create_exclusive(fs, path, body)
@@ -166,11 +155,8 @@ def _acquire(fs: Any, path: str, url: str, lock: str) -> None:
             except (OSError, ValueError):
                 held = None
             if held is not None and not is_stale(held, None):
-                raise OutputError(
-                    f"{redact(url)} is being written by another run (pid {held.get('pid')}, "
-                    f"host {held.get('host')}, since {held.get('since')}) — wait for it to "
-                    f"end, or write elsewhere; if that run is gone, delete {redact(lock)}"
-                ) from None
+                raise OutputError(busy_message(redact(url), held, f"delete {redact(lock)}")
+                                  ) from None
             with contextlib.suppress(OSError):
                 fs.rm(path)
         except OSError as exc:
