@@ -23,6 +23,7 @@ import numpy as np
 import zarr
 
 from dnmf.errors import InputError, OutputError
+from dnmf.io.common import one_line
 from dnmf.io.remote import zarr_store
 from dnmf.io.result_store import (
     SCHEMA_VERSION,
@@ -166,7 +167,7 @@ def read(out: str | os.PathLike) -> Checkpoint:
         group_attrs = dict(group.attrs) if group is not None else {}
     except Exception as exc:  # noqa: BLE001 - any unreadable store is the same user error
         raise InputError(
-            f"cannot resume from {out}: its metadata cannot be read ({_one_line(exc)}) — fit "
+            f"cannot resume from {out}: its metadata cannot be read ({one_line(exc)}) — fit "
             "again with --overwrite") from exc
     if status == "complete":
         raise InputError(
@@ -220,7 +221,7 @@ def _read_slot(group: zarr.Group, slot: str, out: Any) -> Checkpoint:
     except _DamagedSlot:
         raise
     except Exception as exc:  # noqa: BLE001 - KeyError, JSON and codec errors alike
-        raise _DamagedSlot(f"{where}: {_one_line(exc)}") from exc
+        raise _DamagedSlot(f"{where}: {one_line(exc)}") from exc
     if W_arr.shape[1] != H_arr.shape[0]:
         raise _DamagedSlot(f"{where}: W has {W_arr.shape[1]} columns but H has "
                            f"{H_arr.shape[0]} rows")
@@ -229,7 +230,7 @@ def _read_slot(group: zarr.Group, slot: str, out: Any) -> Checkpoint:
         H = (read_version(H_arr, version) if H_arr.chunks[1] < H_arr.shape[1]
              else np.asarray(H_arr[...]))
     except Exception as exc:  # noqa: BLE001 - a chunk that fails its CRC, or undecodable
-        raise _DamagedSlot(f"{posixpath.join(where, 'H')}: {_one_line(exc)}") from exc
+        raise _DamagedSlot(f"{posixpath.join(where, 'H')}: {one_line(exc)}") from exc
     notes = []
     digest = attrs.get("digest")
     if digest is None:  # written before checkpoints were verified: resumed, and said so
@@ -242,10 +243,6 @@ def _read_slot(group: zarr.Group, slot: str, out: Any) -> Checkpoint:
         iteration=iteration, W=_lazy_W(target, version, out), H=H, loss_history=history,
         seconds_per_iteration=list(attrs.get("seconds_per_iteration", [])), params={},
         fingerprint={}, notes=notes)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def check_compatible(ckpt: Checkpoint, params: dict, fp: dict, *, max_iter: int) -> None:

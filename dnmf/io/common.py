@@ -91,7 +91,7 @@ def resolve_location(
     except (ImportError, ValueError) as err:
         # Unknown protocol or missing optional backend (e.g. s3fs not installed).
         raise InputError(
-            f"cannot open {original}: {_one_line(err)} — install the fsspec backend for this "
+            f"cannot open {original}: {one_line(err)} — install the fsspec backend for this "
             "protocol (e.g. pip install s3fs) or check the URL"
         ) from err
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -284,7 +284,7 @@ def missing_variable(var: str, where: str, noun: str, entries: list[Any]) -> Inp
 
 def cannot_read(loc: Location, fmt: str | None, err: BaseException | str) -> InputError:
     """The one error for inputs that exist but cannot be parsed."""
-    reason = err if isinstance(err, str) else _one_line(err)
+    reason = err if isinstance(err, str) else one_line(err)
     if fmt is None:
         return InputError(
             f"cannot read {loc.original} as any supported format ({SUPPORTED_FORMATS}): {reason}"
@@ -300,7 +300,7 @@ def not_found(loc: Location) -> FileNotFoundError:
     return FileNotFoundError(f"{loc.original} does not exist — check the {where}")
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """A library error squeezed onto one line, with its type for context."""
     text = " ".join(str(err).split()) or "no details"
     if len(text) > 300:

@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 from dnmf.errors import InputError, OutputError
+from dnmf.io.common import one_line
 from dnmf.io.lock import claim
 from dnmf.io.remote import claim_output, exists, redact, zarr_store
 from dnmf.io.zarr_ import read_version
@@ -72,16 +73,31 @@ def check_output(out: str | os.PathLike, *, overwrite: bool = False) -> None:
             f"output {path} already exists — pass --overwrite (overwrite=True) to replace it "
             "or choose another path"
         )
-    parent = path.absolute().parent
-    probe = parent
+    check_creatable(path.absolute().parent, f"output {path}")
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself, or the closest folder above it that exists."""
+    probe = path.absolute()
     while not probe.exists():
         probe = probe.parent
+    return probe
+
+
+def check_creatable(folder: Path, label: str) -> None:
+    """Refuse ``label`` (an output, named in the message) when ``folder``, or the folder above
+    it that exists, is a file or cannot be written into.
+
+    Raises
+    ------
+    OutputError
+    """
+    probe = nearest_existing(folder)
     if not probe.is_dir():
         raise OutputError(
-            f"cannot create output {path}: {probe} is a file, not a directory — choose another path"
-        )
+            f"cannot create {label}: {probe} is a file, not a directory — choose another path")
     if not can_create_in(probe):
-        raise OutputError(f"cannot write output {path}: {probe} is not writable — choose another path")
+        raise OutputError(f"cannot write {label}: {probe} is not writable — choose another path")
 
 
 def check_free_space(out: str | os.PathLike, nbytes: int) -> None:
@@ -95,11 +111,8 @@ def check_free_space(out: str | os.PathLike, nbytes: int) -> None:
     path = local_path(out)
     if path is None:
         return
-    probe = path.absolute()
-    while not probe.exists():
-        probe = probe.parent
     try:
-        free = shutil.disk_usage(probe).free
+        free = shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return  # the file system does not say: found, if at all, when writing
     if free < nbytes:
@@ -145,14 +158,7 @@ def check_directory_output(directory: str | os.PathLike) -> None:
         return
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} is a file, not a directory — give a directory for the plots")
-    probe = path.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OutputError(f"cannot create {path}: {probe} is a file, not a directory — choose "
-                          "another path")
-    if not can_create_in(probe):
-        raise OutputError(f"cannot write {path}: {probe} is not writable — choose another path")
+    check_creatable(path, str(path))
 
 
 def write_result(
@@ -328,7 +334,7 @@ def open_result(path: str | os.PathLike) -> tuple[da.Array, np.ndarray, dict[str
         root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
         attrs = dict(root.attrs)
     except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as exc:
-        raise InputError(f"{path} is not a dnmf result store ({_first_line(exc)}) — check "
+        raise InputError(f"{path} is not a dnmf result store ({one_line(exc)}) — check "
                          "the path") from exc
     status = attrs.get("status")
     if status in ("running", "interrupted"):
@@ -344,14 +350,10 @@ def open_result(path: str | os.PathLike) -> tuple[da.Array, np.ndarray, dict[str
         H = np.asarray(root["H"][...])
     except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as exc:
         raise InputError(f"result store {path} is damaged: W or H cannot be read "
-                         f"({_first_line(exc)}) — fit again with --overwrite") from exc
+                         f"({one_line(exc)}) — fit again with --overwrite") from exc
     k = attrs.get("n_components", H.shape[0] if H.ndim == 2 else None)
     if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[0] or H.shape[0] != k:
         raise InputError(
             f"result store {path} is damaged: W {W.shape}, H {H.shape} and n_components {k!r} "
             "disagree — fit again with --overwrite")
     return W, H, attrs
-
-
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
