@@ -242,13 +242,8 @@ def unmix(
             dataset.attrs.update(attrs)
             dataset.attrs.update(jsonable(screen.attrs()))
             dataset = namer(dataset)
-            if output is None:
-                result = dataset.compute()
-            else:  # replaces OUT, with the fit's checkpoint group, by the result (this run's)
-                _write_zarr(dataset, output, overwrite=True)
-                result = xr.open_zarr(zarr_store(output, read_only=True))
-            if netcdf is not None:
-                _write_netcdf(result, netcdf, overwrite=overwrite)
+            # replaces OUT, with the fit's checkpoint group, by the result (this run's)
+            result = _delivered(dataset, output, netcdf, overwrite=overwrite, replace=True)
             if geotiff is not None:
                 write_geotiffs(result, geotiff)
         finally:
@@ -381,6 +376,20 @@ def _result_dataset(data: xr.DataArray, pm: PixelMatrix, W: da.Array, H: np.ndar
     return ds
 
 
+def _pixel_attrs(data: xr.DataArray, pm: PixelMatrix, keep: np.ndarray) -> dict[str, Any]:
+    """The attributes every unmixing result has about its cube: bands kept, pixels, input."""
+    return {
+        "bands_used": [int(i) for i in np.flatnonzero(keep)],
+        "n_bands": int(keep.size),
+        "n_pixels_valid": int(pm.X.shape[0]),
+        "n_pixels_nodata": int(pm.n_nodata),
+        "n_negative_clipped": int(pm.n_negative_clipped),
+        "input": {"source": str(data.attrs.get("source", "")),
+                  "format": str(data.attrs.get("source_format", "")),
+                  "dims": list(data.dims), "shape": list(data.shape)},
+    }
+
+
 def _unmix_attrs(fit_attrs: dict, data: xr.DataArray, pm: PixelMatrix, keep: np.ndarray,
                  sum_to_one: bool, sparsity: float, estimate: SubspaceEstimate | None,
                  wall_time_s: float) -> dict[str, Any]:
@@ -393,14 +402,7 @@ def _unmix_attrs(fit_attrs: dict, data: xr.DataArray, pm: PixelMatrix, keep: np.
         "n_endmembers": int(fit_attrs.get("n_components", 0)),
         "sum_to_one": bool(sum_to_one),
         "sparsity": float(sparsity),
-        "bands_used": [int(i) for i in np.flatnonzero(keep)],
-        "n_bands": int(keep.size),
-        "n_pixels_valid": int(pm.X.shape[0]),
-        "n_pixels_nodata": int(pm.n_nodata),
-        "n_negative_clipped": int(pm.n_negative_clipped),
-        "input": {"source": str(data.attrs.get("source", "")),
-                  "format": str(data.attrs.get("source_format", "")),
-                  "dims": list(data.dims), "shape": list(data.shape)},
+        **_pixel_attrs(data, pm, keep),
         "wall_time_s": wall_time_s,
         "scaling": "abundances sum to one" if sum_to_one else
                    "each endmember scaled so that its largest abundance is 1",
@@ -455,6 +457,20 @@ def _envi_pair(cube: Any) -> dict[str, Path]:
     except (OSError, InputError):  # not ENVI, or not there (open_cube says which)
         return {}
     return {"the cube's header": header, "the cube's data file": binary}
+
+
+def _delivered(dataset: xr.Dataset, output: Any, netcdf: Any, *, overwrite: bool,
+               replace: bool) -> xr.Dataset:
+    """The result computed into memory, or written to ``output`` (replacing what is there
+    with ``replace``) and opened from it; the NetCDF copy besides."""
+    if output is None:
+        result = dataset.compute()
+    else:
+        _write_zarr(dataset, output, overwrite=replace)
+        result = xr.open_zarr(zarr_store(output, read_only=True))
+    if netcdf is not None:
+        _write_netcdf(result, netcdf, overwrite=overwrite)
+    return result
 
 
 def _write_zarr(dataset: xr.Dataset, output: Any, *, overwrite: bool) -> None:
@@ -542,20 +558,8 @@ def _supervised(data: xr.DataArray, keep: np.ndarray, spectra: Any, select: Any,
             "dnmf_version": __version__, "schema_version": 1, "kind": "supervised unmixing",
             "method": "FCLS" if sum_to_one else "NNLS", "n_endmembers": reference.k,
             "n_iter": 0, "spectra_source": reference.source, "sum_to_one": bool(sum_to_one),
-            "bands_used": [int(i) for i in np.flatnonzero(keep)], "n_bands": int(keep.size),
-            "n_pixels_valid": int(pm.X.shape[0]), "n_pixels_nodata": int(pm.n_nodata),
-            "n_negative_clipped": int(pm.n_negative_clipped),
-            "input": {"source": str(data.attrs.get("source", "")),
-                      "format": str(data.attrs.get("source_format", "")),
-                      "dims": list(data.dims), "shape": list(data.shape)},
-            "wall_time_s": time.perf_counter() - t_start}))
-        if output is None:
-            result = dataset.compute()
-        else:
-            _write_zarr(dataset, output, overwrite=overwrite)
-            result = xr.open_zarr(zarr_store(output, read_only=True))
-        if netcdf is not None:
-            _write_netcdf(result, netcdf, overwrite=overwrite)
+            **_pixel_attrs(data, pm, keep), "wall_time_s": time.perf_counter() - t_start}))
+        result = _delivered(dataset, output, netcdf, overwrite=overwrite, replace=overwrite)
     if plots is not None:
         from dnmf.hyperspectral.plots import write_plots
 
