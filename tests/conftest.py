@@ -77,8 +77,6 @@ def dask_cli_cluster(directory, n_workers: int, *, memory_limit: str = "1GB"):
     its own session, so a worker a nanny leaves behind is killed with its process group.
     """
     import json
-    import os
-    import signal
     import subprocess
     import sys
     import time
@@ -92,11 +90,7 @@ def dask_cli_cluster(directory, n_workers: int, *, memory_limit: str = "1GB"):
     procs: list[subprocess.Popen] = []
     logs: list[Path] = []
 
-    # the scheduler and the workers unpickle dnmf's tasks: make this checkout importable
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    env = dask_env()
 
     def start(name: str, *args: str) -> None:
         log = directory / f"{name}.log"
@@ -130,19 +124,80 @@ def dask_cli_cluster(directory, n_workers: int, *, memory_limit: str = "1GB"):
                 raise AssertionError(f"workers did not connect\n{log_tails()}") from exc
         yield address
     finally:
-        for proc in reversed(procs):  # workers first, then the scheduler
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-            try:  # anything the process left in its session (a nanny's worker)
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        stop_processes(procs)
+
+
+def dask_env() -> dict[str, str]:
+    """The environment of a ``dask scheduler``/``worker`` or ``dnmf`` process started by a
+    test: this checkout importable (they unpickle dnmf's tasks), no ambient scheduler."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return env
+
+
+def start_process(args: list[str], log: Path) -> Any:
+    """A process in its own session (see :func:`stop_processes`), its output in ``log``."""
+    import subprocess
+
+    with open(log, "wb") as fh:
+        return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=dask_env(),
+                                start_new_session=True)
+
+
+def stop_processes(procs: list[Any]) -> None:
+    """Stop started processes, the last started first (workers before their scheduler), and
+    whatever each left in its session (a nanny's worker)."""
+    import os
+    import signal
+    import subprocess
+
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.fixture
+def scheduler_without_workers(tmp_path):
+    """``(address, start_worker)``: a ``dask scheduler`` on 127.0.0.1 with no worker yet."""
+    import json
+    import sys
+    import time
+
+    scheduler_file = tmp_path / "scheduler.json"
+    procs = [start_process([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                            "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                            str(scheduler_file)], tmp_path / "scheduler.log")]
+
+    def start_worker() -> None:
+        procs.append(start_process([sys.executable, "-m", "distributed.cli.dask_worker",
+                                    address, "--nthreads", "1", "--memory-limit", "1GB",
+                                    "--no-dashboard", "--host", "127.0.0.1"],
+                                   tmp_path / f"worker{len(procs)}.log"))
+
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert procs[0].poll() is None and time.monotonic() < deadline, (
+                (tmp_path / "scheduler.log").read_text())
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        yield address, start_worker
+    finally:
+        stop_processes(procs)
 
 
 @pytest.fixture

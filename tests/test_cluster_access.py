@@ -5,14 +5,11 @@ a fit that starts before its workers (--wait-for-workers), and clients dnmf did 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,17 +17,10 @@ import zarr
 
 import dnmf
 from dnmf.cluster import execution_context
+from tests.conftest import dask_env
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    env.pop("DASK_SCHEDULER_ADDRESS", None)
-    return env
 
 
 def _non_loopback_address() -> str | None:
@@ -64,53 +54,6 @@ def test_local_cluster_dashboard_listens_on_loopback_only_and_serves_its_status_
                 pass
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as fh:
-        return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=_env(),
-                                start_new_session=True)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        try:  # anything left in its session (a nanny's worker)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-@pytest.fixture
-def scheduler_without_workers(tmp_path):
-    """``(address, start_worker)``: a ``dask scheduler`` on 127.0.0.1 with no worker yet."""
-    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [_start([*dask_cli, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--scheduler-file", str(scheduler_file)], tmp_path / "scheduler.log")]
-
-    def start_worker() -> None:
-        procs.append(_start([sys.executable, "-m", "distributed.cli.dask_worker", address,
-                             "--nthreads", "1", "--memory-limit", "1GB", "--no-dashboard",
-                             "--host", "127.0.0.1"], tmp_path / f"worker{len(procs)}.log"))
-
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
-            assert procs[0].poll() is None and time.monotonic() < deadline, (
-                (tmp_path / "scheduler.log").read_text())
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
-        yield address, start_worker
-    finally:
-        _stop(procs)
-
-
 def test_wait_for_workers_starts_a_fit_before_its_worker_joins(scheduler_without_workers,
                                                                tmp_path, planted):
     address, start_worker = scheduler_without_workers
@@ -119,7 +62,7 @@ def test_wait_for_workers_starts_a_fit_before_its_worker_joins(scheduler_without
         [sys.executable, "-m", "dnmf", "fit", str(tmp_path / "x.zarr"), "-k", "3",
          "-o", str(tmp_path / "out.zarr"), "--scheduler", address, "--max-iter", "10",
          "--wait-for-workers", "1", "--wait-timeout", "120", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dask_env(), cwd=tmp_path)
     try:
         time.sleep(3)  # the fit is up and waiting; nothing written without a worker
         assert fit.poll() is None, fit.communicate()
@@ -142,7 +85,7 @@ def test_too_few_workers_is_one_line_after_the_timeout(scheduler_without_workers
     run = subprocess.run(
         [sys.executable, "-m", "dnmf", "fit", str(tmp_path / "x.npy"), "-k", "3", "-o",
          str(tmp_path / "out.zarr"), "--scheduler", address, "--wait-for-workers", "2",
-         "--wait-timeout", "1"], capture_output=True, text=True, env=_env(), timeout=120)
+         "--wait-timeout", "1"], capture_output=True, text=True, env=dask_env(), timeout=120)
     assert run.returncode == 1 and time.monotonic() - start < 60
     assert run.stderr.startswith("error: no Dask worker joined the cluster at")
     assert "within 1 s" in run.stderr and "--wait-timeout" in run.stderr
@@ -177,6 +120,6 @@ def test_unmix_prints_the_dashboard_link_of_its_local_cluster(tmp_path):
         [sys.executable, "-m", "dnmf", "unmix", str(tmp_path / "cube.zarr"), "-k", "3",
          "--var", "reflectance", "-o", str(tmp_path / "out.zarr"), "--scheduler", "local",
          "--workers", "1", "--memory-limit", "1GB", "--max-iter", "3"],
-        capture_output=True, text=True, env=_env(), timeout=180)
+        capture_output=True, text=True, env=dask_env(), timeout=180)
     assert run.returncode == 0, run.stderr
     assert "dashboard: http://127.0.0.1:" in run.stderr

@@ -645,30 +645,17 @@ def test_a_killed_unmixing_resumes_to_the_undisturbed_result(tmp_path):
 # --- the cluster ------------------------------------------------------------------------------
 
 
-def test_a_cluster_without_workers_times_out_with_one_line(tmp_path, store):
-    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
-                                  "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=_env())
-    try:
-        address = None
-        deadline = time.monotonic() + 60
-        while address is None and time.monotonic() < deadline:
-            line = scheduler.stdout.readline()
-            if "Scheduler at:" in line:
-                address = line.split("Scheduler at:")[1].strip()
-        assert address
-        t0 = time.monotonic()
-        res = run_cli(["fit", str(store), "-k", "3", "-o", "out.zarr", "--scheduler", address],
-                      cwd=tmp_path, env=_env(DNMF_WAIT_TIMEOUT="3"))
-        assert time.monotonic() - t0 < 45
-        assert res.returncode == 1 and "Traceback" not in res.stderr
-        assert res.stderr.strip().splitlines()[-1].startswith(
-            f"error: no Dask worker joined the cluster at {address} within 3 s")
-        assert not (tmp_path / "out.zarr").exists()
-    finally:
-        scheduler.terminate()
-        scheduler.wait(timeout=30)
+def test_a_cluster_without_workers_times_out_with_one_line(tmp_path, store,
+                                                         scheduler_without_workers):
+    address, _ = scheduler_without_workers
+    t0 = time.monotonic()
+    res = run_cli(["fit", str(store), "-k", "3", "-o", "out.zarr", "--scheduler", address],
+                  cwd=tmp_path, env=_env(DNMF_WAIT_TIMEOUT="3"))
+    assert time.monotonic() - t0 < 45
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"error: no Dask worker joined the cluster at {address} within 3 s")
+    assert not (tmp_path / "out.zarr").exists()
 
 
 def test_a_worker_killed_for_memory_is_one_line_naming_the_task_memory(tmp_path):
