@@ -91,6 +91,50 @@ def test_panel_step_returns_new_w_and_float64_partials(rng, solver, dtype):
     np.testing.assert_allclose(WtW, W_new.astype(np.float64).T @ W_new, rtol=1e-5)
 
 
+#: Rounding-level bounds for the sub-blocked panel step against the whole-panel one. Both make
+#: the same operations per row of W; only ``X_b Hᵀ`` may round differently (BLAS picks its
+#: kernel by the block's shape), by at most ~n·eps of each entry (300·6e-8 ≈ 2e-5 in float32).
+#: The W update carries that through (5 HALS sweeps, or an exact NNLS solve whose Gram here
+#: has a condition number near 10²; FCLS's appended row (weight 1e5) scales it further), so
+#: the bound on W is 1e-4 of its largest entry in float32 and 1e-12 in float64 (1e-8 for
+#: FCLS, whose appended row makes the solve ~1e5 times more sensitive to XHt).
+BLOCKED_RTOL = {np.float32: 1e-4, np.float64: 1e-12}
+
+
+@pytest.mark.parametrize("solver,sum_to_one", [("hals", False), ("mu", False),
+                                               ("anls", False), ("hals", True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sub_blocked_panel_step_equals_the_whole_panel_step(rng, solver, sum_to_one, dtype):
+    X = rng.random((2600, 300)).astype(dtype)
+    W = rng.random((2600, 6)).astype(dtype)
+    H = rng.random((6, 300)).astype(dtype)
+    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    W_ref, (WtX_ref, WtW_ref) = kernels.panel_step_unblocked(
+        X, W, H, HHt, solver=solver, inner_sweeps=5, sum_to_one=sum_to_one)
+    rtol = BLOCKED_RTOL[dtype] * (1e4 if sum_to_one and dtype == np.float64 else 1.0)
+    for block_rows in (1024, 2048, 4096):  # 2600 rows: two blocks with a short tail, or one
+        W_new, (WtX, WtW) = kernels.panel_step(X, W, H, HHt, solver=solver, inner_sweeps=5,
+                                               sum_to_one=sum_to_one, block_rows=block_rows)
+        assert W_new.dtype == dtype and WtX.dtype == np.float64
+        np.testing.assert_allclose(W_new, W_ref, rtol=0, atol=rtol * np.abs(W_ref).max())
+        np.testing.assert_allclose(WtX, WtX_ref, rtol=0, atol=rtol * np.abs(WtX_ref).max())
+        np.testing.assert_allclose(WtW, WtW_ref, rtol=0, atol=rtol * np.abs(WtW_ref).max())
+
+
+def test_panel_step_refuses_a_block_that_splits_a_partial_sum(rng):
+    X = rng.random((600, 10))
+    W, H = rng.random((600, 2)), rng.random((2, 10))
+    with pytest.raises(ValueError, match="multiple of 256"):
+        kernels.panel_step(X, W, H, H @ H.T, solver="hals", block_rows=1000)
+
+
+@pytest.mark.parametrize("n_features,itemsize", [(1, 4), (500, 4), (500, 8), (10**6, 4)])
+def test_panel_block_rows_is_a_bounded_multiple_of_the_partial_rows(n_features, itemsize):
+    rows = kernels.panel_block_rows(n_features, itemsize)
+    assert rows % kernels.PARTIAL_BLOCK_ROWS == 0
+    assert kernels.MIN_BLOCK_ROWS <= rows <= kernels.MAX_BLOCK_ROWS
+
+
 def test_sum_partials_adds_panels_and_pairs(rng):
     parts = [(rng.random((2, 3)), (rng.random((2, 4)), rng.random((2, 2)))) for _ in range(3)]
     total = kernels.sum_partials(*parts)
