@@ -1,0 +1,79 @@
+"""The two floors of an out-of-core iteration, measured on the cluster that runs the fits.
+
+An iteration reads every panel of X once and runs the panel kernel on it, spread over the
+workers; it cannot beat the larger of
+
+* the **raw read**: every chunk file read by the same workers with dnmf's own reader
+  (:func:`benchmarks.common.read_once` with ``"dnmf"``), and
+* the **compute floor**: the panel kernel of the fit (:func:`dnmf.graph.iteration_task`, the
+  very function the fit's tasks call) alone on a panel already in the worker's memory, timed
+  on every worker at once (so that they share the memory bus as in a fit), times the panels
+  per worker.
+
+The performance issue's targets are ratios of a fit's seconds per iteration to these, in the
+same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _time_panel_kernel(X: np.ndarray, *, k: int, solver: str, beta: float, masked: bool,
+                       repeats: int, seed: int) -> float:
+    """Median seconds of the fit's panel kernel on the in-memory panel ``X`` (one thread)."""
+    from threadpoolctl import threadpool_limits
+
+    from dnmf import graph, kernels
+
+    rng = np.random.default_rng(seed)
+    X = np.ascontiguousarray(X)
+    scale = float(np.sqrt(max(X.mean(), 1e-12) / k))  # scikit-learn's random init scale
+    W = (scale * np.abs(rng.standard_normal((X.shape[0], k)))).astype(X.dtype)
+    H = (scale * np.abs(rng.standard_normal((k, X.shape[1])))).astype(X.dtype)
+    general = beta != 2.0 or masked
+    step, consts = graph.iteration_task(H, solver=solver, l1_w=0.0, l2_w=0.0,
+                                        inner_sweeps=kernels.w_inner_sweeps(k, X.shape[1]),
+                                        beta=beta, masked=masked)
+    args = (X, W, *consts) + ((None,) if general else ())
+    times = []
+    with threadpool_limits(1):
+        step(*args)  # warm-up: first-touch of the outputs, BLAS buffers
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step(*args)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def compute_floor(path: Path | str, client: Any, *, k: int, solver: str = "hals",
+                  beta: float = 2.0, masked: bool = False, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per iteration of the panel kernel alone, with every panel in memory.
+
+    One panel of X (as dnmf's reader gives it) is loaded on each worker, and the kernel runs
+    on all of them at the same time, ``repeats`` times; the floor is the median seconds per
+    panel times ``n_panels / n_workers`` (the panels are equal but for the last).
+    """
+    import dask
+
+    from dnmf.io import open_matrix
+
+    X = open_matrix(str(path)).array
+    workers = sorted(client.scheduler_info()["workers"])
+    n_panels = X.numblocks[0]
+    timer = dask.delayed(_time_panel_kernel, pure=False)
+    futures = []
+    for i, address in enumerate(workers[:n_panels]):
+        panel = X.blocks[i, 0].to_delayed().ravel()[0]
+        task = timer(panel, k=k, solver=solver, beta=beta, masked=masked, repeats=repeats,
+                     seed=i)
+        futures.append(client.compute(task, workers=[address], allow_other_workers=False))
+    per_panel = client.gather(futures)
+    panels_per_worker = n_panels / min(len(workers), n_panels)
+    return {"s_per_panel": per_panel, "n_panels": n_panels, "workers": len(workers),
+            "s": statistics.mean(per_panel) * panels_per_worker}
