@@ -298,6 +298,7 @@ def beta_panel_step(
     masked: bool = False,
     sum_to_one: bool = False,
     eps: float = EPSILON,
+    block_rows: int | None = None,
 ) -> tuple[Array, tuple]:
     """One MU pass of a row panel for the β-divergence, with optional missing values.
 
@@ -331,6 +332,54 @@ def beta_panel_step(
             raise ValueError("masked updates need a dense panel")
         return _sparse_panel_step(X.tocsr(), W, H, beta=beta, l1=l1, l2=l2,
                                   sum_to_one=sum_to_one, eps=eps)
+    options = {"beta": beta, "l1": l1, "l2": l2, "masked": masked, "sum_to_one": sum_to_one,
+               "eps": eps}
+    if array_namespace(W) is not np:  # device blocks: the library blocks its own work
+        return _beta_block_step(X, W, H, observed=observed, **options)
+    if block_rows is None:
+        block_rows = beta_block_rows(X.shape[1], X.dtype.itemsize)
+    k = W.shape[1]
+    W_new = np.empty_like(W)
+    numH = np.zeros((k, X.shape[1]), dtype=np.float64)
+    denH: Any = 0.0
+    loss = 0.0
+    WtW = np.zeros((k, k), dtype=np.float64)
+    # rows of W are independent given H and the H-side terms are sums over rows: each
+    # sub-block's element-wise terms are made and used while they are in cache
+    for start in range(0, X.shape[0], block_rows):
+        rows = slice(start, min(start + block_rows, X.shape[0]))
+        Wb, (numb, denb, lossb, WtWb) = _beta_block_step(
+            X[rows], W[rows], H, observed=None if observed is None else observed[rows],
+            **options)
+        W_new[rows] = Wb
+        numH += numb
+        denH = denH + denb
+        loss += lossb
+        WtW += WtWb
+    return W_new, (numH, denH, loss, WtW)
+
+
+#: Sub-block rows of :func:`beta_panel_step` on numpy panels: ``X_b`` and the ~3 panel-sized
+#: element-wise temporaries of a block (``W_b H``, its powers) fit a quarter of one CPU's share
+#: of the last-level cache, within these bounds (a multiple of 64 rows).
+BETA_MIN_BLOCK_ROWS = 256
+BETA_MAX_BLOCK_ROWS = 8192
+
+
+def beta_block_rows(n_features: int, itemsize: int) -> int:
+    """Rows per sub-block of :func:`beta_panel_step` for this CPU (see
+    :data:`BETA_MIN_BLOCK_ROWS`)."""
+    from dnmf.cpu_cache import l3_share_bytes
+
+    rows = l3_share_bytes() // 4 // (4 * max(1, n_features * itemsize))
+    rows = (rows // 64) * 64
+    return int(min(max(rows, BETA_MIN_BLOCK_ROWS), BETA_MAX_BLOCK_ROWS))
+
+
+def _beta_block_step(X: Array, W: Array, H: Array, *, beta: float, l1: float, l2: float,
+                     observed: Array | None, masked: bool, sum_to_one: bool,
+                     eps: float) -> tuple[Array, tuple]:
+    """:func:`beta_panel_step` on one block of rows (a whole panel for device blocks)."""
     X, observed = observed_entries(X, observed, masked)
     xp = array_namespace(W)
     gamma = mu_exponent(beta)

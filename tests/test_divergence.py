@@ -170,3 +170,39 @@ def test_transform_rows_beta_converges_to_the_fixed_h_optimum(panel):
     for _ in range(5):  # no nearby non-negative W is better
         W_try = np.maximum(W_fit * (1 + 0.01 * rng.standard_normal(W_fit.shape)), 0)
         assert divergence.beta_divergence(X, W_try @ H, 1.0) >= base * (1 - 1e-9)
+
+
+#: The sub-blocked β step makes the same element-wise operations per row; only the products
+#: (``W_b H``, ``num_b Hᵀ``, ``W_bᵀ num_b``) and the float64 sums over rows may add in another
+#: order: rounding of ~n·eps per entry (a 20-term or 300-term dot product), i.e. 1e-4 of the
+#: largest entry in float32 and 1e-10 in float64 with margin for one MU step's ratio.
+@pytest.mark.parametrize("beta,masked,sum_to_one", [(1.0, False, False), (0.5, False, False),
+                                                    (2.0, True, False), (1.0, True, False),
+                                                    (1.0, False, True), (0.0, False, False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sub_blocked_beta_step_equals_the_whole_panel_step(beta, masked, sum_to_one, dtype):
+    rng = np.random.default_rng(3)
+    X = (rng.poisson(3.0, (700, 300)) + (0.5 if beta <= 0 else 0.0)).astype(dtype)
+    if masked:
+        X[rng.random(X.shape) < 0.1] = np.nan
+    W = (rng.random((700, 5)) + 0.1).astype(dtype)
+    H = (rng.random((5, 300)) + 0.1).astype(dtype)
+    options = {"beta": beta, "l1": 0.01, "l2": 0.0, "masked": masked, "sum_to_one": sum_to_one,
+               "eps": divergence.EPSILON}
+    W_ref, terms_ref = divergence._beta_block_step(X, W, H, observed=None, **options)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for block_rows in (256, 320, 1024):  # 700 rows: 3 blocks, 3 with a short tail, 1
+        W_new, terms = divergence.beta_panel_step(X, W, H, block_rows=block_rows, **options)
+        assert W_new.dtype == dtype
+        np.testing.assert_allclose(W_new, W_ref, rtol=0, atol=tol * np.abs(W_ref).max())
+        for got, ref in zip(terms, terms_ref, strict=True):
+            ref = np.asarray(ref, dtype=np.float64)
+            np.testing.assert_allclose(np.broadcast_to(got, ref.shape), ref, rtol=tol,
+                                       atol=tol * np.abs(ref).max())
+
+
+def test_beta_block_rows_is_bounded():
+    for n_features in (1, 500, 10**6):
+        rows = divergence.beta_block_rows(n_features, 4)
+        assert divergence.BETA_MIN_BLOCK_ROWS <= rows <= divergence.BETA_MAX_BLOCK_ROWS
+        assert rows % 64 == 0
