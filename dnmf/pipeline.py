@@ -267,7 +267,7 @@ def fit_context(opened: Opened, stack: contextlib.ExitStack, *, scheduler: Any =
                 memory_limit: str | int | None = None, out: Any = None) -> ExecutionContext:
     """The execution context of the fit, entered on ``stack`` and active; on a cluster of
     worker processes, whose workers can read X and the mask and write ``out`` (before X is
-    read: a local X on other hosts' workers would fail in the first task)."""
+    read: workers on other hosts would fail on a local X, or read a Zarr X as its fill value)."""
     source, gpu = opened.source, opened.spec.device == "gpu"
     ctx = stack.enter_context(
         execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,

@@ -86,13 +86,10 @@ def remove_namespaces(stem: str, *, only_dead: bool = False) -> None:
             continue
         if only_dead:
             try:
-                owner = int(name.split("-")[1])
-                os.kill(owner, 0)
-                continue  # a live test's namespaces (another test run)
-            except (ValueError, IndexError):
-                pass
-            except ProcessLookupError:
-                pass
+                os.kill(int(name.split("-")[1]), 0)
+                continue  # the namespaces of a live test run (another session's)
+            except (ValueError, IndexError, ProcessLookupError):
+                pass  # not this test's naming, or its run is gone: removed
             except PermissionError:
                 continue
         pids = _run("ip", "netns", "pids", name, check=False).stdout.split()
@@ -131,9 +128,11 @@ class Hosts:
                               env=dask_env(), timeout=timeout)
 
     def python(self, code: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        """``python -c code OPTIONS`` on the client host."""
         return self.run(sys.executable, "-c", code, OPTIONS, timeout=timeout)
 
     def dnmf(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        """The ``dnmf`` command on the client host, on the cluster, with the S3 options."""
         return self.run(sys.executable, "-m", "dnmf", *args, "--scheduler", SCHEDULER,
                         "--storage-options", OPTIONS, timeout=timeout)
 

@@ -1,9 +1,10 @@
 """Local files the Dask workers must reach, checked on the workers before the first iteration.
 
 A cluster's workers may run on other hosts, which see neither this process's disk nor its
-``/tmp``. There a fit of a local X would fail in its first task (or wait on it), and a local
-output would be worse: each worker would write its chunks of W onto its own disk. One small
-function run on every connected worker (``client.run``, no task graph) asks first:
+``/tmp``. There a fit of a local X would fail in its first task, or worse read a Zarr X's
+missing chunks as the fill value, and each worker would write its chunks of a local output onto
+its own disk. One small function run on every connected worker (``client.run``, no task graph)
+asks first:
 
 - an input (X, a mask, a cube) must be readable at the absolute path the tasks open (the
   readers resolve a relative path here, in this process's folder);
