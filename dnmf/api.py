@@ -233,7 +233,7 @@ def factorize(
                                      stack=stack)
         spec = opened.spec  # with the checkpoint's seed when resuming without one
         ctx = pipeline.fit_context(opened, stack, scheduler=scheduler, client=client,
-                                   workers=workers, memory_limit=memory_limit)
+                                   workers=workers, memory_limit=memory_limit, out=out)
         prepared = pipeline.prepare(spec, opened, ctx, stack, X, var=var, dtype=dtype, out=out,
                                     on_plan=on_plan)
         writer = pipeline.checkpoint_writer(spec, opened, prepared, ctx, out)

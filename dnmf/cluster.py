@@ -125,6 +125,13 @@ class ExecutionContext:
     def is_distributed(self) -> bool:
         return self.client is not None
 
+    @property
+    def remote_client(self) -> Any:
+        """The client of workers that may run on other hosts (a cluster reached or passed
+        in), which may not see this process's files; None in-process and for the clusters
+        started here."""
+        return None if self.kind in ("local", "cuda") else self.client
+
     def describe(self) -> str:
         where = {
             "threads": "in-process threads",

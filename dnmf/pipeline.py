@@ -43,6 +43,7 @@ from dnmf.errors import NON_FINITE_FIX, InputError, NumericalError
 from dnmf.init import initialize
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
+from dnmf.io.reach import check_workers_reach
 from dnmf.io.remote import claim_output, redacted
 from dnmf.io.result_store import (
     check_free_space,
@@ -263,13 +264,18 @@ def open_mask(mask: Any, mask_var: str | None, shape: tuple[int, int]) -> Any:
 
 def fit_context(opened: Opened, stack: contextlib.ExitStack, *, scheduler: Any = "auto",
                 client: Any = None, workers: int | None = None,
-                memory_limit: str | int | None = None) -> ExecutionContext:
-    """The execution context of the fit, entered on ``stack`` and active."""
+                memory_limit: str | int | None = None, out: Any = None) -> ExecutionContext:
+    """The execution context of the fit, entered on ``stack`` and active; on a cluster of
+    worker processes, whose workers can read X and the mask and write ``out`` (before X is
+    read: workers on other hosts would fail on a local X, or read a Zarr X as its fill value)."""
     source, gpu = opened.source, opened.spec.device == "gpu"
     ctx = stack.enter_context(
         execution_context(scheduler, x_nbytes=source.nbytes, workers=workers,
                           memory_limit=memory_limit, client=client, gpu=gpu,
                           x_in_memory=source.format in IN_MEMORY_FORMATS))
+    check_workers_reach(ctx.remote_client, reads={
+        "the input": source.path, "the mask": getattr(opened.mask, "path", None)},
+        writes={"the output": out})
     stack.enter_context(ctx.activate())
     stack.enter_context(ctx.failures_explained())  # a worker killed for memory: one line
     if gpu:
@@ -302,6 +308,8 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
         n, m = source.shape
         check_free_space(out, (n + m) * spec.rank * itemsize)
     w_scratch = w_scratch_dir(out, stack) if plan.w_in_store else None
+    if out is None and w_scratch is not None:  # in this host's temporary folder
+        check_workers_reach(ctx.remote_client, scratch=w_scratch)
     Xp = planned_input(X, var, dtype, source, plan, ctx, stack)
     mask_p = None if opened.mask is None else opened.mask.array.rechunk(Xp.chunks)
     report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks,

@@ -38,6 +38,7 @@ from dnmf.hyperspectral.plots import PLOT_FILES
 from dnmf.hyperspectral.prepare import PixelMatrix, pixel_matrix, resolve_bad_bands
 from dnmf.hyperspectral.subspace import SubspaceEstimate, estimate_endmembers
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs, check_plots_are_not_inputs
+from dnmf.io.reach import check_workers_reach
 from dnmf.io.remote import claim_output, uses_storage_options, zarr_store
 from dnmf.io.result_store import (
     check_directory_output,
@@ -206,7 +207,7 @@ def unmix(
         return _supervised(data, keep, spectra, select, n_endmembers, sum_to_one, t_start,
                            scheduler=scheduler, workers=workers, memory_limit=memory_limit,
                            client=client, output=output, overwrite=overwrite, plots=plots,
-                           netcdf=netcdf)
+                           netcdf=netcdf, cube=cube)
     with contextlib.ExitStack() as stack:
         if output is not None:
             stack.enter_context(claim_output(output))
@@ -214,6 +215,7 @@ def unmix(
             scheduler, x_nbytes=int(data.nbytes), workers=workers, memory_limit=memory_limit,
             client=client))
         stack.enter_context(ctx.activate())
+        check_workers_reach(ctx.remote_client, reads={"the cube": cube})  # before it is read
         screen = screen_bands(data, bad_bands)
         _say(screen.messages, on_message)
         keep = screen.keep
@@ -537,7 +539,7 @@ def _namer(data: xr.DataArray, keep: np.ndarray, library: Sequence[Any] | None,
 def _supervised(data: xr.DataArray, keep: np.ndarray, spectra: Any, select: Any,
                 n_endmembers: Any, sum_to_one: bool, t_start: float, *, scheduler: Any,
                 workers: Any, memory_limit: Any, client: Any, output: Any, overwrite: bool,
-                plots: Any, netcdf: Any) -> xr.Dataset:
+                plots: Any, netcdf: Any, cube: Any = None) -> xr.Dataset:
     """Unmixing against given spectra: one pass over the cube, FCLS (or NNLS)."""
     from dnmf.hyperspectral.supervised import reference_spectra, supervised_rows
 
@@ -547,6 +549,7 @@ def _supervised(data: xr.DataArray, keep: np.ndarray, spectra: Any, select: Any,
                          "leave -k out with --spectra (k is the number of spectra)")
     with execution_context(scheduler, x_nbytes=int(data.nbytes), workers=workers,
                            memory_limit=memory_limit, client=client) as ctx, ctx.activate():
+        check_workers_reach(ctx.remote_client, reads={"the cube": cube})
         pm = pixel_matrix(data, keep)
         H = reference.spectra[:, keep]
         A, rmse, relative = supervised_rows(pm.X, H, sum_to_one=sum_to_one)
