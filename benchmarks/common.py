@@ -83,12 +83,16 @@ def machine_brief(m: dict[str, Any], *libraries: str) -> str:
 
 
 def parse_profile(doc: str, argv: list[str] | None, *, quick_help: str | None = None,
-                  solvers: bool = False) -> tuple[argparse.Namespace, str]:
-    """The command line every benchmark shares: ``--quick`` (and ``--solvers``); the profile."""
+                  solvers: bool = False,
+                  parts: tuple[str, ...] = ()) -> tuple[argparse.Namespace, str]:
+    """The command line every benchmark shares: ``--quick`` (and ``--solvers``, ``--parts``
+    where the benchmark has several); the profile."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick_help)
     if solvers:
         parser.add_argument("--solvers", nargs="*", default=None)
+    if parts:
+        parser.add_argument("--parts", nargs="*", choices=parts, default=list(parts))
     args = parser.parse_args(argv)
     return args, "quick" if args.quick else "full"
 
