@@ -63,7 +63,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "zstd": [("hals", 20)], "panels_mib": [16]},
     "1gb": {"rows": 500_000, "cols": 500, "planted_k": 20, "ks": [20], "iters": 5,
             "reads": 2, "anls_k": None, "anls_iters": 3, "persisted": False,
-            "zstd": [("hals", 20)], "panels_mib": []},
+            "zstd": [("hals", 20)], "lz4": [("hals", 20)], "panels_mib": []},
     "full": {"rows": 2_000_000, "cols": 500, "planted_k": 20, "ks": [10, 20, 100], "iters": 6,
              "reads": 3, "anls_k": 20, "anls_iters": 3, "persisted": True,
              "zstd": [("hals", 10), ("hals", 20), ("mu", 20)], "panels_mib": [16, 256]},
@@ -71,17 +71,38 @@ PROFILES: dict[str, dict[str, Any]] = {
 PARTS = ("out-of-core", "in-memory")
 
 
+#: The compressed copies a profile can ask for: store name -> file suffix (see :func:`codec`).
+CODECS = {"zstd": "zstd3", "lz4": "blosc-lz4"}
+
+
+def codec(name: str) -> Any:
+    """The Zarr codec of a compressed store: zstd level 3, or blosc lz4 (level 5, byte
+    shuffle), numcodecs' usual fast choice."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "zstd":
+        return ZstdCodec(level=3)
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=4)
+
+
 def zstd_copy(raw: Path, *, level: int = 3) -> Path:
     """A zstd-compressed copy of the Zarr array ``raw`` (same chunks), made chunk by chunk."""
-    import zarr
     from zarr.codecs import ZstdCodec
 
-    path = raw.with_name(raw.name.replace("-raw.zarr", "") + f"-zstd{level}.zarr")
+    return compressed_copy(raw, f"zstd{level}", ZstdCodec(level=level))
+
+
+def compressed_copy(raw: Path, suffix: str, codec: Any) -> Path:
+    """A copy of the Zarr array ``raw`` compressed with ``codec`` (same chunks), made chunk
+    by chunk, named ``<raw>-<suffix>.zarr``."""
+    import zarr
+
+    path = raw.with_name(raw.name.replace("-raw.zarr", "") + f"-{suffix}.zarr")
     if (path / "zarr.json").exists() and zarr.open_array(str(path)).attrs.get("complete"):
         return path
     src = zarr.open_array(str(raw), mode="r")
     dst = zarr.create_array(str(path), shape=src.shape, chunks=src.chunks, dtype=src.dtype,
-                            compressors=ZstdCodec(level=level), overwrite=True)
+                            compressors=codec, overwrite=True)
     step = src.chunks[0]
     for start in range(0, src.shape[0], step):
         dst[start:start + step] = src[start:start + step]
@@ -130,8 +151,9 @@ def fit_specs(cfg: dict[str, Any], solvers: list[str] | None) -> list[dict[str, 
             specs.append({"store": "raw", "solver": "anls", "k": k, "iters": cfg["anls_iters"]})
     if cfg.get("persisted"):
         specs.append({"store": "raw", "solver": "hals", "k": 20, "persist_x": True})
-    for solver, k in cfg["zstd"]:
-        specs.append({"store": "zstd", "solver": solver, "k": k})
+    for name in CODECS:
+        for solver, k in cfg.get(name, []):
+            specs.append({"store": name, "solver": solver, "k": k})
     for mib in cfg["panels_mib"]:
         specs.append({"store": "raw", "solver": "hals", "k": 20, "panel_mib": mib})
     return [s for s in specs if solvers is None or s["solver"] in solvers]
@@ -164,8 +186,9 @@ def out_of_core(cfg: dict[str, Any], solvers: list[str] | None) -> dict[str, Any
     raw = planted_zarr(cfg["rows"], cfg["cols"], cfg["planted_k"])
     specs = fit_specs(cfg, solvers)
     stores = {"raw": raw}
-    if any(s["store"] == "zstd" for s in specs):
-        stores["zstd"] = zstd_copy(raw)
+    for name, suffix in CODECS.items():
+        if any(s["store"] == name for s in specs):
+            stores[name] = compressed_copy(raw, suffix, codec(name))
     info = {name: store_info(path) for name, path in stores.items()}
     stored_mib = cfg["cols"] * 4 * min(cfg["rows"], zarr_chunk_rows(raw)) / MIB
     reads: dict[str, dict[str, list[float]]] = {n: {r: [] for r in READERS} for n in stores}
@@ -337,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small profile (~3 minutes)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                        help="a named profile (1gb: 1 GB X, hals and mu at k = 20 and zstd)")
+                        help="a named profile (1gb: 1 GB X; hals and mu at k = 20; zstd and "
+                             "blosc-lz4 copies)")
     parser.add_argument("--solvers", nargs="*", default=None,
                         help="out of core: only these solvers (hals, mu, anls)")
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
