@@ -64,6 +64,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "1gb": {"rows": 500_000, "cols": 500, "planted_k": 20, "ks": [20], "iters": 5,
             "reads": 2, "anls_k": None, "anls_iters": 3, "persisted": False,
             "zstd": [("hals", 20)], "lz4": [("hals", 20)], "panels_mib": []},
+    "4gb": {"rows": 2_000_000, "cols": 500, "planted_k": 20, "ks": [20], "iters": 4,
+            "reads": 2, "anls_k": None, "anls_iters": 3, "persisted": False,
+            "zstd": [("hals", 20)], "lz4": [("hals", 20)], "panels_mib": []},
     "full": {"rows": 2_000_000, "cols": 500, "planted_k": 20, "ks": [10, 20, 100], "iters": 6,
              "reads": 3, "anls_k": 20, "anls_iters": 3, "persisted": True,
              "zstd": [("hals", 10), ("hals", 20), ("mu", 20)], "panels_mib": [16, 256]},
@@ -360,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small profile (~3 minutes)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                        help="a named profile (1gb: 1 GB X; hals and mu at k = 20; zstd and "
-                             "blosc-lz4 copies)")
+                        help="a named profile (1gb, 4gb: that size of X; hals and mu at k = 20; "
+                             "hals on zstd and blosc-lz4 copies)")
     parser.add_argument("--solvers", nargs="*", default=None,
                         help="out of core: only these solvers (hals, mu, anls)")
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
