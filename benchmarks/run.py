@@ -307,16 +307,18 @@ def render_out_of_core(ooc: dict[str, Any]) -> list[str]:
         "many after all the fits; median (range):",
         "",
         "| store | on disk | (a) dask + zarr-python `from_zarr` | (b) dnmf reader "
-        "`open_matrix` |",
-        "|---|---:|---:|---:|",
+        "`open_matrix` | decode: (b) − raw (b) |",
+        "|---|---:|---:|---:|---:|",
     ]
+    raw_read = ooc["read_s"]["raw"]["dnmf"]
     for name, info in ooc["stores"].items():
         cells = []
         for reader in READERS:
             v = ooc["reads_s"][name][reader]
             cells.append(f"{ooc['read_s'][name][reader]:.2f} s ({min(v):.2f}–{max(v):.2f})")
+        decode = ooc["read_s"][name]["dnmf"] - raw_read
         lines.append(f"| {name} ({info['compressor']}) | {info['stored_gb']:.2f} GB | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(cells) + (f" | {decode:.2f} s |" if name != "raw" else " | — |"))
     lines += ["", "Compute floor: the fit's panel kernel alone on panels in worker memory, all "
               "workers at once, times the panels per worker (`benchmarks/floors.py`), measured "
               "just before the fit. Targets (k = 20, raw store): s/iteration ≤ 1.3 × max(raw "
