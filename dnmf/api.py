@@ -583,7 +583,7 @@ class MatrixInfo:
         return [line]
 
     def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values (``dnmf info --json``; schema in the README)."""
+        """The report as JSON-ready values (``dnmf info --json``; schema: docs, guide/cli.md)."""
         from dnmf.io.result_store import jsonable
 
         src, rep = self.source, self.report
