@@ -70,4 +70,7 @@ def as_click(command: Any) -> click.Command:
                        **common)
 
 
-command = as_click(typer.main.get_command(app))
+_typer_command = typer.main.get_command(app)
+# typer < 0.24 builds on click itself: nothing to rebuild
+command = (_typer_command if isinstance(_typer_command, click.Command)
+           else as_click(_typer_command))
