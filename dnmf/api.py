@@ -21,6 +21,15 @@ import numpy as np
 from dnmf import device as devices
 from dnmf import divergence, graph, kernels, named_axes, pipeline
 from dnmf._version import __version__
+from dnmf.aliases import (
+    ArrayLike,
+    ClientLike,
+    DTypeLike,
+    MatrixLike,
+    PathLike,
+    RandomStateLike,
+    SchedulerLike,
+)
 from dnmf.cluster import ExecutionContext, execution_context
 from dnmf.errors import InputError
 from dnmf.init import initialize, resolve_init
@@ -53,7 +62,7 @@ __all__ = [
 
 
 def factorize(
-    X: Any,
+    X: MatrixLike,
     rank: int,
     *,
     var: str | None = None,
@@ -62,21 +71,21 @@ def factorize(
     init: str | None = "auto",
     max_iter: int = 200,
     tol: float = 1e-4,
-    random_state: Any = None,
+    random_state: RandomStateLike = None,
     n_restarts: int = 1,
-    dtype: Any = None,
-    W_init: Any = None,
-    H_init: Any = None,
+    dtype: DTypeLike = None,
+    W_init: ArrayLike | None = None,
+    H_init: ArrayLike | None = None,
     alpha_W: float = 0.0,
     alpha_H: float | str = "same",
     l1_ratio: float = 0.0,
     missing: str = "error",
-    mask: Any = None,
+    mask: MatrixLike | None = None,
     mask_var: str | None = None,
     w_sum_to_one: bool = False,
     max_time: float | None = None,
-    scheduler: Any = "auto",
-    client: Any = None,
+    scheduler: SchedulerLike = "auto",
+    client: ClientLike | None = None,
     workers: int | None = None,
     memory_limit: str | int | None = None,
     device: str = "cpu",
@@ -85,7 +94,7 @@ def factorize(
     max_panel_bytes: int | None = None,
     min_panel_bytes: int | None = None,
     scheme: str = "auto",
-    out: str | os.PathLike | None = None,
+    out: PathLike | None = None,
     overwrite: bool = False,
     checkpoint_every: int = 10,
     resume: bool = False,
@@ -274,7 +283,7 @@ class DryRun:
 
 @uses_storage_options
 def dry_run(
-    X: Any,
+    X: MatrixLike,
     rank: int,
     *,
     var: str | None = None,
@@ -282,7 +291,7 @@ def dry_run(
     solver: str = "auto",
     beta_loss: str | float = "frobenius",
     init: str | None = "auto",
-    scheduler: Any = "auto",
+    scheduler: SchedulerLike = "auto",
     workers: int | None = None,
     memory_limit: str | int | None = None,
     persist_x: bool | str = "auto",
@@ -574,7 +583,7 @@ class MatrixInfo:
         return [line]
 
     def as_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values (``dnmf info --json``; schema in the README)."""
+        """The report as JSON-ready values (``dnmf info --json``; schema: docs, guide/cli.md)."""
         from dnmf.io.result_store import jsonable
 
         src, rep = self.source, self.report
@@ -599,7 +608,7 @@ class MatrixInfo:
         })
 
 
-def matrix_info(X: Any, *, var: str | None = None, scheduler: Any = "auto",
+def matrix_info(X: MatrixLike, *, var: str | None = None, scheduler: SchedulerLike = "auto",
                 rank: int | None = None) -> MatrixInfo:
     """Open X and run the validation pass: shape, chunks, sizes, codec, sparsity, range, sign,
     NaN/Inf, zeros; and the chunk plan of a fit of ``rank`` (default ``min(10, n_samples,

@@ -97,7 +97,7 @@ ReportOpt = Annotated[Path | None, typer.Option(
     help="Also write a self-contained HTML report (figures inline, no network) to this file.")]
 JsonOpt = Annotated[bool, typer.Option(
     "--json", help="Print the result as one JSON object on stdout, nothing else (progress "
-                   "stays on stderr; schema in the README).")]
+                   "stays on stderr; schema: docs, the command line).")]
 
 
 StorageOpt = Annotated[str | None, typer.Option(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import warnings
 from typing import Any
@@ -15,6 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from dnmf import api, labels, named_axes
+from dnmf.aliases import ArrayLike, MatrixLike, PathLike, RandomStateLike, SchedulerLike
 from dnmf.errors import InputError
 from dnmf.io.remote import storage_options_used, zarr_store
 from dnmf.io.result_store import open_result
@@ -133,7 +133,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         init: str | None = "auto",
         max_iter: int = 200,
         tol: float = 1e-4,
-        random_state: Any = None,
+        random_state: RandomStateLike = None,
         n_restarts: int = 1,
         alpha_W: float = 0.0,
         alpha_H: float | str = "same",
@@ -141,7 +141,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         missing: str = "error",
         w_sum_to_one: bool = False,
         forget_factor: float = 0.7,
-        scheduler: Any = "auto",
+        scheduler: SchedulerLike = "auto",
         device: str = "cpu",
         max_time: float | None = None,
         persist_x: bool | str = "auto",
@@ -181,7 +181,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return int(self.components_.shape[0])
 
     @classmethod
-    def from_store(cls, path: str | os.PathLike,
+    def from_store(cls, path: PathLike,
                    storage_options: dict[str, Any] | None = None) -> NMF:
         """A fitted :class:`NMF` from a result store written by ``factorize(out=...)`` (also
         ``dnmf.load``).
@@ -212,12 +212,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         model.attrs_ = attrs
         return model
 
-    def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None, **params: Any) -> NMF:
+    def fit(self, X: MatrixLike, y: object = None, W: ArrayLike | None = None, H: ArrayLike | None = None, **params: Any) -> NMF:
         """Learn W and H for X; see :meth:`fit_transform`."""
         self.fit_transform(X, W=W, H=H, **params)
         return self
 
-    def fit_transform(self, X: Any, y: Any = None, W: Any = None, H: Any = None,
+    def fit_transform(self, X: MatrixLike, y: object = None, W: ArrayLike | None = None,
+                      H: ArrayLike | None = None,
                       **params: Any) -> Any:
         """Learn the factorization and return W.
 
@@ -316,7 +317,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             return int(shape[1])
         return k
 
-    def transform(self, X: Any, **params: Any) -> Any:
+    def transform(self, X: MatrixLike, **params: Any) -> Any:
         """W for new rows with H fixed, in one pass over X.
 
         Frobenius: exact non-negative least squares per row (fully constrained with
@@ -338,7 +339,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                                w_sum_to_one=self.w_sum_to_one, l1=l1, l2=l2, **params)
         return named_axes.labelled(W, axes, "W")
 
-    def partial_fit(self, X: Any, y: Any = None, **params: Any) -> NMF:
+    def partial_fit(self, X: MatrixLike, y: object = None, **params: Any) -> NMF:
         """Update H from one batch of rows (online NMF, constant memory).
 
         The first call initialises H from its batch (``init``); each later call folds the

@@ -72,6 +72,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from dnmf.aliases import ClientLike, MatrixLike, SchedulerLike
 from dnmf.errors import InputError
 from dnmf.heldout import HeldoutSets, heldout_panel_error, panel_stats
 from dnmf.io.overlap import resolved_locations
@@ -917,7 +918,7 @@ def _fit_criteria(fit: Any, sample: np.ndarray) -> dict[str, Any]:
 
 @uses_storage_options
 def select_rank(
-    X: Any,
+    X: MatrixLike,
     ks: Iterable[int] = range(2, 11),
     n_runs: int = 10,
     *,
@@ -927,8 +928,8 @@ def select_rank(
     tol: float = 1e-4,
     heldout_max_iter: int | None = None,
     var: str | None = None,
-    scheduler: Any = "auto",
-    client: Any = None,
+    scheduler: SchedulerLike = "auto",
+    client: ClientLike | None = None,
     workers: int | None = None,
     memory_limit: str | int | None = None,
     max_consensus_features: int = MAX_CONSENSUS_FEATURES,

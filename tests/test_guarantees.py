@@ -1,4 +1,5 @@
-"""What dnmf guarantees under bad input and faults, case by case (README: "What dnmf guarantees").
+"""What dnmf guarantees under bad input and faults, case by case (the docs' "What dnmf
+guarantees", docs/pages/guide/guarantees.md).
 
 Every case runs the real CLI in a subprocess (or the API) against real files and asserts:
 the exit code; one ``error:`` line naming the problem and its fix; no traceback; nothing new at

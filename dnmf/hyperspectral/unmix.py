@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from dnmf import __version__
+from dnmf.aliases import ArrayLike, ClientLike, PathLike, SchedulerLike
 from dnmf.api import factorize
 from dnmf.cluster import execution_context
 from dnmf.errors import DnmfWarning, InputError
@@ -55,7 +56,7 @@ UNMIX_INITS = ("spa", "vca", "nndsvda", "random")
 
 @uses_storage_options
 def unmix(
-    cube: Any,
+    cube: xr.DataArray | xr.Dataset | PathLike,
     n_endmembers: int | str = "auto",
     *,
     var: str | None = None,
@@ -67,11 +68,11 @@ def unmix(
     max_iter: int = 200,
     tol: float = 1e-4,
     seed: int = 0,
-    scheduler: Any = "auto",
-    client: Any = None,
+    scheduler: SchedulerLike = "auto",
+    client: ClientLike | None = None,
     workers: int | None = None,
     memory_limit: str | int | None = None,
-    output: str | os.PathLike | None = None,
+    output: PathLike | None = None,
     overwrite: bool = False,
     plots: str | os.PathLike | None = None,
     netcdf: str | os.PathLike | None = None,
@@ -83,7 +84,7 @@ def unmix(
     on_prepared: Callable[[PixelMatrix, int, SubspaceEstimate | None], None] | None = None,
     checkpoint_every: int = 10,
     resume: bool = False,
-    spectra: Any = None,
+    spectra: PathLike | ArrayLike | None = None,
     select: Sequence[str] | None = None,
     library: Sequence[Any] | None = None,
     match_threshold: float = DEFAULT_THRESHOLD_DEG,

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import xarray as xr
 import zarr
 
+from dnmf.aliases import MatrixLike
 from dnmf.errors import InputError
 from dnmf.io import hdf5, netcdf, npy, sparse, zarr_
 from dnmf.io.common import (
@@ -93,7 +94,7 @@ _SNIFF_BYTES = 2048 + 8
 
 
 def open_matrix(
-    source: Any,
+    source: MatrixLike,
     var: str | None = None,
     *,
     dtype: str | np.dtype[Any] | None = None,
