@@ -139,6 +139,31 @@ def dask_env() -> dict[str, str]:
     return env
 
 
+def private_tmp_script() -> str:
+    """sh commands that give the process running them (in a new mount namespace) an empty
+    ``/tmp`` of its own, as a host of its own would have, while the paths it needs to run that
+    lie under ``/tmp`` stay visible at the same place: the repository and the Python
+    environment (a CI clone checked out in ``/tmp``). Each is bound to a holding folder on a
+    tmpfs over ``/mnt`` (private to the namespace), then bound back over the new ``/tmp``."""
+    import sys
+
+    needed = sorted({str(Path(p).resolve()) for p in (Path(__file__).parents[1], sys.prefix,
+                                                      Path(sys.executable).parent)})
+    keep: list[str] = []
+    for path in needed:
+        if path.startswith("/tmp/") and not any(path.startswith(k + "/") for k in keep):
+            keep.append(path)
+    if not keep:
+        return "mount -t tmpfs tmpfs /tmp"
+    steps = ["mount -t tmpfs tmpfs /mnt"]
+    for i, path in enumerate(keep):
+        steps += [f"mkdir -p /mnt/keep{i}", f"mount --bind '{path}' /mnt/keep{i}"]
+    steps.append("mount -t tmpfs tmpfs /tmp")
+    for i, path in enumerate(keep):
+        steps += [f"mkdir -p '{path}'", f"mount --bind /mnt/keep{i} '{path}'"]
+    return " && ".join(steps)
+
+
 def start_process(args: list[str], log: Path) -> Any:
     """A process in its own session (see :func:`stop_processes`), its output in ``log``."""
     import subprocess

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dask_env, start_process, stop_processes
+from tests.conftest import dask_env, private_tmp_script, start_process, stop_processes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ OPTIONS = json.dumps({"key": KEY, "secret": SECRET,
 SCHEDULER = f"tcp://{SUBNET}.{HOSTS['scheduler']}:{SCHEDULER_PORT}"
 #: What each command runs in: an empty tmpfs on /tmp, in a new mount namespace; no AWS_*
 #: variable reaches it (the endpoint and credentials come from --storage-options only).
-PRIVATE_TMP = ('mount -t tmpfs tmpfs /tmp && for v in $(env | sed -n "s/^\\(AWS_[^=]*\\)=.*/'
+PRIVATE_TMP = (private_tmp_script() + ' && for v in $(env | sed -n "s/^\\(AWS_[^=]*\\)=.*/'
                '\\1/p"); do unset "$v"; done && exec "$0" "$@"')
 
 
@@ -69,7 +69,7 @@ def skip_reason() -> str | None:
         return f"cannot make a network namespace here: {made.stderr.strip()}"
     try:
         inside = _run("ip", "netns", "exec", probe, "unshare", "-m", "--propagation",
-                      "private", "sh", "-c", "mount -t tmpfs tmpfs /tmp", check=False)
+                      "private", "sh", "-c", private_tmp_script(), check=False)
     finally:
         _run("ip", "netns", "del", probe, check=False)
     if inside.returncode != 0:

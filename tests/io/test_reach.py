@@ -22,14 +22,14 @@ import zarr
 
 import dnmf
 from dnmf.errors import InputError, OutputError
-from tests.conftest import make_planted, start_process, stop_processes
+from tests.conftest import make_planted, private_tmp_script, start_process, stop_processes
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Runs the command with a private, empty /tmp (a tmpfs in a new mount namespace).
 PRIVATE_TMP = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-               'mount -t tmpfs tmpfs /tmp && exec "$0" "$@"']
+               private_tmp_script() + ' && exec "$0" "$@"']
 
 
 def _no_private_tmp() -> str | None:
