@@ -37,6 +37,7 @@ from threadpoolctl import threadpool_limits
 
 import dnmf
 from benchmarks.common import (
+    RESULTS,
     machine_line,
     new_report,
     parse_profile,
@@ -148,25 +149,41 @@ def measure_graph(panels: list[int]) -> list[dict]:
 # --- on a LocalCluster ---------------------------------------------------------------------
 
 
-def iterate_graph(client: Any, X: Any, W: Any, H: np.ndarray, iterations: int) -> list[float]:
-    """Seconds of each of ``iterations`` iterations as :class:`dnmf.solvers` runs them: the
-    graph built, ``W_next`` and the partials persisted in one call, the partials gathered,
-    H updated on the driver."""
+def cpu_seconds(client: Any) -> tuple[float, float]:
+    """CPU seconds so far of this process (the driver, and a LocalCluster's scheduler, which
+    runs here) and of all workers together."""
+    workers = sum(client.run(time.process_time).values())
+    return time.process_time(), workers
+
+
+def iterate_graph(client: Any, X: Any, W: Any, H: np.ndarray,
+                  iterations: int) -> list[tuple[float, float, float]]:
+    """``(wall, driver and scheduler CPU, workers' CPU)`` seconds of each of ``iterations``
+    iterations as :class:`dnmf.solvers` runs them: the graph built, ``W_next`` and the
+    partials persisted in one call, the partials gathered, H updated on the driver."""
     times = []
     for _ in range(iterations):
+        cpu0, wcpu0 = cpu_seconds(client)
         t0 = time.perf_counter()
         W_next, partials = graph.iteration_graph(X, W, H, solver="hals")
         W_next, partials = client.persist([W_next, partials], optimize_graph=False)
         WtX, WtW = partials.compute()
         H = kernels.update_h(H.astype(np.float64), WtX, WtW, solver="hals").astype(H.dtype)
         W = W_next
-        times.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        cpu1, wcpu1 = cpu_seconds(client)
+        times.append((wall, cpu1 - cpu0, wcpu1 - wcpu0))
     return times
 
 
-def measure_scheduling(client: Any, panels: list[int]) -> tuple[list[dict], np.ndarray]:
+def measure_scheduling(client: Any, panels: list[int]) -> tuple[list[dict], np.ndarray,
+                                                                np.ndarray]:
     """Iterations of the real graph on X persisted in panels of 4 x 8 (no compute to speak
-    of): what is left is Dask's and the driver's cost per task and per iteration."""
+    of): what is left is Dask's and the driver's cost per task and per iteration.
+
+    Returns the rows, the fit of the driver's and scheduler's CPU seconds (the serial part,
+    what a dedicated scheduler node pays: the model's ``iteration_s``, ``panel_s``) and the
+    fit of the wall seconds here (2 shared cores: scheduler, driver and workers compete)."""
     out = []
     for P in panels:
         src = planted_source(4 * P, 8, 2, seed=0, chunks=4, block_rows=4)
@@ -179,7 +196,10 @@ def measure_scheduling(client: Any, panels: list[int]) -> tuple[list[dict], np.n
         before = status_bytes("VmRSS") or 0
         iterations = 3 if P <= 3000 else 2
         times = iterate_graph(client, X, W, np.ones((2, 8), np.float32), iterations)
-        out.append({"panels": P, "seconds_per_iteration": statistics.median(times[1:]),
+        out.append({"panels": P,
+                    "seconds_per_iteration": statistics.median(t[0] for t in times[1:]),
+                    "driver_scheduler_cpu_s": statistics.median(t[1] for t in times[1:]),
+                    "workers_cpu_s": statistics.median(t[2] for t in times[1:]),
                     "all_iterations": times,
                     "driver_peak_rss_growth_mb": (peak_rss() - before) / 1e6,
                     "tasks_per_iteration": cost_model.tasks_per_iteration(P,
@@ -187,8 +207,9 @@ def measure_scheduling(client: Any, panels: list[int]) -> tuple[list[dict], np.n
         del X, W
         print(f"  scheduling: {P:,} panels: {times} s", flush=True)
     feats = np.array([[1.0, r["panels"]] for r in out])
-    coef = fit_nonneg(feats, np.array([r["seconds_per_iteration"] for r in out]))
-    return out, coef
+    cpu = fit_nonneg(feats, np.array([r["driver_scheduler_cpu_s"] for r in out]))
+    wall = fit_nonneg(feats, np.array([r["seconds_per_iteration"] for r in out]))
+    return out, cpu, wall
 
 
 def factorize_cross_check(client: Any, P: int) -> dict:
@@ -311,43 +332,82 @@ def check_runs(client: Any, sizes: list[tuple[int, int]], coefficients: Any) -> 
     return out
 
 
+def fit_coefficients(report: dict[str, Any]) -> cost_model.Coefficients:
+    """The model's coefficients from the measured rows of ``report`` (so ``--refit`` can
+    recompute them from a saved report)."""
+    comp = report["compute"]
+    gemm, sweep, pass_ = fit_nonneg(
+        np.array([[4 * r["rows"] * r["n_features"] * r["k"], r["rows"] * r["k"] ** 2
+                   * r["sweeps"], r["rows"] * r["n_features"]] for r in comp], dtype=float),
+        np.array([r["seconds"] for r in comp]))
+    drv = report["driver"]
+    drv_k2n, drv_kn = fit_nonneg(
+        np.array([[r["k"] ** 2 * r["n_features"], r["k"] * r["n_features"]] for r in drv],
+                 dtype=float), np.array([r["seconds"] for r in drv]))
+    add_per_byte = statistics.median(r["seconds"] / r["bytes"] for r in report["add"])
+    graph_s = statistics.median(r["build_s"] / r["panels"] for r in report["graph"]
+                                if r["panels"] >= 1000)
+    sched = report["scheduling"]
+    feats = np.array([[1.0, r["panels"]] for r in sched])
+    iter_s, panel_s = fit_nonneg(feats, np.array([r["driver_scheduler_cpu_s"] for r in sched]))
+    _, task_s = fit_nonneg(feats, np.array([r["workers_cpu_s"] for r in sched]))
+    red = report["reduction"]
+    level_s, _ = fit_nonneg(
+        np.array([[r["levels"], r["levels"] * min(r["fan_in"], r["panels"]) * r["partial_mb"]
+                   * 1e6] for r in red]), np.array([r["seconds"] for r in red]))
+    return cost_model.Coefficients(
+        gemm_s=float(gemm), sweep_s=float(sweep), pass_s=float(pass_), task_s=float(task_s),
+        iteration_s=float(iter_s), panel_s=float(panel_s), graph_s=float(graph_s),
+        level_s=float(level_s), add_s_per_byte=float(add_per_byte), driver_s=float(drv_k2n),
+        driver_kn_s=float(drv_kn),
+        provenance=f"benchmarks/cost_terms.py ({report['profile']}), {report['date']}, "
+                   f"{report['machine']['cpu']}, {report['machine']['cores']} cores (shared, "
+                   f"load {report['machine']['load_average'][0]:.1f})")
+
+
+def predict_checks(report: dict[str, Any], coefficients: cost_model.Coefficients) -> None:
+    """The model's prediction of each check run (its plan's panels, the disk bandwidth
+    measured in the same run), with its error against the measured seconds."""
+    for r in report["check"]:
+        rows, cols = r["shape"]
+        pred = cost_model.predict(rows, cols, r["k"], panel_rows=r["terms"]["panel_rows"],
+                                  workers=WORKERS, threads=1,
+                                  bandwidths=cost_model.Bandwidths(
+                                      disk=r["disk_gb_s_per_worker"] * 1e9),
+                                  coefficients=coefficients)
+        r.update(predicted_s=pred.total_s, error=pred.total_s / r["measured_s"] - 1,
+                 terms=pred.as_dict())
+
+
 def run(quick: bool) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = new_report("quick" if quick else "full")
     print("compute ...", flush=True)
-    report["compute"], (gemm, sweep, pass_) = measure_compute(quick)
+    report["compute"], _ = measure_compute(quick)
     print("driver ...", flush=True)
-    report["driver"], (drv, drv_kn) = measure_driver(quick)
+    report["driver"], _ = measure_driver(quick)
     report["add"], add_per_byte = measure_add()
     panels = [100, 300, 1000, 3000, 10_000] if quick else \
         [100, 300, 1000, 3000, 10_000, 30_000, 100_000]
     print("graph construction ...", flush=True)
     report["graph"] = measure_graph(panels)
-    graph_s = statistics.median(r["build_s"] / r["panels"] for r in report["graph"]
-                                if r["panels"] >= 1000)
     with LocalCluster(n_workers=WORKERS, threads_per_worker=1, memory_limit="3GB",
                       dashboard_address=None, processes=True) as cluster, \
             Client(cluster) as client:
         print("reduction ...", flush=True)
-        report["reduction"], level_s, level_byte_s = measure_reduction(client, quick,
-                                                                       add_per_byte)
+        report["reduction"], _, level_byte_s = measure_reduction(client, quick, add_per_byte)
+        report["loopback_s_per_byte"] = level_byte_s
         print("bytes ...", flush=True)
         report["bytes"] = measure_bytes(client)
         print("worker memory ...", flush=True)
         report["worker_memory"] = measure_worker_memory(client)
         print("scheduling ...", flush=True)
-        report["scheduling"], (iter_s, panel_s) = measure_scheduling(client, panels)
+        report["scheduling"], _, wall_fit = measure_scheduling(client, panels)
+        report["scheduling_wall_fit"] = {"iteration_s": float(wall_fit[0]),
+                                         "panel_s": float(wall_fit[1])}
         report["factorize_cross_check"] = factorize_cross_check(client, 300)
-        coefficients = cost_model.Coefficients(
-            gemm_s=float(gemm), sweep_s=float(sweep), pass_s=float(pass_),
-            iteration_s=float(iter_s), panel_s=float(panel_s), graph_s=float(graph_s),
-            level_s=level_s, add_s_per_byte=float(add_per_byte), driver_s=float(drv),
-            driver_kn_s=float(drv_kn),
-            provenance=f"benchmarks/cost_terms.py ({'quick' if quick else 'full'}), "
-                       f"{time.strftime('%Y-%m-%d')}")
-        report["coefficients"] = coefficients.__dict__
-        report["loopback_s_per_byte"] = level_byte_s
+        coefficients = fit_coefficients(report)
         print("check ...", flush=True)
         sizes = [(500_000, 500)] if quick else [(500_000, 500), (2_000_000, 500)]
         report["check"] = check_runs(client, sizes, coefficients)
@@ -379,18 +439,24 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{r['build_s'] / r['panels'] * 1e6:.1f} µs |")
     lines += ["", f"## Scheduling: the iteration graph, procedural 4 x 8 panels, LocalCluster "
               f"{WORKERS} x 1 thread", "",
-              "| panels | tasks/iteration | s/iteration | ms per panel | model s | "
-              "driver peak RSS growth MB |", "|---:|---:|---:|---:|---:|---:|"]
+              "| panels | tasks/iteration | wall s/iteration | driver + scheduler CPU s | "
+              "workers' CPU s | CPU ms per panel | model s | driver peak RSS growth MB |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["scheduling"]:
         model = c["iteration_s"] + c["panel_s"] * r["panels"]
         lines.append(f"| {r['panels']:,} | {r['tasks_per_iteration']:,} | "
-                     f"{r['seconds_per_iteration']:.3f} | "
-                     f"{r['seconds_per_iteration'] / r['panels'] * 1e3:.3f} | {model:.3f} | "
+                     f"{r['seconds_per_iteration']:.3f} | {r['driver_scheduler_cpu_s']:.3f} | "
+                     f"{r['workers_cpu_s']:.3f} | "
+                     f"{r['driver_scheduler_cpu_s'] / r['panels'] * 1e3:.3f} | {model:.3f} | "
                      f"{r['driver_peak_rss_growth_mb']:.0f} |")
+    wf = report["scheduling_wall_fit"]
+    lines += ["", f"Wall-clock fit here (2 shared cores): {wf['iteration_s']:.3f} s + "
+              f"{wf['panel_s'] * 1e3:.2f} ms per panel; the model takes the serial CPU fit "
+              f"({c['iteration_s']:.3f} s + {c['panel_s'] * 1e3:.2f} ms per panel)."]
     fx = report["factorize_cross_check"]
     lines += ["", f"Cross-check: `dnmf.factorize` on {fx['panels']:,} such panels: "
               f"{fx['seconds_per_iteration']:.3f} s per iteration (loop above: "
-              f"{c['iteration_s'] + c['panel_s'] * fx['panels']:.3f} s by the fit)."]
+              f"{wf['iteration_s'] + wf['panel_s'] * fx['panels']:.3f} s by the wall fit)."]
     lines += ["", "## Tree reduction of persisted partials (32 panels)", "",
               "| k | n | partial MB | fan-in | levels | seconds |", "|---:|---:|---:|---:|---:|---:|"]
     for r in report["reduction"]:
@@ -424,10 +490,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, profile = parse_profile(__doc__ or "", argv,
-                                  quick_help="up to 10^4 panels, the 1 GB check only")
-    report = new_report(profile)
-    report.update(run(args.quick))
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    refit = "--refit" in argv
+    args, profile = parse_profile(__doc__ or "", [a for a in argv if a != "--refit"],
+                                  quick_help="up to 10^4 panels, the 1 GB check only "
+                                             "(--refit: refit a saved report, measure nothing)")
+    if refit:
+        report = json.loads((RESULTS / f"cost-terms-{profile}.json").read_text())
+    else:
+        report = run(args.quick)
+    coefficients = fit_coefficients(report)
+    report["coefficients"] = coefficients.__dict__
+    predict_checks(report, coefficients)
     save_report(f"cost-terms-{profile}", report, markdown(report))
     print("coefficients for dnmf/cost_model.py:")
     print(json.dumps(report["coefficients"], indent=2))

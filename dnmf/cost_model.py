@@ -7,7 +7,8 @@ One iteration of the row-panel scheme (see :mod:`dnmf.graph`) costs, with ``P`` 
   bandwidth (0 when X is persisted in worker memory), and its rows of W too when W is
   streamed through a scratch store (read and written);
 * **compute** — ``⌈P / s⌉`` waves of one panel task (:func:`dnmf.kernels.panel_step`, one
-  thread): ``a·4rnk + b·r k² σ + c·rn`` s, σ the W sweeps (:func:`dnmf.kernels.w_inner_sweeps`);
+  thread): ``a·4rnk + b·r k² σ + c·rn + d`` s, σ the W sweeps
+  (:func:`dnmf.kernels.w_inner_sweeps`), ``d`` the worker's own cost per task;
 * **scheduling** — what Dask costs around the tasks, serial on the scheduler and the driver:
   a fixed ``c0`` per iteration plus ``c1`` per panel (its task, the two getitems, its share of
   the reduction, the graph built and shipped by the driver);
@@ -48,6 +49,9 @@ class Coefficients:
         Per ``r k² σ`` of W's HALS sweeps.
     pass_s : float
         Per element ``r n`` of the panel (element-wise passes, copies).
+    task_s : float
+        A worker's own cost per panel beyond the arithmetic (Dask's task handling, the
+        getitems, its share of the reduction tasks, the kernel's Python overhead).
     iteration_s : float
         Fixed scheduling seconds per iteration (graph submission, round trips to the
         scheduler, the driver's bookkeeping).
@@ -77,6 +81,7 @@ class Coefficients:
     add_s_per_byte: float
     driver_s: float
     driver_kn_s: float
+    task_s: float = 0.0
     provenance: str = ""
 
 
@@ -246,7 +251,7 @@ def predict(
     w_rows_bytes = -(-n_samples // max(workers, 1)) * k * itemsize
     if w_in_store:
         read += 2 * w_rows_bytes / bandwidths.disk  # read the old W, write the new
-    compute = -(-P // slots) * panel_seconds(rows, n_features, k, c)
+    compute = -(-P // slots) * (panel_seconds(rows, n_features, k, c) + c.task_s)
     tasks = tasks_per_iteration(P, split_every)
     scheduling = c.iteration_s + c.panel_s * P
     partial = (k * n_features + k * k) * 8
