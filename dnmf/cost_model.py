@@ -85,19 +85,26 @@ class Coefficients:
     provenance: str = ""
 
 
-#: Fitted by ``python -m benchmarks.cost_terms`` (see ``provenance``).
+#: Fitted by ``python -m benchmarks.cost_terms --quick`` (``benchmarks/results/cost-terms-quick``)
+#: on the development machine (AMD EPYC, 2 cores shared with other users, load average ~9):
+#: compute from :func:`dnmf.kernels.panel_step` in-process on one BLAS thread (best of 2);
+#: scheduling from the driver's and the LocalCluster scheduler's CPU seconds (the serial part,
+#: what a dedicated scheduler node pays) over 10^2 - 10^4 panels; ``task_s`` from the workers'
+#: CPU seconds in the same runs; the driver's H update from ``kernels.update_h`` + the loss up
+#: to k = 100, n = 10^5. Re-run it after a kernel change and paste its coefficients here.
 CALIBRATED = Coefficients(
-    gemm_s=1.0e-10,
-    sweep_s=1.0e-9,
-    pass_s=1.0e-9,
-    iteration_s=0.05,
-    panel_s=1.0e-3,
-    graph_s=1.0e-4,
-    level_s=5.0e-3,
-    add_s_per_byte=2.0e-10,
-    driver_s=1.0e-9,
-    driver_kn_s=1.0e-9,
-    provenance="placeholder: not yet calibrated",
+    gemm_s=1.787e-11,
+    sweep_s=4.375e-10,
+    pass_s=1.161e-09,
+    task_s=7.27e-3,
+    iteration_s=0.0329,
+    panel_s=3.34e-3,
+    graph_s=1.73e-05,
+    level_s=5.83e-3,
+    add_s_per_byte=7.14e-11,
+    driver_s=1.297e-08,
+    driver_kn_s=9.65e-07,
+    provenance="benchmarks/cost_terms.py --quick, 2026-12-07, AMD EPYC 2 cores (shared)",
 )
 
 
