@@ -73,19 +73,24 @@ def planted_block(start: int, stop: int, n_features: int, k: int, *, seed: int,
                   noise: float = 0.0, dtype: Any = np.float32,
                   block_rows: int = BLOCK_ROWS) -> np.ndarray:
     """Rows ``start:stop`` of the planted X, in ``dtype`` (the chunk function of
-    :func:`planted_source`)."""
-    W = planted_w(start, stop, k, seed=seed, block_rows=block_rows)
-    X = W @ planted_h(seed, k, n_features)
-    if noise:
-        sigma = noise * signal_rms(k)
-        for b in range(start // block_rows, (stop - 1) // block_rows + 1):
-            lo, hi = max(start, b * block_rows), min(stop, (b + 1) * block_rows)
-            # the whole block's noise is drawn so that a row's noise does not depend on the
-            # chunking: block_rows x n_features normals per block touched
-            E = _block_rng(seed, _NOISE, b).standard_normal((block_rows, n_features))
-            X[lo - start:hi - start] += sigma * E[lo - b * block_rows:hi - b * block_rows]
-        np.maximum(X, 0.0, out=X)
-    return X.astype(dtype, copy=False)
+    :func:`planted_source`).
+
+    Each block of ``block_rows`` rows is computed whole, in float64, then cast and cut: the
+    same arithmetic whatever the chunking (a BLAS product of another shape may round
+    differently), and no float64 copy of the whole panel (a panel's task holds only X_i).
+    """
+    out = np.empty((stop - start, n_features), dtype=dtype)
+    H = planted_h(seed, k, n_features)
+    sigma = noise * signal_rms(k)
+    for b in range(start // block_rows, (stop - 1) // block_rows + 1):
+        lo, hi = max(start, b * block_rows), min(stop, (b + 1) * block_rows)
+        block = _block_rng(seed, _W, b).random((block_rows, k)) @ H
+        if noise:
+            block += sigma * _block_rng(seed, _NOISE, b).standard_normal((block_rows,
+                                                                          n_features))
+            np.maximum(block, 0.0, out=block)
+        out[lo - start:hi - start] = block[lo - b * block_rows:hi - b * block_rows]
+    return out
 
 
 def _row_chunks(n_samples: int, chunks: Any) -> tuple[int, ...]:
