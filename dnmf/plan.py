@@ -23,8 +23,9 @@ MAX_PANEL_BYTES = 128 * 2**20
 #: Stored row panels smaller than this are merged (fewer tasks per iteration).
 MIN_PANEL_BYTES = 2 * 2**20
 #: At scale, panels grow past :data:`MAX_PANEL_BYTES` (within the memory budget) so that an
-#: iteration has at most this many: the scheduler's cost is serial, about a millisecond per
-#: panel (``benchmarks/cost_terms.py``), and does not shrink with workers.
+#: iteration has at most this many: the scheduler's and driver's cost is serial, 3.3 ms of CPU
+#: per panel measured (``benchmarks/cost_terms.py``; ~27 s per iteration at this many), and
+#: does not shrink with workers.
 MAX_PANELS = 8192
 #: Panels grow (within the memory budget) to at least this many rows per column of W per
 #: byte of X's dtype: a panel's k x n float64 partial sums, which the reduction moves and
