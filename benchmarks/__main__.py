@@ -17,6 +17,9 @@ one, each writing its own results under ``benchmarks/results/``):
 - ``small`` (:mod:`benchmarks.small`): in-memory fits from 100 x 10 up, dnmf in-process and
   through the graph against scikit-learn's cd at equal loss, and a GridSearchCV —
   ``small-<profile>.{json,md}``;
+- ``cost-terms`` (:mod:`benchmarks.cost_terms`): each term of the cost model measured
+  (scheduling per panel, reduction, bytes sent, memories, panel compute, driver H update), its
+  coefficients fitted and checked against hals fits — ``cost-terms-{profile}.{json,md}``;
 - ``sklearn-tests`` (:mod:`benchmarks.sklearn_nmf_tests`): scikit-learn's installed
   test_nmf.py run on ``dnmf.NMF`` — ``sklearn-nmf-tests.{json,md}``.
 
@@ -46,6 +49,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "rank": ("benchmarks.rank", "rank-{profile}"),
     "endmembers": ("benchmarks.endmembers", "endmembers-{profile}"),
     "small": ("benchmarks.small", "small-{profile}"),
+    "cost-terms": ("benchmarks.cost_terms", "cost-terms-{profile}"),
     "sklearn-tests": ("benchmarks.sklearn_nmf_tests", "sklearn-nmf-tests"),
 }
 

@@ -18,8 +18,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from dnmf import cost_model, divergence, graph, kernels, named_axes, pipeline
 from dnmf import device as devices
-from dnmf import divergence, graph, kernels, named_axes, pipeline
 from dnmf._version import __version__
 from dnmf.aliases import (
     ArrayLike,
@@ -265,6 +265,9 @@ class DryRun:
     where: str
     solver: str
     init: str
+    #: the cost model's prediction for this plan on this cluster (None where it does not apply)
+    prediction: Any = None
+    bandwidths: Any = None
 
     def describe(self) -> list[str]:
         src = self.source
@@ -278,7 +281,20 @@ class DryRun:
             f"solver: {self.solver}, init: {self.init}",
             f"scheduler: {self.where}",
             *self.plan.describe(),
+            *self.prediction_lines(),
         ]
+
+    def prediction_lines(self) -> list[str]:
+        """The cost model's lines (:mod:`dnmf.cost_model`), with the bandwidths it assumed."""
+        if self.prediction is None:
+            return ["predicted: no cost model for this scheme (2-D blocks, sparse X or "
+                    "restarts)"]
+        bw = self.bandwidths
+        return [*self.prediction.describe(),
+                f"predicted with disk {bw.disk / 1e9:g} GB/s and network "
+                f"{bw.network / 1e9:g} GB/s per worker (--disk-bandwidth, "
+                "--network-bandwidth); coefficients: "
+                f"{cost_model.CALIBRATED.provenance}"]
 
 
 @uses_storage_options
@@ -306,12 +322,15 @@ def dry_run(
     device: str = "cpu",
     storage_options: dict[str, Any] | None = None,
     out_storage_options: dict[str, Any] | None = None,
+    bandwidths: Any = None,
 ) -> DryRun:
     """Check the parameters and the output, open X lazily and make the chunk plan; write nothing.
 
     A LocalCluster is planned for but not started; an address is connected to for its workers'
     sizes. Restarts are planned as :func:`factorize` runs them: ``n_restarts * rank`` columns.
-    ``storage_options``, ``out_storage_options``: as :func:`factorize`.
+    ``storage_options``, ``out_storage_options``: as :func:`factorize`. ``bandwidths``
+    (:class:`dnmf.cost_model.Bandwidths`, default its stated defaults) feed the cost model's
+    prediction of seconds per iteration and memory per worker (``prediction``).
     """
     spec = resolve(rank, solver=solver, beta_loss=beta_loss, init=init, missing=missing,
                    has_mask=masked, n_restarts=n_restarts, device=device, persist_x=persist_x,
@@ -322,11 +341,12 @@ def dry_run(
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
     return _planned_run(spec, source, scheduler=scheduler, workers=workers,
-                        memory_limit=memory_limit)
+                        memory_limit=memory_limit, bandwidths=bandwidths)
 
 
 def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
-                 workers: int | None = None, memory_limit: str | int | None = None) -> DryRun:
+                 workers: int | None = None, memory_limit: str | int | None = None,
+                 bandwidths: Any = None) -> DryRun:
     """The dry run of ``spec`` on the opened ``source``: its checks against X's metadata and
     the chunk plan on the scheduler it would get (a LocalCluster is planned, not started)."""
     from dnmf.cluster import parse_memory, planned_context, resolve_scheduler_name
@@ -348,7 +368,15 @@ def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
         with execution_context(name, x_nbytes=source.nbytes) as ctx:
             where = ctx.describe()
             plan = pipeline.plan_of(spec, source, ctx)
-    return DryRun(source=source, plan=plan, where=where, solver=spec.solver, init=spec.init)
+    bandwidths = bandwidths or cost_model.Bandwidths()
+    prediction = None
+    if (spec.solver in ("hals", "mu") and spec.beta == 2.0 and not spec.masked
+            and spec.n_restarts == 1 and not gpu):
+        prediction = cost_model.predict_plan(plan, workers=ctx.n_workers,
+                                             threads=ctx.threads_per_worker,
+                                             bandwidths=bandwidths)
+    return DryRun(source=source, plan=plan, where=where, solver=spec.solver, init=spec.init,
+                  prediction=prediction, bandwidths=bandwidths)
 
 
 def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: Any = "auto",

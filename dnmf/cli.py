@@ -248,7 +248,13 @@ def fit(
              "grow).")] = False,
     overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the chunk plan and memory per worker; write nothing.")] = False,
+        "--dry-run", help="Print the chunk plan, memory per worker and the cost model's "
+                          "seconds per iteration; write nothing.")] = False,
+    disk_bandwidth: Annotated[float, typer.Option(
+        help="With --dry-run: GB/s one worker reads X at, for the predicted time.")] = 0.5,
+    network_bandwidth: Annotated[float, typer.Option(
+        help="With --dry-run: GB/s of one worker's network link, for the predicted "
+             "time.")] = 1.25,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
@@ -273,11 +279,16 @@ def fit(
     variant = dict(alpha_W=alpha_w, alpha_H=_alpha(alpha_h), l1_ratio=l1_ratio, mask=mask,
                    mask_var=mask_var, w_sum_to_one=sum_to_one)
     if dry_run:
-        plan = api.dry_run(input, rank, n_restarts=restarts, **common)
+        from dnmf.cost_model import Bandwidths
+
+        bandwidths = Bandwidths(disk=disk_bandwidth * 1e9, network=network_bandwidth * 1e9)
+        plan = api.dry_run(input, rank, n_restarts=restarts, bandwidths=bandwidths, **common)
         if as_json:
             _print_json({"dry_run": True, "input": plan.source.describe(),
                          "scheduler": plan.where, "solver": plan.solver, "init": plan.init,
-                         "plan": plan.plan.as_dict()})
+                         "plan": plan.plan.as_dict(),
+                         "prediction": None if plan.prediction is None
+                         else plan.prediction.as_dict()})
             return
         for line in plan.describe():
             typer.echo(line)

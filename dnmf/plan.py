@@ -22,6 +22,15 @@ TASK_MEMORY_FRACTION = 0.25
 MAX_PANEL_BYTES = 128 * 2**20
 #: Stored row panels smaller than this are merged (fewer tasks per iteration).
 MIN_PANEL_BYTES = 2 * 2**20
+#: At scale, panels grow past :data:`MAX_PANEL_BYTES` (within the memory budget) so that an
+#: iteration has at most this many: the scheduler's and driver's cost is serial, 3.3 ms of CPU
+#: per panel measured (``benchmarks/cost_terms.py``; ~27 s per iteration at this many), and
+#: does not shrink with workers.
+MAX_PANELS = 8192
+#: Panels grow (within the memory budget) to at least this many rows per column of W per
+#: byte of X's dtype: a panel's k x n float64 partial sums, which the reduction moves and
+#: adds, then weigh at most 1/8 of the panel itself (``8 k / (rows * itemsize) <= 1/8``).
+PARTIAL_ROWS_PER_RANK = 64
 #: ``persist_x="auto"`` keeps X in worker memory when it takes at most this share of it.
 PERSIST_FRACTION = 0.4
 #: ``persist_w="auto"`` keeps W in worker memory when it takes at most this share of it (an
@@ -272,21 +281,35 @@ def _plan_chunks(
             "use the 2-D block scheme (scheme='block-2d')"
         )
     target_rows = int(max(1, min(max_rows_budget, cap // max(row_bytes, 1))))
+    # at scale (by default only: panel sizes asked for are kept): rows enough that the tasks
+    # per iteration and the partial sums do not outgrow X (MAX_PANELS, PARTIAL_ROWS_PER_RANK)
+    asked = max_panel_bytes is not None or min_panel_bytes is not None
+    grow = 0 if asked else int(min(max_rows_budget, max(
+        -(-n_samples // MAX_PANELS), PARTIAL_ROWS_PER_RANK * rank // itemsize)))
+    target_rows = max(target_rows, grow)
 
     x_rows, x_cols = X.chunks
     notes = []
     if len(x_cols) > 1:
         notes.append(f"merge {len(x_cols)} column chunks into full-width row panels")
+    small = max(x_rows) * row_bytes < floor
     if max(x_rows) > target_rows:
         rows = _split_rows(n_samples, target_rows)
         notes.append(
             f"split row chunks of up to {max(x_rows):,} rows into panels of "
             f"{target_rows:,} rows (memory budget)"
         )
-    elif max(x_rows) * row_bytes < floor and len(x_rows) > 1:
-        rows = _merge_rows(x_rows, max(1, min(target_rows, floor // row_bytes)))
+    elif len(x_rows) > 1 and (small or max(x_rows) < grow):
+        # whole stored chunks: small ones up to MIN_PANEL_BYTES, and at scale until each
+        # panel has at least ``grow`` rows
+        to = max(min(target_rows, floor // row_bytes) if small else 0,
+                 grow + max(x_rows) - 1 if max(x_rows) < grow else 0)
+        rows = _merge_rows(x_rows, max(1, min(max_rows_budget, to)))
         if rows != x_rows:
-            notes.append(f"merge {len(x_rows)} small row chunks into {len(rows)} panels")
+            why = "small row chunks" if small else (
+                f"row chunks (at most {MAX_PANELS:,} panels per iteration, partial sums at "
+                "most 1/8 of a panel)")
+            notes.append(f"merge {len(x_rows)} {why} into {len(rows)} panels")
     else:
         rows = x_rows
     if len(rows) < min_panels and n_samples >= 2 * min_panels:

@@ -125,3 +125,34 @@ def test_sparse_panels_split_by_stored_size_only_when_it_is_known():
     assert len(plan.row_chunks) == 200
     plan = plan_chunks(X, 5, sparse_nbytes=stored, **kw)
     assert plan.row_chunks == (5_000,) * 4
+
+
+def test_panels_grow_at_scale_within_the_budget():
+    """10 TB in stored 64 MiB chunks: the default plan merges whole chunks until an iteration
+    has at most MAX_PANELS panels (the scheduler's cost is per panel) or a panel one stored
+    chunk larger would not fit a task; a panel size asked for is kept."""
+    from dnmf.plan import MAX_PANEL_BYTES, MAX_PANELS
+
+    rows = (64 * 2**20) // 4000
+    X = da.empty((2_500_000_000, 1000), chunks=(rows, 1000), dtype=np.float32)
+    kw = dict(memory_per_worker=64 * 10**9, n_workers=100, threads_per_worker=8,
+              persist_x=False)
+    plan = plan_chunks(X, 20, **kw)
+    budget = 64 * 10**9 * 0.25 / 8
+    assert plan.task_bytes <= budget
+    assert plan.n_panels <= MAX_PANELS or task_memory(max(plan.row_chunks) + rows, 1000, 20,
+                                                      4) > budget
+    assert plan.n_panels < X.numblocks[0] / 10
+    assert set(np.cumsum(plan.row_chunks)) <= set(np.cumsum(X.chunks[0]))
+    kept = plan_chunks(X, 20, max_panel_bytes=MAX_PANEL_BYTES, **kw)
+    assert kept.n_panels == X.numblocks[0]
+
+
+def test_wide_panels_grow_until_partials_are_an_eighth_of_them():
+    """n = 100,000, k = 100: a 64 MiB stored panel (167 rows) makes 80 MB of k x n float64
+    partial sums; the plan merges to panels of at least 64 k / 4 = 1,600 rows."""
+    X = da.empty((250_000, 100_000), chunks=(167, 100_000), dtype=np.float32)
+    plan = plan_chunks(X, 100, memory_per_worker=64 * 10**9, threads_per_worker=8,
+                       persist_x=False)
+    assert min(plan.row_chunks[:-1]) >= 1600
+    assert plan.task_bytes <= 64 * 10**9 * 0.25 / 8
