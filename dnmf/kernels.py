@@ -267,11 +267,13 @@ def _compiled_sweeps(F: np.ndarray, A: np.ndarray, G: np.ndarray, *, sweeps: int
     k-term gradient summed in another order: a few ulps per update)."""
     dtype = F.dtype
     W = np.array(F, dtype=dtype, order="C", copy=True)
-    # the kernel's memoryviews need writable operands of W's dtype: fresh copies (k x k, and
-    # A only when it is not already a writable array of that dtype)
-    gram = np.array(G, dtype=dtype, copy=True)
-    if l2:
-        gram.flat[::gram.shape[0] + 1] += dtype.type(l2)
+    # the kernel's memoryviews need writable operands of W's dtype (it writes W only): G and
+    # A are copied only when they are not that already (or to take the penalties)
+    gram = np.asarray(G)
+    if l2 or gram.dtype != dtype or not gram.flags.writeable:
+        gram = np.array(gram, dtype=dtype, copy=True)
+        if l2:
+            gram.flat[::gram.shape[0] + 1] += dtype.type(l2)
     A = np.asarray(A)
     if l1:
         A = np.subtract(A, l1, dtype=dtype)
@@ -722,14 +724,16 @@ def update_h(
     raise ValueError(f"unknown solver {solver!r}")
 
 
-def frobenius_loss(sq_norm: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray) -> float:
+def frobenius_loss(sq_norm: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray,
+                   HHt: np.ndarray | None = None) -> float:
     """``||X - W H||_F^2`` from ``||X||^2``, ``W.T X`` and ``W.T W`` without forming ``W H``.
 
-    ``||X||^2 - 2 <H, W.T X> + <W.T W, H H.T>``, evaluated in float64 and clipped at 0.
+    ``||X||^2 - 2 <H, W.T X> + <W.T W, H H.T>``, evaluated in float64 and clipped at 0;
+    ``HHt``: ``H @ H.T`` of the float64 H when the caller has it.
     """
     H = np.asarray(H, dtype=np.float64)
     cross = float(np.vdot(H, WtX))
-    quad = float(np.vdot(WtW, H @ H.T))
+    quad = float(np.vdot(WtW, H @ H.T if HHt is None else HHt))
     return max(sq_norm - 2.0 * cross + quad, 0.0)
 
 

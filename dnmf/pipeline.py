@@ -73,7 +73,7 @@ IN_MEMORY_FORMATS = ("numpy", "scipy")
 #: Without ``out``, a W up to this size is brought back into memory; larger goes to a temp store.
 W_IN_MEMORY_MAX_BYTES = 256 * 2**20
 #: An in-memory X (numpy, scipy.sparse) up to this size, fitted in-process without ``out``,
-#: runs the loop in this process with no graph per iteration (see :func:`local_input`); the
+#: runs the loop in this process with no graph per iteration (see :func:`local_x`); the
 #: crossover is measured by ``benchmarks/small.py``.
 IN_PROCESS_MAX_BYTES = 64 * 2**20
 

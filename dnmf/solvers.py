@@ -166,9 +166,10 @@ class _RowPanelStep:
             )
             W_next, (WtX, WtW) = self.run(W_next, partials)
         H64 = kernels.update_h(H64, WtX, WtW, solver=self.solver, l1=l1_h, l2=l2_h)
-        loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64)
+        HHt = H64 @ H64.T
+        loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64, HHt)
         loss += self.penalty_of(W_next, WtW, H64)
-        return W_next, H64, WtW[None], H64 @ H64.T, np.array([loss], dtype=np.float64)
+        return W_next, H64, WtW[None], HHt, np.array([loss], dtype=np.float64)
 
     def penalty_of(self, W: object, WtW: np.ndarray, H: object,
                    columns: slice = slice(None)) -> float:
@@ -658,9 +659,10 @@ def run_iterations(
             for r in [r for r in range(R) if active[r]]:
                 updated[r] = True
                 state.WtW[r] = WtW[r]
-                state.loss_history[r].append(float(losses[r]))
+                loss_r = float(losses[r])
+                state.loss_history[r].append(loss_r)
                 state.stop_reasons[r] = _converged(state.loss_history[r], tol)
-                if not np.isfinite(losses[r]):  # never checkpointed, never written
+                if not math.isfinite(loss_r):  # never checkpointed, never written
                     state.stop_reasons[r] = NON_FINITE
             check_finite_losses(state.loss_history)
             if callback is not None:
