@@ -212,7 +212,8 @@ def _hals_sweeps_by_rows(F: Array, A: Array, G: Array, *, sweeps: int, l1: float
     transpose is contiguous (and, on a GPU, read coalesced). Transposing once for all the
     sweeps made 5 numpy sweeps 2.1-3.5x faster (m = 20,000-100,000, k = 10-20), the two
     copies included. Every namespace runs the same operations, so numpy and device blocks
-    give the same numbers.
+    give the same numbers; except numpy factors of at most :data:`COMPILED_SWEEP_MAX_ENTRIES`
+    entries, swept by :func:`_compiled_sweeps` (the same updates, rounded in another order).
     """
     xp = array_namespace(F)
     if (xp is np and _compiled_sweep is not None and F.dtype in _COMPILED_DTYPES

@@ -6,7 +6,8 @@ A fit is, in order (see ``ARCHITECTURE.md``)::
     open_input        outputs checked, checkpoint read, X and mask opened lazily -> Opened
     fit_context       the scheduler (in-process threads, LocalCluster, a cluster)
     prepare           chunk plan, X in its panels (persisted when planned), one validation
-                      pass (sign, finiteness, ||X||^2, mean), W's scratch store -> Prepared
+                      pass (sign, finiteness, ||X||^2, mean), W's scratch store; a small
+                      in-memory X itself for an in-process fit (local_x) -> Prepared
     checkpoint_writer where the run's checkpoints go (with ``out``)
     starting_point    the initial factors of every restart, or the checkpoint's -> Start
     run               the one iteration loop (:func:`dnmf.solvers.run_iterations`)
