@@ -410,24 +410,39 @@ def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: 
     Xp = source.array
     if len(Xp.chunks[1]) > 1:
         Xp = Xp.rechunk({1: -1})
-    check_values(Xp, beta, masked, scheduler=scheduler, client=client)
+    here = _block_here(X, Xp, source, scheduler, client)
+    check_values(Xp if here is None else here, beta, masked, scheduler=scheduler, client=client)
     k = H.shape[0]
     if beta == 2.0 and not masked:
         HHt = H.astype(np.float64) @ H.T.astype(np.float64)
-        W = graph.map_panels(Xp, kernels.transform_rows, k=k, dtype=H.dtype,
-                             name="dnmf-transform", H=H, HHt=HHt, l1=l1, l2=l2,
-                             sum_to_one=w_sum_to_one)
+        kernel, kwargs, name = kernels.transform_rows, {
+            "H": H, "HHt": HHt, "l1": l1, "l2": l2, "sum_to_one": w_sum_to_one}, "dnmf-transform"
     else:
         if w_sum_to_one:
             raise InputError("w_sum_to_one transform is available for the Frobenius loss on "
                              "fully observed rows — drop one of them")
-        W = graph.map_panels(Xp, divergence.transform_rows_beta, k=k, dtype=H.dtype,
-                             name="dnmf-transform-mu", H=H, beta=beta, l1=l1, l2=l2,
-                             masked=masked, max_iter=max_iter, tol=tol)
+        kernel, kwargs, name = divergence.transform_rows_beta, {
+            "H": H, "beta": beta, "l1": l1, "l2": l2, "masked": masked, "max_iter": max_iter,
+            "tol": tol}, "dnmf-transform-mu"
+    if here is not None:  # the graph's one panel task, called here
+        return named_axes.labelled(kernels.call_aligned(kernel, here, **kwargs), axes, "W")
+    W = graph.map_panels(Xp, kernel, k=k, dtype=H.dtype, name=name, **kwargs)
     if source.format in IN_MEMORY_FORMATS:  # numpy or scipy.sparse in -> numpy out
         with execution_context(scheduler, x_nbytes=Xp.nbytes, client=client) as ctx:
             W = ctx.compute(W)[0]
     return named_axes.labelled(W, axes, "W")
+
+
+def _block_here(X: Any, Xp: Any, source: Any, scheduler: Any, client: Any) -> Any:
+    """X's one block when ``transform`` can run in this process without a graph: a numpy X
+    of one panel, at most ``pipeline.IN_PROCESS_MAX_BYTES``, the in-process scheduler (as
+    an in-process fit); else None."""
+    if (isinstance(X, np.ndarray) and source.format == "numpy" and Xp.numblocks == (1, 1)
+            and X.dtype == Xp.dtype and X.shape == Xp.shape
+            and X.nbytes <= pipeline.IN_PROCESS_MAX_BYTES and client is None
+            and scheduler in ("auto", "threads", "sync", None)):
+        return X
+    return None
 
 
 def check_values(X: da.Array, beta: float, masked: bool, *, scheduler: Any = "auto",
@@ -435,7 +450,9 @@ def check_values(X: da.Array, beta: float, masked: bool, *, scheduler: Any = "au
     """The fit's validation pass on rows to transform: negative, NaN (unless ``masked``) and
     infinite entries raise :class:`InputError` with the fit's messages, and so do zeros for
     β <= 0."""
-    if callable(scheduler):  # an active context's scheduler (transform_to_store)
+    if isinstance(X, np.ndarray):  # in memory: validated here (see dnmf.io.validate)
+        report = validate(X)
+    elif callable(scheduler):  # an active context's scheduler (transform_to_store)
         report = validate(X, scheduler=scheduler)
     else:
         with execution_context(scheduler, x_nbytes=X.nbytes, client=client) as ctx:

@@ -67,6 +67,11 @@ def initialize(
 
     Notes
     -----
+    X may also be X itself in memory (numpy or CSR, as an in-process fit holds it; ``init``
+    one of :data:`IN_PROCESS_INITS`): the same kernels then run on it as one panel, with no
+    graph, and W comes back as numpy (the same numbers as the graph's with X in one row panel;
+    with several, sums over panels round differently).
+
     NNDSVD (Boutsidis & Gallopoulos, 2008) takes the leading singular vectors from
     :func:`truncated_svd`: :data:`SVD_PASSES` reads of X, each a map-reduce over the row
     panels, so X is never held in memory across passes. W is lazy: each panel's rows are
@@ -76,6 +81,8 @@ def initialize(
     one pass over X each (VCA one more for the signal subspace), and W starts from the exact
     NNLS fit of every row to them (lazy: computed with the first iteration's read of X).
     """
+    if not isinstance(X, da.Array):
+        return _initialize_here(X, k, init=init, seed=seed, x_mean=x_mean)
     dtype = X.dtype
     n_samples, n_features = X.shape
     if init == "custom":
@@ -95,6 +102,36 @@ def initialize(
         return W, H.astype(dtype)
     return _nndsvd(X, k, fill={"nndsvd": "zero", "nndsvda": "mean", "nndsvdar": "random"}[init],
                    seed=seed, x_mean=x_mean)
+
+
+#: The inits :func:`initialize` runs on an in-memory X without a graph.
+IN_PROCESS_INITS = ("random", "nndsvd", "nndsvda", "nndsvdar")
+
+
+def _initialize_here(X: Any, k: int, *, init: str, seed: int, x_mean: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`initialize` on X in memory (numpy or CSR) as one panel: numpy W and H."""
+    if init not in IN_PROCESS_INITS:
+        raise ValueError(f"init {init!r} runs on a dask X only")
+    n_samples, n_features = X.shape
+    dtype = X.dtype
+    if init == "random":
+        # kernels.random_rows is chunking-invariant: graph.random_w's numbers, to the bit
+        scale = float(np.sqrt(x_mean / k))
+        W = kernels.random_rows(0, n_samples, k, seed=seed, scale=scale, dtype=dtype)
+        Ht = kernels.random_rows(0, n_features, k, seed=seed, scale=scale, dtype=dtype,
+                                 stream=0)
+        return W, np.ascontiguousarray(Ht.T)
+    fill = {"nndsvd": "zero", "nndsvda": "mean", "nndsvdar": "random"}[init]
+    svd = truncated_svd_here(X, k, seed=seed)
+    pos_sq, neg_sq = kernels.call_aligned(kernels.split_column_norms, svd.XQ, M=svd.to_u)
+    H, signs, norms, root = _nndsvd_h(svd, pos_sq, neg_sq, k, n_features, fill=fill, seed=seed,
+                                      x_mean=x_mean)
+    x_to_u = (svd.basis @ svd.to_u).astype(dtype)
+    W = kernels.call_aligned(_nndsvd_block, X, x_to_u=x_to_u, signs=signs, norms=norms,
+                             root=root, fill=fill, mean=x_mean, seed=seed,
+                             out_dtype=np.dtype(dtype))
+    return W, H.astype(dtype)
 
 
 def checked_factor_block(block: np.ndarray, name: str = "W_init") -> np.ndarray:
@@ -136,15 +173,33 @@ def _nndsvd(X: da.Array, k: int, *, fill: str, seed: int, x_mean: float
             "(2-D block scheme) — use init='random' or raise the memory limit"
         )
     svd = truncated_svd(X, k, seed=seed)
-    S, V = svd.S, svd.V
     pos_sq, neg_sq = graph.map_reduce_panels(
         svd.XQ, functools.partial(kernels.split_column_norms, M=svd.to_u),
         name="dnmf-nndsvd-norms").compute()
+    H, signs, norms, root = _nndsvd_h(svd, pos_sq, neg_sq, k, X.shape[1], fill=fill, seed=seed,
+                                      x_mean=x_mean)
+    # W (U's parts, scaled) stays lazy, computed from X_i by the first iteration's task for
+    # panel i, which reads X_i anyway: nothing n-sized outlives the initialisation
+    x_to_u = (svd.basis @ svd.to_u).astype(X.dtype)
+    W = graph.map_panels(
+        X, _nndsvd_block, k=k, dtype=X.dtype, name="dnmf-nndsvd-W",
+        x_to_u=x_to_u, signs=signs, norms=norms, root=root, fill=fill, mean=x_mean, seed=seed,
+        out_dtype=np.dtype(X.dtype),
+    )
+    return W, H.astype(X.dtype)
+
+
+def _nndsvd_h(svd: TruncatedSVD, pos_sq: np.ndarray, neg_sq: np.ndarray, k: int,
+              n_features: int, *, fill: str, seed: int, x_mean: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """NNDSVD's H (float64) and what W's rows are made with: ``(H, signs, norms, root)``,
+    from the SVD and the squared norms of the positive and negative parts of U's columns."""
+    S, V = svd.S, svd.V
     x_p_nrm, x_n_nrm = np.sqrt(pos_sq), np.sqrt(neg_sq)
     signs = np.zeros(k)
     norms = np.ones(k)
     root = np.zeros(k)
-    H = np.zeros((k, X.shape[1]))
+    H = np.zeros((k, n_features))
     root[0] = np.sqrt(S[0])
     H[0] = root[0] * np.abs(V[0])
     for j in range(1, k):
@@ -167,15 +222,7 @@ def _nndsvd(X: da.Array, k: int, *, fill: str, seed: int, x_mean: float
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
         zero = H == 0
         H[zero] = np.abs(x_mean * rng.standard_normal(int(zero.sum())) / 100)
-    # W (U's parts, scaled) stays lazy, computed from X_i by the first iteration's task for
-    # panel i, which reads X_i anyway: nothing n-sized outlives the initialisation
-    x_to_u = (svd.basis @ svd.to_u).astype(X.dtype)
-    W = graph.map_panels(
-        X, _nndsvd_block, k=k, dtype=X.dtype, name="dnmf-nndsvd-W",
-        x_to_u=x_to_u, signs=signs, norms=norms, root=root, fill=fill, mean=x_mean, seed=seed,
-        out_dtype=np.dtype(X.dtype),
-    )
-    return W, H.astype(X.dtype)
+    return H, signs, norms, root
 
 
 def _nndsvd_block(X: Any, *, x_to_u: np.ndarray, signs: np.ndarray, norms: np.ndarray,
@@ -238,10 +285,7 @@ def truncated_svd(X: da.Array, k: int, *, seed: int, passes: int = SVD_PASSES,
     """
     if passes < 2:
         raise ValueError(f"truncated_svd needs at least 2 passes over X; got {passes}")
-    n_features = X.shape[1]
-    width = min(k + oversamples, n_features)
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
-    Q = rng.standard_normal((n_features, width))
+    Q = _svd_start(X.shape[1], k, seed, oversamples)
     for p in range(passes - 1):
         # the products run in X's dtype (float32 X: sgemm, and a scipy panel is not upcast);
         # the n_features x width partial sums are float64
@@ -249,10 +293,37 @@ def truncated_svd(X: da.Array, k: int, *, seed: int, passes: int = SVD_PASSES,
             X, functools.partial(kernels.row_space_products, Q=Q.astype(X.dtype)),
             name=f"dnmf-svd-pass{p}").compute()
         Q, _ = np.linalg.qr(Z)
-    Y = graph.map_panels(X, kernels.project_rows, k=width, dtype=X.dtype,
+    Y = graph.map_panels(X, kernels.project_rows, k=Q.shape[1], dtype=X.dtype,
                          name="dnmf-svd-XQ", Q=Q.astype(X.dtype))
     (Y,) = dask.persist(Y)
     (gram,) = graph.map_reduce_panels(Y, kernels.gram_of_rows, name="dnmf-svd-gram").compute()
+    return _rayleigh_ritz(Y, Q, gram, k)
+
+
+def truncated_svd_here(X: Any, k: int, *, seed: int, passes: int = SVD_PASSES,
+                       oversamples: int = SVD_OVERSAMPLES) -> TruncatedSVD:
+    """:func:`truncated_svd` of X in memory (numpy or CSR) as one panel, without a graph:
+    the same kernels on the same random basis (``XQ`` is numpy)."""
+    if passes < 2:
+        raise ValueError(f"truncated_svd needs at least 2 passes over X; got {passes}")
+    Q = _svd_start(X.shape[1], k, seed, oversamples)
+    for _ in range(passes - 1):
+        (Z,) = kernels.call_aligned(kernels.row_space_products, X, Q=Q.astype(X.dtype))
+        Q, _ = np.linalg.qr(Z)
+    Y = kernels.call_aligned(kernels.project_rows, X, Q=Q.astype(X.dtype))
+    (gram,) = kernels.gram_of_rows(Y)
+    return _rayleigh_ritz(Y, Q, gram, k)
+
+
+def _svd_start(n_features: int, k: int, seed: int, oversamples: int) -> np.ndarray:
+    """The Gaussian test matrix of :func:`truncated_svd` (n_features x width)."""
+    width = min(k + oversamples, n_features)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
+    return rng.standard_normal((n_features, width))
+
+
+def _rayleigh_ritz(Y: Any, Q: np.ndarray, gram: np.ndarray, k: int) -> TruncatedSVD:
+    """:func:`truncated_svd`'s last step from ``Y = X Q`` and its Gram matrix."""
     eigvals, R = np.linalg.eigh(gram)
     order = np.argsort(eigvals)[::-1][:k]
     S = np.sqrt(np.maximum(eigvals[order], 0.0))

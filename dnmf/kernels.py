@@ -19,6 +19,7 @@ n_features). ``XHt = X @ H.T``, ``HHt = H @ H.T``, ``WtX = W.T @ X``, ``WtW = W.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ Array = Any  # a numpy (or CuPy) ndarray
 
 def array_namespace(a: Array) -> Any:
     """The array-API namespace of ``a`` (numpy for numpy arrays, cupy for CuPy arrays)."""
+    if type(a) is np.ndarray:  # the common case first: this runs several times per update
+        return np
     if type(a).__module__.startswith("cupy"):
         import sys
 
@@ -209,9 +212,13 @@ def _hals_sweeps_by_rows(F: Array, A: Array, G: Array, *, sweeps: int, l1: float
     transpose is contiguous (and, on a GPU, read coalesced). Transposing once for all the
     sweeps made 5 numpy sweeps 2.1-3.5x faster (m = 20,000-100,000, k = 10-20), the two
     copies included. Every namespace runs the same operations, so numpy and device blocks
-    give the same numbers.
+    give the same numbers; except numpy factors of at most :data:`COMPILED_SWEEP_MAX_ENTRIES`
+    entries, swept by :func:`_compiled_sweeps` (the same updates, rounded in another order).
     """
     xp = array_namespace(F)
+    if (xp is np and _compiled_sweep is not None and F.dtype in _COMPILED_DTYPES
+            and F.size <= COMPILED_SWEEP_MAX_ENTRIES):
+        return _compiled_sweeps(F, A, G, sweeps=sweeps, l1=l1, l2=l2)
     G = asarray_on(G, F, dtype=F.dtype)
     Ft = _transposed_copy(F)
     At = _transposed_copy(asarray_on(A, F, dtype=F.dtype))
@@ -233,6 +240,56 @@ def _hals_sweeps_by_rows(F: Array, A: Array, G: Array, *, sweeps: int, l1: float
                 grad = grad + scalar(F, l2) * Ft[t, :]
             Ft[t, :] = xp.maximum(Ft[t, :] - grad / scalar(F, hess), 0.0)
     return _transposed_copy(Ft)
+
+
+try:  # scikit-learn (a dependency) compiles the same sweep; a private name, hence the guard
+    from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast as _compiled_sweep
+except ImportError:  # pragma: no cover - a scikit-learn that moved it: the numpy loop
+    _compiled_sweep = None
+
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: Factors of at most this many entries (rows x k) are swept by scikit-learn's compiled
+#: coordinate descent (:func:`_compiled_sweeps`), larger ones by the vectorised numpy loop.
+#: A numpy column update costs ~5 calls (a few µs each) whatever its length; the compiled
+#: one ~1 ns per row and component, unvectorised. Measured on this project's machine (2
+#: shared cores; µs for all the sweeps, numpy / compiled): 10 x 5, 10 sweeps 531 / 30;
+#: 100 x 5, 1 sweep 105 / 13; 100 x 10, 10 sweeps 824 / 94; 1,000 x 10, 1 sweep 110 / 80,
+#: 5 sweeps 344 / 609; 10,000 x 10, 5 sweeps 2,491 / 7,152. So: up to 4,096 entries.
+COMPILED_SWEEP_MAX_ENTRIES = 4096
+
+
+def _compiled_sweeps(F: np.ndarray, A: np.ndarray, G: np.ndarray, *, sweeps: int, l1: float,
+                     l2: float) -> np.ndarray:
+    """:func:`_hals_sweeps_by_rows` on numpy by scikit-learn's ``_update_cdnmf_fast`` (the
+    Cython sweep of its ``cd`` solver, no shuffling): the same updates, column by column, the
+    rows of a column independent; the penalties enter as scikit-learn passes them (``l1`` off
+    ``A``, ``l2`` on G's diagonal). Only the rounding differs from the numpy loop (the
+    k-term gradient summed in another order: a few ulps per update)."""
+    dtype = F.dtype
+    W = np.array(F, dtype=dtype, order="C", copy=True)
+    # the kernel's memoryviews need writable operands of W's dtype (it writes W only): G and
+    # A are copied only when they are not that already (or to take the penalties)
+    gram = np.asarray(G)
+    if l2 or gram.dtype != dtype or not gram.flags.writeable:
+        gram = np.array(gram, dtype=dtype, copy=True)
+        if l2:
+            gram.flat[::gram.shape[0] + 1] += dtype.type(l2)
+    A = np.asarray(A)
+    if l1:
+        A = np.subtract(A, l1, dtype=dtype)
+    elif A.dtype != dtype or not A.flags.writeable:
+        A = np.array(A, dtype=dtype, copy=True)
+    order = _identity_order(W.shape[1])
+    for _ in range(sweeps):
+        _compiled_sweep(W, gram, A, order)
+    return W
+
+
+@functools.lru_cache(maxsize=64)
+def _identity_order(k: int) -> np.ndarray:
+    """The columns in their order (no shuffling), made once per k."""
+    return np.arange(k, dtype=np.intp)
 
 
 def _numpy_sweeps(Ft: np.ndarray, At: np.ndarray, G: np.ndarray, diag: np.ndarray, *,
@@ -750,14 +807,16 @@ def update_h(
     raise ValueError(f"unknown solver {solver!r}")
 
 
-def frobenius_loss(sq_norm: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray) -> float:
+def frobenius_loss(sq_norm: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray,
+                   HHt: np.ndarray | None = None) -> float:
     """``||X - W H||_F^2`` from ``||X||^2``, ``W.T X`` and ``W.T W`` without forming ``W H``.
 
-    ``||X||^2 - 2 <H, W.T X> + <W.T W, H H.T>``, evaluated in float64 and clipped at 0.
+    ``||X||^2 - 2 <H, W.T X> + <W.T W, H H.T>``, evaluated in float64 and clipped at 0;
+    ``HHt``: ``H @ H.T`` of the float64 H when the caller has it.
     """
     H = np.asarray(H, dtype=np.float64)
     cross = float(np.vdot(H, WtX))
-    quad = float(np.vdot(WtW, H @ H.T))
+    quad = float(np.vdot(WtW, H @ H.T if HHt is None else HHt))
     return max(sq_norm - 2.0 * cross + quad, 0.0)
 
 

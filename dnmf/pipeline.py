@@ -6,7 +6,8 @@ A fit is, in order (see ``ARCHITECTURE.md``)::
     open_input        outputs checked, checkpoint read, X and mask opened lazily -> Opened
     fit_context       the scheduler (in-process threads, LocalCluster, a cluster)
     prepare           chunk plan, X in its panels (persisted when planned), one validation
-                      pass (sign, finiteness, ||X||^2, mean), W's scratch store -> Prepared
+                      pass (sign, finiteness, ||X||^2, mean), W's scratch store; a small
+                      in-memory X itself for an in-process fit (local_x) -> Prepared
     checkpoint_writer where the run's checkpoints go (with ``out``)
     starting_point    the initial factors of every restart, or the checkpoint's -> Start
     run               the one iteration loop (:func:`dnmf.solvers.run_iterations`)
@@ -40,7 +41,7 @@ from dnmf import divergence
 from dnmf._version import __version__
 from dnmf.cluster import ExecutionContext, blas_threads_for, execution_context
 from dnmf.errors import NON_FINITE_FIX, InputError, NumericalError
-from dnmf.init import initialize
+from dnmf.init import IN_PROCESS_INITS, initialize
 from dnmf.io import check_rank, checkpoint, open_matrix, validate
 from dnmf.io.overlap import Stored, check_outputs_are_not_inputs
 from dnmf.io.reach import check_workers_reach
@@ -74,7 +75,7 @@ IN_MEMORY_FORMATS = ("numpy", "scipy")
 #: Without ``out``, a W up to this size is brought back into memory; larger goes to a temp store.
 W_IN_MEMORY_MAX_BYTES = 256 * 2**20
 #: An in-memory X (numpy, scipy.sparse) up to this size, fitted in-process without ``out``,
-#: runs the loop in this process with no graph per iteration (see :func:`local_input`); the
+#: runs the loop in this process with no graph per iteration (see :func:`local_x`); the
 #: crossover is measured by ``benchmarks/small.py``.
 IN_PROCESS_MAX_BYTES = 64 * 2**20
 
@@ -293,6 +294,8 @@ class Prepared:
     report: Any
     x_mean: float
     w_scratch: str | None
+    #: X itself (numpy or CSR) when the fit can run in this process (see :func:`local_x`)
+    local: Any = None
 
 
 def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: contextlib.ExitStack,
@@ -312,8 +315,12 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
         check_workers_reach(ctx.remote_client, scratch=w_scratch)
     Xp = planned_input(X, var, dtype, source, plan, ctx, stack)
     mask_p = None if opened.mask is None else opened.mask.array.rechunk(Xp.chunks)
-    report = validate(Xp, scheduler=ctx.scheduler, stored_chunks=source.stored_chunks,
-                      optimize_graph=False)
+    local = local_x(spec, opened, Xp, X, plan, ctx, masked=mask_p is not None,
+                    w_scratch=w_scratch)
+    # X in memory as one block: validated as it is, without a graph (the same summaries)
+    one_block = isinstance(local, np.ndarray) and Xp.numblocks == (1, 1)
+    report = validate(local if one_block else Xp, scheduler=ctx.scheduler,
+                      stored_chunks=source.stored_chunks, optimize_graph=False)
     report.raise_if_invalid(allow_nan=spec.masked)
     check_scale(report.min_value, report.max_value, Xp.dtype)
     if spec.beta <= 0.0 and report.min_value <= 0.0:
@@ -332,7 +339,7 @@ def prepare(spec: FitSpec, opened: Opened, ctx: ExecutionContext, stack: context
     if on_plan is not None:  # once X is known to be usable: a bad X gets its error line alone
         on_plan(plan, ctx)
     return Prepared(plan=plan, X=Xp, mask=mask_p, report=report, x_mean=x_mean,
-                    w_scratch=w_scratch)
+                    w_scratch=w_scratch, local=local)
 
 
 def check_scale(min_value: float, max_value: float, dtype: Any) -> None:
@@ -566,6 +573,9 @@ def starting_point(spec: FitSpec, opened: Opened, prepared: Prepared,
                      H=ckpt.H, iteration=ckpt.iteration, loss_history=ckpt.loss_history,
                      seconds_per_iteration=ckpt.seconds_per_iteration)
     X_init = Xp if not spec.masked else filled(Xp, prepared.mask, prepared.x_mean)
+    if (prepared.local is not None and writer is None and not spec.masked
+            and spec.init in IN_PROCESS_INITS):
+        X_init = prepared.local  # numpy W and H, no graph
     W0, H0 = initial_factors(X_init, spec.rank, init=spec.init, seeds=spec.restart_seeds(),
                              x_mean=prepared.x_mean, sum_to_one=spec.sum_to_one,
                              W_init=W_init, H_init=H_init)
@@ -638,7 +648,7 @@ def run(spec: FitSpec, opened: Opened, prepared: Prepared, start: Start, ctx: Ex
             opened.notes.append(f"X kept in device memory ({Xp.nbytes / 2**30:.2f} GiB): no "
                                 "reads of X per iteration")
     l1_w, l2_w, l1_h, l2_h = spec.penalties(opened.source.shape)
-    local = local_input(spec, opened, prepared, ctx, impute=impute, has_writer=writer is not None)
+    local = None if impute or writer is not None else prepared.local
     step = make_step(
         X_fit, ctx, solver=spec.solver, sq_norm=prepared.report.sq_norm if sq_norm is None
         else sq_norm, restarts=spec.n_restarts, stacked=spec.n_restarts > 1 or impute,
@@ -661,21 +671,25 @@ def run(spec: FitSpec, opened: Opened, prepared: Prepared, start: Start, ctx: Ex
         raise
 
 
-def local_input(spec: FitSpec, opened: Opened, prepared: Prepared, ctx: ExecutionContext, *,
-                impute: bool = False, has_writer: bool = False) -> Any:
-    """X itself (numpy, or CSR for sparse input) when the fit runs in this process, else None.
+def local_x(spec: FitSpec, opened: Opened, Xp: da.Array, X: Any, plan: ChunkPlan,
+            ctx: ExecutionContext, *, masked: bool, w_scratch: str | None) -> Any:
+    """X itself (numpy, or CSR for sparse input) when the fit can run in this process, else
+    None.
 
     Small in-memory inputs (up to :data:`IN_PROCESS_MAX_BYTES`) fitted with the in-process
-    scheduler, on the CPU, one restart, row panels, no explicit mask and no checkpoints: there
-    the per-iteration graph and scheduler call cost more than the arithmetic. The loop is the
-    same; its step calls the graph's panel task on the whole X.
+    scheduler, on the CPU, one restart, row panels, no explicit mask: there the per-iteration
+    graph and scheduler call cost more than the arithmetic. The loop is the same; its step
+    calls the graph's panel task on the whole X (:func:`run`; not with checkpoints, or for
+    ``rank``'s imputation). The validation and the init (:data:`IN_PROCESS_INITS`) run on it
+    too, without a graph.
     """
-    Xp = prepared.X
     if (opened.source.format not in IN_MEMORY_FORMATS or Xp.nbytes > IN_PROCESS_MAX_BYTES
             or ctx.client is not None or spec.device != "cpu" or spec.n_restarts > 1
-            or impute or has_writer or prepared.mask is not None or prepared.plan.is_2d
-            or prepared.w_scratch is not None or len(Xp.chunks[1]) > 1):
+            or masked or plan.is_2d or w_scratch is not None or len(Xp.chunks[1]) > 1):
         return None
+    if (isinstance(X, np.ndarray) and Xp.numblocks == (1, 1) and X.dtype == Xp.dtype
+            and X.shape == Xp.shape):
+        return X  # the one block would be X itself: no graph to compute it
     blocks = ctx.compute(*Xp.to_delayed().ravel())
     if len(blocks) == 1:
         return blocks[0]

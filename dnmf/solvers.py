@@ -10,6 +10,7 @@ reads).
 from __future__ import annotations
 
 import inspect
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -95,7 +96,7 @@ class _RowPanelStep:
         self.w_store = None if w_scratch is None else _WStore(w_scratch, X)
         #: X itself (numpy or CSR) when the fit runs in this process: each iteration calls the
         #: panel task of the graph on it as one panel, W is numpy, no graph is built
-        self.local = local
+        self.local = kernels.aligned(local)
 
     def prepare(self, W: da.Array, H: object) -> tuple[da.Array, np.ndarray, np.ndarray]:
         W = self.keep(W)
@@ -109,7 +110,9 @@ class _RowPanelStep:
             inner_sweeps=kernels.w_inner_sweeps(W.shape[1], self.X.shape[1]),
             **options)  # type: ignore[arg-type]
         extra = (None,) if len(consts) == 1 else ()  # the β task takes the (absent) mask
-        return kernels.call_aligned(func, self.local, W, *consts, *extra)
+        # called directly, not through kernels.call_aligned: X was aligned once (__init__),
+        # W and the constants are arrays made here, aligned (the same BLAS path, the same bits)
+        return func(self.local, W, *consts, *extra)
 
     def loss_local(self, W: np.ndarray, H: object, *, beta: float,
                    masked: bool = False) -> tuple[float, float, float]:
@@ -121,7 +124,10 @@ class _RowPanelStep:
         """W between iterations: persisted on the workers, or written to the scratch store
         (in-process: computed once, numpy)."""
         if self.local is not None:
-            return np.asarray(self.ctx.compute(W)[0] if isinstance(W, da.Array) else W)
+            return kernels.aligned(np.asarray(self.ctx.compute(W)[0] if isinstance(W, da.Array)
+                                              else W))
+        if isinstance(W, np.ndarray):  # an init made in memory (dnmf.init), run as a graph
+            W = da.from_array(W, chunks=(self.X.chunks[0], (W.shape[1],)))
         if self.w_store is None:
             (W,) = self.ctx.persist(W)
             return W
@@ -160,9 +166,10 @@ class _RowPanelStep:
             )
             W_next, (WtX, WtW) = self.run(W_next, partials)
         H64 = kernels.update_h(H64, WtX, WtW, solver=self.solver, l1=l1_h, l2=l2_h)
-        loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64)
+        HHt = H64 @ H64.T
+        loss = kernels.frobenius_loss(self.sq_norm, WtX, WtW, H64, HHt)
         loss += self.penalty_of(W_next, WtW, H64)
-        return W_next, H64, WtW[None], H64 @ H64.T, np.array([loss], dtype=np.float64)
+        return W_next, H64, WtW[None], HHt, np.array([loss], dtype=np.float64)
 
     def penalty_of(self, W: object, WtW: np.ndarray, H: object,
                    columns: slice = slice(None)) -> float:
@@ -435,7 +442,7 @@ NON_FINITE = "non-finite"
 def check_finite_losses(histories: list[list[float]]) -> None:
     """Stop the fit once every restart's loss has become NaN or infinite (one restart is the
     plain fit; with several, a restart that diverges is only dropped: the others go on)."""
-    if not histories or any(h and np.isfinite(h[-1]) for h in histories) or not all(histories):
+    if not histories or any(h and math.isfinite(h[-1]) for h in histories) or not all(histories):
         return
     # a history holds every iteration from the first (a resumed run's too)
     start = min(next(i for i, v in enumerate(h) if not np.isfinite(v)) + 1 for h in histories)
@@ -649,12 +656,13 @@ def run_iterations(
             # the previous W is released here: lineage stays one iteration deep
             state.W, state.H, state.HHt, state.n_iter = W, H_work, HHt, it
             state.seconds_per_iteration.append(dt)
-            for r in np.flatnonzero(active):
+            for r in [r for r in range(R) if active[r]]:
                 updated[r] = True
                 state.WtW[r] = WtW[r]
-                state.loss_history[r].append(float(losses[r]))
+                loss_r = float(losses[r])
+                state.loss_history[r].append(loss_r)
                 state.stop_reasons[r] = _converged(state.loss_history[r], tol)
-                if not np.isfinite(losses[r]):  # never checkpointed, never written
+                if not math.isfinite(loss_r):  # never checkpointed, never written
                     state.stop_reasons[r] = NON_FINITE
             check_finite_losses(state.loss_history)
             if callback is not None:

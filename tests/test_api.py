@@ -11,6 +11,7 @@ import xarray as xr
 import zarr
 
 import dnmf
+from dnmf import api
 from dnmf.errors import InputError, OutputError
 from tests.conftest import make_planted
 
@@ -223,3 +224,18 @@ def test_an_in_memory_fit_imports_neither_distributed_nor_h5py():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_transform_of_a_small_numpy_x_equals_the_graphs():
+    """A small numpy X is transformed here by the graph's panel kernel, with the same checks:
+    the same W as through the graph, bit for bit, and the same refusal of bad values."""
+    rng = np.random.default_rng(4)
+    X = rng.random((50, 9))
+    H = rng.random((3, 9))
+    here = api.transform_rows(X, H)
+    graph = api.transform_rows(da.from_array(X, chunks=X.shape), H).compute()
+    assert isinstance(here, np.ndarray)
+    np.testing.assert_array_equal(here, graph)
+    X[4, 2] = -1.0
+    with pytest.raises(InputError, match="1 negative entries"):
+        api.transform_rows(X, H)

@@ -162,3 +162,25 @@ def test_nndsvd_w_is_computed_from_x_by_the_first_iteration():
     W, _ = init.initialize(Xd, 3, init="nndsvda", seed=0, x_mean=float(np.abs(X).mean()))
     assert Xd.name in W.dask.dependencies[W.name]
     assert W.chunks == (Xd.chunks[0], (3,))
+
+
+@pytest.mark.parametrize("method", init.IN_PROCESS_INITS)
+def test_in_memory_init_equals_the_graphs(method):
+    """X in memory (an in-process fit's) is initialised by the same kernels without a graph:
+    with X in one row panel, the graph's W and H to the bit; in several panels, sums over
+    panels round differently (float64: rtol 1e-9, far above 40 terms' rounding)."""
+    rng = np.random.default_rng(3)
+    X = rng.random((90, 12)) @ rng.random((12, 40)) + 0.05 * rng.random((90, 40))
+    kwargs = {"init": method, "seed": 5, "x_mean": float(X.mean())}
+    W, H = init.initialize(X, 4, **kwargs)
+    assert isinstance(W, np.ndarray) and W.dtype == X.dtype and H.dtype == X.dtype
+    W1, H1 = init.initialize(da.from_array(X, chunks=X.shape), 4, **kwargs)
+    np.testing.assert_array_equal(W, W1.compute())
+    np.testing.assert_array_equal(H, H1)
+    W3, H3 = init.initialize(da.from_array(X, chunks=(30, 40)), 4, **kwargs)
+    np.testing.assert_allclose(H, H3, rtol=1e-9, atol=1e-12)
+    if method != "nndsvdar":
+        # nndsvdar's W noise through the graph depends on the row panels: each panel's
+        # _nndsvd_block gets no block_info from graph.map_panels and draws rows 0.. again
+        # (a known problem of the graph path, not of this one)
+        np.testing.assert_allclose(W, W3.compute(), rtol=1e-9, atol=1e-12)

@@ -302,3 +302,40 @@ def test_call_aligned_gives_the_products_of_aligned_operands_bitwise(rng, dtype)
     np.testing.assert_array_equal(got[0], expected[0])
     for g, e in zip(got[1], expected[1], strict=True):
         np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("l1", "l2"), [(0.0, 0.0), (0.3, 0.0), (0.0, 0.7)])
+@pytest.mark.parametrize("rows", [8, 300])
+def test_compiled_sweeps_equal_the_numpy_loop(rng, dtype, l1, l2, rows):
+    """Small factors are swept by scikit-learn's compiled coordinate descent, larger ones by
+    the numpy loop: the same updates, so they differ by rounding only.
+
+    Each update's gradient is a k-term sum taken in another order (≤ k eps relative to the
+    sum of magnitudes); the sweeps' errors add up, so rtol = 10 k sweeps eps, relative to the
+    largest entry (entries driven to 0 make an entry-wise rtol meaningless)."""
+    k, sweeps = 5, 4
+    X = rng.random((rows, 30))
+    H = rng.random((k, 30))
+    W = rng.random((rows, k)).astype(dtype)
+    A, G = (X @ H.T).astype(dtype), (H @ H.T).astype(dtype)
+    assert W.size <= kernels.COMPILED_SWEEP_MAX_ENTRIES
+    compiled = kernels.hals_sweeps(W, A, G, sweeps=sweeps, l1=l1, l2=l2)
+    Ft, At = W.T.copy(), (A - np.asarray(l1, dtype=dtype)).T.copy()
+    kernels._numpy_sweeps(Ft, At, G, np.diagonal(G).copy(), sweeps=1 if l1 else sweeps, l2=l2)
+    eps = np.finfo(dtype).eps
+    assert compiled.dtype == dtype and compiled.flags.c_contiguous
+    np.testing.assert_allclose(compiled, Ft.T, rtol=0,
+                               atol=10 * k * sweeps * eps * float(np.abs(Ft).max()))
+    assert not np.shares_memory(compiled, W)
+
+
+def test_compiled_sweeps_leave_their_operands_alone(rng):
+    """The compiled kernel writes only the factor's copy: read-only G and A are accepted and
+    unchanged (they come from a graph's constants)."""
+    W, A, G = rng.random((10, 3)), rng.random((10, 3)), rng.random((3, 3)) + 1.0
+    A.flags.writeable = G.flags.writeable = False
+    before = (W.copy(), A.copy(), G.copy())
+    kernels.hals_sweeps(W, A, G, sweeps=2, l2=0.5)
+    for a, b in zip((W, A, G), before, strict=True):
+        np.testing.assert_array_equal(a, b)

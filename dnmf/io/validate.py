@@ -389,6 +389,13 @@ def validate(X: Any, *, scheduler: Any = None, stored_chunks: tuple[int, ...] | 
     (0, 24.0, [])
     """
     array = getattr(X, "array", X)  # a MatrixSource
+    if isinstance(array, np.ndarray) and array.ndim == 2 and (
+            array.nbytes <= ONE_BLOCK_HERE_MAX_BYTES):
+        # a small X in memory (an in-process fit's): one block, summarised here, no graph
+        only = _block_stats(array, (0, 0))
+        return _report(array, [_combine_row(only)], [_count_zero_cols(_combine_cols(only))],
+                       np.array([0, array.shape[0]]), np.array([0, array.shape[1]]),
+                       stored_chunks)
     if sp.issparse(array):
         array = scipy_dask_array(array)
     if not isinstance(array, da.Array):

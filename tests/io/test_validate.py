@@ -228,3 +228,14 @@ def test_check_rank_errors(shape, k, message):
 @pytest.mark.parametrize("k", [1, 20, np.int64(7)])
 def test_check_rank_ok(k):
     assert check_rank((100, 20), k) == int(k) and type(check_rank((100, 20), k)) is int
+
+
+@pytest.mark.parametrize("stored_chunks", [None, (6, 4)])
+def test_numpy_x_is_validated_here_as_one_block(planted_bad, stored_chunks):
+    """A numpy X (an in-process fit's) is summarised without a graph: the report of the same
+    X as one dask block, field for field, messages and chunk positions included."""
+    here = validate(planted_bad, stored_chunks=stored_chunks)
+    graph = validate(da.from_array(planted_bad, chunks=planted_bad.shape), scheduler="sync",
+                     stored_chunks=stored_chunks)
+    assert here == graph
+    assert here.problems() == graph.problems()
