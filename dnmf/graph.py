@@ -16,6 +16,7 @@ another order, so a recomputed panel would not give the same bits as the first.
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -245,11 +246,21 @@ def _loss_task(X: Any, W: Any, H: Any, observed: Any, **kwargs: Any) -> tuple:
 def map_panels(
     X: da.Array, func: Any, *, k: int, dtype: Any, name: str, **kwargs: Any
 ) -> da.Array:
-    """A (n_samples, k) array from ``func(X_i, **kwargs)`` on each row panel."""
+    """A (n_samples, k) array from ``func(X_i, **kwargs)`` on each row panel; a ``func`` with
+    a ``block_info`` parameter gets dask's (where the panel starts, for row-seeded noise)."""
+    task: Any = functools.partial(kernels.call_aligned, func)
+    if "block_info" in inspect.signature(func).parameters:
+        # dask passes block_info only to a function that names it: the wrapper must
+        task = functools.partial(_aligned_with_block_info, func)
     return X.map_blocks(
-        functools.partial(kernels.call_aligned, func), dtype=dtype, chunks=(X.chunks[0], (k,)),
+        task, dtype=dtype, chunks=(X.chunks[0], (k,)),
         name=f"{name}-{tokenize(X, kwargs)}", **kwargs,
     )
+
+
+def _aligned_with_block_info(func: Any, X: Any, block_info: Any = None, **kwargs: Any) -> Any:
+    """:func:`dnmf.kernels.call_aligned` of ``func`` with dask's ``block_info`` passed on."""
+    return kernels.call_aligned(func, X, block_info=block_info, **kwargs)
 
 
 def random_w(
