@@ -216,8 +216,8 @@ def _hals_sweeps_by_rows(F: Array, A: Array, G: Array, *, sweeps: int, l1: float
     entries, swept by :func:`_compiled_sweeps` (the same updates, rounded in another order).
     """
     xp = array_namespace(F)
-    if (xp is np and _compiled_sweep is not None and F.dtype in _COMPILED_DTYPES
-            and F.size <= COMPILED_SWEEP_MAX_ENTRIES):
+    if (xp is np and F.dtype in _COMPILED_DTYPES and F.size <= COMPILED_SWEEP_MAX_ENTRIES
+            and compiled_sweep() is not None):
         return _compiled_sweeps(F, A, G, sweeps=sweeps, l1=l1, l2=l2)
     G = asarray_on(G, F, dtype=F.dtype)
     Ft = _transposed_copy(F)
@@ -242,10 +242,20 @@ def _hals_sweeps_by_rows(F: Array, A: Array, G: Array, *, sweeps: int, l1: float
     return _transposed_copy(Ft)
 
 
-try:  # scikit-learn (a dependency) compiles the same sweep; a private name, hence the guard
-    from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast as _compiled_sweep
-except ImportError:  # pragma: no cover - a scikit-learn that moved it: the numpy loop
-    _compiled_sweep = None
+@functools.lru_cache(maxsize=1)
+def compiled_sweep() -> Any:
+    """scikit-learn's compiled HALS sweep (``_update_cdnmf_fast``), or None where it cannot
+    be imported (a private name, hence the guard).
+
+    Imported on first use, not with this module: ``sklearn.decomposition`` imports every one
+    of its estimators (~40 MB in each worker process), and the workers of a large fit, whose
+    panels are far above :data:`COMPILED_SWEEP_MAX_ENTRIES`, never need it.
+    """
+    try:
+        from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast
+    except ImportError:  # pragma: no cover - a scikit-learn that moved it: the numpy loop
+        return None
+    return _update_cdnmf_fast
 
 _COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -281,8 +291,9 @@ def _compiled_sweeps(F: np.ndarray, A: np.ndarray, G: np.ndarray, *, sweeps: int
     elif A.dtype != dtype or not A.flags.writeable:
         A = np.array(A, dtype=dtype, copy=True)
     order = _identity_order(W.shape[1])
+    sweep = compiled_sweep()
     for _ in range(sweeps):
-        _compiled_sweep(W, gram, A, order)
+        sweep(W, gram, A, order)
     return W
 
 

@@ -218,6 +218,20 @@ def test_kernels_never_import_dask():
     assert not any(n.split(".")[0] == "dask" for n in names)
 
 
+def test_worker_modules_do_not_import_scikit_learn():
+    """A worker imports the kernels, the graph and the supervised unmixing panel; importing
+    scikit-learn's decomposition package with them costs every worker ~40 MB (a worker held
+    to 350 MB was pushed over by it), so the compiled sweep is imported on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dnmf.kernels, dnmf.divergence, dnmf.graph, dnmf.hyperspectral.fcls; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_sum_partials_adds_float32_partials_in_float64():
     a = np.full((2, 3), 1.0, dtype=np.float32)
     b = np.full((2, 3), 2.0 ** -30, dtype=np.float32)
