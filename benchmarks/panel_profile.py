@@ -1,5 +1,6 @@
 """Where a panel's time goes: read, ``X Hᵀ``, the W update, ``Wᵀ X``, and the whole task,
-for the whole-panel kernel (before the performance issue) and the sub-blocked one (after).
+for the whole-panel kernel (before the performance issue; still the default for Frobenius
+panels) and the cache-sized sub-blocks (:func:`dnmf.kernels.cache_block_rows`).
 
 ``python -m benchmarks.panel_profile [--rows 33554] [--cols 500] [--k 20]`` writes
 ``results/panel-profile.{md,json}``. One float32 panel (64 MiB at the defaults, the stored
@@ -49,7 +50,7 @@ def profile(rows: int, cols: int, k: int, repeats: int) -> dict[str, Any]:
     HHt = H.astype(np.float64) @ H.T.astype(np.float64)
     sweeps = kernels.w_inner_sweeps(k, cols)
     out: dict[str, Any] = {"rows": rows, "cols": cols, "k": k, "sweeps": sweeps,
-                           "block_rows": kernels.panel_block_rows(cols, 4), "solvers": {}}
+                           "block_rows": kernels.cache_block_rows(cols, 4), "solvers": {}}
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(1):
         path = Path(tmp) / "panel.zarr"
         z = zarr.create_array(str(path), shape=X.shape, chunks=X.shape, dtype=X.dtype,
@@ -68,7 +69,8 @@ def profile(rows: int, cols: int, k: int, repeats: int) -> dict[str, Any]:
                 "before_s": cpu_seconds(lambda s=solver: kernels.panel_step_unblocked(
                     X, W, H, HHt, solver=s, inner_sweeps=sweeps), reps),
                 "after_s": cpu_seconds(lambda s=solver: kernels.panel_step(
-                    X, W, H, HHt, solver=s, inner_sweeps=sweeps), reps),
+                    X, W, H, HHt, solver=s, inner_sweeps=sweeps,
+                    block_rows=kernels.cache_block_rows(cols, 4)), reps),
             }
             parts = out["xht_s"] + row["w_update_s"] + out["wtx_s"]
             row["overhead_before_s"] = row["before_s"] - parts

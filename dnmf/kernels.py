@@ -641,28 +641,58 @@ def _blocked_gram_partials(X: Array, W: Array,
     return WtX, WtW
 
 
-#: Bounds of :func:`panel_block_rows`. Below 1,024 rows the Python-level steps of the W update
-#: (k x sweeps numpy calls per block for HALS) cost more than the cache saves: measured on a
-#: 33,554 x 500 float32 panel (k = 20, one thread, CPU time), HALS took 79-91 ms in 512-row
-#: blocks, 69-74 ms in 1,024-row, 55-61 ms in 2,048 to 8,192-row blocks, 70 ms unfused.
+#: Bounds of :func:`cache_block_rows`. Below 1,024 rows the Python-level steps of the W update
+#: (k x sweeps numpy calls per block for HALS) cost more than the cache saves.
 MIN_BLOCK_ROWS = 1024
 MAX_BLOCK_ROWS = 16384
 
 
 def panel_block_rows(n_features: int, itemsize: int) -> int:
-    """Rows of the sub-blocks of :func:`panel_step`: as many as fit half of one CPU's share
-    of the last-level cache (so that a sub-block of X read by ``X_b Hᵀ`` is still there for
-    ``W_bᵀ X_b``; the other half holds W's rows, ``X_b Hᵀ`` and the other core's traffic),
-    a multiple of :data:`PARTIAL_BLOCK_ROWS`, within [:data:`MIN_BLOCK_ROWS`,
-    :data:`MAX_BLOCK_ROWS`]. The choice changes speed only: the partial sums are added in
-    :data:`PARTIAL_BLOCK_ROWS`-row pieces whatever the sub-block, and every row of W is
-    updated by the same operations, so the results do not depend on the machine's caches.
+    """Rows of the sub-blocks of :func:`panel_step`: the whole panel by default.
+
+    Measured on this project's machine (AMD EPYC, OpenBLAS Haswell kernels, one 33,554 x 500
+    float32 panel, k = 20, CPU time of one thread on an idle machine, 2026-12-07,
+    ``benchmarks/panel_profile.py``): in cache-sized sub-blocks (:func:`cache_block_rows`,
+    4,096 rows there) HALS took 52.9 ms against 44.8 ms for the whole panel, anls 412 against
+    389 ms, mu 33.2 against 35.0 ms; in 1 GB fits on 2 workers the two were within the
+    noise. The streamed products gain little from the cache and the W update's per-block
+    Python steps cost more, so a Frobenius panel is processed whole. ``DNMF_PANEL_BLOCK_ROWS``
+    (read where the kernel runs) sets another size: a number of rows, or ``cache``.
     """
+    forced = _forced_rows("DNMF_PANEL_BLOCK_ROWS", n_features, itemsize)
+    return WHOLE_PANEL if forced is None else forced
+
+
+def cache_block_rows(n_features: int, itemsize: int) -> int:
+    """As many rows as fit half of one CPU's share of the last-level cache (so that a
+    sub-block of X read by ``X_b Hᵀ`` is still there for ``W_bᵀ X_b``), a multiple of
+    :data:`PARTIAL_BLOCK_ROWS`, within [:data:`MIN_BLOCK_ROWS`, :data:`MAX_BLOCK_ROWS`]. The
+    choice changes speed only: the partial sums are added in :data:`PARTIAL_BLOCK_ROWS`-row
+    pieces whatever the sub-block, and every row of W is updated by the same operations."""
     from dnmf.cpu_cache import l3_share_bytes
 
     rows = l3_share_bytes() // 2 // max(1, n_features * itemsize)
     rows = (rows // PARTIAL_BLOCK_ROWS) * PARTIAL_BLOCK_ROWS
     return int(min(max(rows, MIN_BLOCK_ROWS), MAX_BLOCK_ROWS))
+
+
+def _forced_rows(variable: str, n_features: int, itemsize: int) -> int | None:
+    """Sub-block rows set by the environment variable ``variable`` (read in the process that
+    runs the kernel, e.g. a worker): ``0`` for the whole panel at once, ``cache`` for
+    :func:`cache_block_rows`, a positive number of rows; None when unset."""
+    import os
+
+    value = os.environ.get(variable, "").strip().lower()
+    if not value:
+        return None
+    if value == "cache":
+        return cache_block_rows(n_features, itemsize)
+    rows = int(value)
+    return rows if rows > 0 else WHOLE_PANEL
+
+
+#: Sub-block rows that no panel reaches: the whole panel at once.
+WHOLE_PANEL = 1 << 40
 
 
 def panel_step(
@@ -680,11 +710,12 @@ def panel_step(
 ) -> tuple[Array, tuple[Array, Array]]:
     """The one-pass task of a row panel: update ``W_i``, then ``W_i.T X_i`` and ``W_i.T W_i``.
 
-    A dense numpy panel is processed in sub-blocks of rows (:func:`panel_block_rows`), each
-    while it is in cache: ``X_b Hᵀ``, the W update of those rows (rows of W are independent
-    given H, so this is exactly the panel's update), then ``W_bᵀ X_b`` and ``W_bᵀ W_b``
-    added to the float64 partial sums. One pass over the panel from memory instead of two.
-    Sparse and device panels take the whole panel at once (:func:`panel_step_unblocked`).
+    A dense numpy panel may be processed in sub-blocks of rows (``block_rows``; default
+    :func:`panel_block_rows`, the whole panel, which measured faster here), each while it is
+    in cache: ``X_b Hᵀ``, the W update of those rows (rows of W are independent given H, so
+    this is exactly the panel's update), then ``W_bᵀ X_b`` and ``W_bᵀ W_b`` added to the
+    float64 partial sums in :data:`PARTIAL_BLOCK_ROWS`-row pieces. Sparse and device panels
+    take the whole panel at once (:func:`panel_step_unblocked`).
 
     Parameters
     ----------

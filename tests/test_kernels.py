@@ -129,8 +129,8 @@ def test_panel_step_refuses_a_block_that_splits_a_partial_sum(rng):
 
 
 @pytest.mark.parametrize("n_features,itemsize", [(1, 4), (500, 4), (500, 8), (10**6, 4)])
-def test_panel_block_rows_is_a_bounded_multiple_of_the_partial_rows(n_features, itemsize):
-    rows = kernels.panel_block_rows(n_features, itemsize)
+def test_cache_block_rows_is_a_bounded_multiple_of_the_partial_rows(n_features, itemsize):
+    rows = kernels.cache_block_rows(n_features, itemsize)
     assert rows % kernels.PARTIAL_BLOCK_ROWS == 0
     assert kernels.MIN_BLOCK_ROWS <= rows <= kernels.MAX_BLOCK_ROWS
 
@@ -353,3 +353,12 @@ def test_compiled_sweeps_leave_their_operands_alone(rng):
     kernels.hals_sweeps(W, A, G, sweeps=2, l2=0.5)
     for a, b in zip((W, A, G), before, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value,expected", [("", kernels.WHOLE_PANEL), ("0", kernels.WHOLE_PANEL),
+                                            ("2048", 2048), ("cache", None)])
+def test_panel_block_rows_default_whole_and_set_by_the_environment(monkeypatch, value,
+                                                                   expected):
+    monkeypatch.setenv("DNMF_PANEL_BLOCK_ROWS", value)
+    rows = kernels.panel_block_rows(500, 4)
+    assert rows == (kernels.cache_block_rows(500, 4) if expected is None else expected)
