@@ -89,7 +89,7 @@ def render(report: dict[str, Any]) -> str:
              f"from a raw Zarr chunk with dnmf's reader (page cache warm): {p['read_s'] * ms:.1f} "
              "ms.", "",
              "| solver | X·Hᵀ | W update | Wᵀ·X, WᵀW | overhead | whole panel (before) | "
-             "sub-blocked (after) | after / before |",
+             "cache sub-blocks | sub-blocks / whole |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for solver, r in p["solvers"].items():
         lines.append(f"| {solver} | {p['xht_s'] * ms:.1f} | {r['w_update_s'] * ms:.1f} | "
