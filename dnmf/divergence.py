@@ -375,9 +375,9 @@ def beta_block_rows(n_features: int, itemsize: int) -> int:
     """Rows per sub-block of :func:`beta_panel_step` for this CPU (see
     :data:`BETA_MIN_BLOCK_ROWS`)."""
     from dnmf.cpu_cache import l3_share_bytes
-    from dnmf.kernels import _forced_rows
+    from dnmf.kernels import forced_block_rows
 
-    forced = _forced_rows("DNMF_BETA_BLOCK_ROWS", n_features, itemsize)
+    forced = forced_block_rows("DNMF_BETA_BLOCK_ROWS", n_features, itemsize)
     if forced is not None:
         return forced
     rows = l3_share_bytes() // 4 // (4 * max(1, n_features * itemsize))

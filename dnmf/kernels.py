@@ -659,7 +659,7 @@ def panel_block_rows(n_features: int, itemsize: int) -> int:
     Python steps cost more, so a Frobenius panel is processed whole. ``DNMF_PANEL_BLOCK_ROWS``
     (read where the kernel runs) sets another size: a number of rows, or ``cache``.
     """
-    forced = _forced_rows("DNMF_PANEL_BLOCK_ROWS", n_features, itemsize)
+    forced = forced_block_rows("DNMF_PANEL_BLOCK_ROWS", n_features, itemsize)
     return WHOLE_PANEL if forced is None else forced
 
 
@@ -676,7 +676,7 @@ def cache_block_rows(n_features: int, itemsize: int) -> int:
     return int(min(max(rows, MIN_BLOCK_ROWS), MAX_BLOCK_ROWS))
 
 
-def _forced_rows(variable: str, n_features: int, itemsize: int) -> int | None:
+def forced_block_rows(variable: str, n_features: int, itemsize: int) -> int | None:
     """Sub-block rows set by the environment variable ``variable`` (read in the process that
     runs the kernel, e.g. a worker): ``0`` for the whole panel at once, ``cache`` for
     :func:`cache_block_rows`, a positive number of rows; None when unset."""
