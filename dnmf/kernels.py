@@ -633,11 +633,7 @@ def _blocked_gram_partials(X: Array, W: Array,
     f64 = array_namespace(W).float64
     WtX = _zeros_on(W, (k, n), f64)
     WtW = _zeros_on(W, (k, k), f64)
-    for start in range(0, X.shape[0], rows):
-        stop = min(start + rows, X.shape[0])
-        Wb = W[start:stop, :]
-        WtX += Wb.T @ X[start:stop, :]
-        WtW += Wb.T @ Wb
+    _add_gram_partials(X, W, WtX, WtW, rows)
     return WtX, WtW
 
 
@@ -762,14 +758,15 @@ def panel_step(
     return W_new, (WtX, WtW)
 
 
-def _add_gram_partials(X: np.ndarray, W: np.ndarray, WtX: np.ndarray, WtW: np.ndarray,
+def _add_gram_partials(X: Array, W: Array, WtX: Array, WtW: Array,
                        rows: int = PARTIAL_BLOCK_ROWS) -> None:
     """Add ``W.T @ X`` and ``W.T @ W`` to the float64 sums, in ``rows``-row products (see
-    :func:`_blocked_gram_partials` for why; float64 panels take the same pieces, so that a
-    sum never depends on where a sub-block ends)."""
+    :func:`_blocked_gram_partials` for why; :func:`panel_step` gives float64 panels the same
+    pieces, so that a sum never depends on where a sub-block ends). Any array namespace."""
     for start in range(0, X.shape[0], rows):
-        Wp = W[start:start + rows]
-        WtX += Wp.T @ X[start:start + rows]
+        stop = min(start + rows, X.shape[0])  # a 2-D index: the array API has no flat one
+        Wp = W[start:stop, :]
+        WtX += Wp.T @ X[start:stop, :]
         WtW += Wp.T @ Wp
 
 
