@@ -198,14 +198,9 @@ def stop_processes(procs: list[Any]) -> None:
 @pytest.fixture
 def scheduler_without_workers(tmp_path):
     """``(address, start_worker)``: a ``dask scheduler`` on 127.0.0.1 with no worker yet."""
-    import json
     import sys
-    import time
 
-    scheduler_file = tmp_path / "scheduler.json"
-    procs = [start_process([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
-                            "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                            str(scheduler_file)], tmp_path / "scheduler.log")]
+    procs: list[Any] = []
 
     def start_worker() -> None:
         procs.append(start_process([sys.executable, "-m", "distributed.cli.dask_worker",
@@ -214,15 +209,31 @@ def scheduler_without_workers(tmp_path):
                                    tmp_path / f"worker{len(procs)}.log"))
 
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
-            assert procs[0].poll() is None and time.monotonic() < deadline, (
-                (tmp_path / "scheduler.log").read_text())
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = start_scheduler(tmp_path, procs)
         yield address, start_worker
     finally:
         stop_processes(procs)
+
+
+def start_scheduler(directory: Path, procs: list[Any]) -> str:
+    """Start a ``dask scheduler`` on 127.0.0.1 (a free port, no dashboard; its log and
+    scheduler file in ``directory``), appended to ``procs`` for :func:`stop_processes`; its
+    address once it is up (an assertion with its log if it dies or takes over 60 s)."""
+    import json
+    import sys
+    import time
+
+    scheduler_file = directory / "scheduler.json"
+    proc = start_process([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                          "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                          str(scheduler_file)], directory / "scheduler.log")
+    procs.append(proc)
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            (directory / "scheduler.log").read_text())
+        time.sleep(0.1)
+    return json.loads(scheduler_file.read_text())["address"]
 
 
 @pytest.fixture

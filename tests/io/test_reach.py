@@ -8,7 +8,6 @@ folder under the repository's ``.pytest-reach`` folder, deleted afterwards) it s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -22,7 +21,13 @@ import zarr
 
 import dnmf
 from dnmf.errors import InputError, OutputError
-from tests.conftest import make_planted, private_tmp_script, start_process, stop_processes
+from tests.conftest import (
+    make_planted,
+    private_tmp_script,
+    start_process,
+    start_scheduler,
+    stop_processes,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -53,17 +58,9 @@ def blind_worker(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     logs = tmp_path_factory.mktemp("blind-worker")
-    scheduler_file = logs / "scheduler.json"
-    procs = [start_process([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
-                            "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                            str(scheduler_file)], logs / "scheduler.log")]
+    procs: list = []
     try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
-            assert procs[0].poll() is None and time.monotonic() < deadline, (
-                (logs / "scheduler.log").read_text())
-            time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+        address = start_scheduler(logs, procs)
         procs.append(start_process([*PRIVATE_TMP, sys.executable, "-m",
                                     "distributed.cli.dask_worker", address, "--nthreads", "1",
                                     "--memory-limit", "1GB", "--no-dashboard", "--host",
