@@ -243,6 +243,10 @@ def fit(
     max_time: Annotated[float | None, typer.Option(help="Wall-time budget in seconds.")] = None,
     checkpoint_every: Annotated[int, typer.Option(
         help="Checkpoint into OUT every N iterations (0: never).")] = 10,
+    loss_every: Annotated[int | None, typer.Option(
+        help="β-divergences and missing values: evaluate the loss every N iterations (and "
+             "on the last); NaN in loss_history elsewhere. Default 10 for --loss other than "
+             "frobenius, else 1; no effect on Frobenius without missing values.")] = None,
     resume: Annotated[bool, typer.Option(
         help="Continue an interrupted run in OUT (same input and options; --max-iter may "
              "grow).")] = False,
@@ -307,7 +311,8 @@ def fit(
             result = api.factorize(
                 input, rank, max_iter=max_iter, tol=tol, random_state=seed, max_time=max_time,
                 checkpoint_every=checkpoint_every, resume=resume, callback=progress,
-                on_plan=_plan_printer(progress), n_restarts=restarts, **_fit_only(common),
+                loss_every=loss_every, on_plan=_plan_printer(progress), n_restarts=restarts,
+                **_fit_only(common),
                 **variant,
             )
     except KeyboardInterrupt as exc:  # typer would swallow the message (and the resume hint)

@@ -193,6 +193,19 @@ class ExecutionContext:
                 raise self.explained(_detached(exc)) from None
         return list(dask.compute(*collections, scheduler=self.scheduler))
 
+    def results_of(self, persisted: list[Any]) -> list[Any]:
+        """The values of persisted Delayeds, gathered in one call on a cluster."""
+        if self.client is not None and len(persisted) > 1:
+            from distributed import futures_of
+
+            futures = [futures_of(p) for p in persisted]
+            if all(len(f) == 1 for f in futures):
+                try:
+                    return kernels.aligned(list(self.client.gather([f[0] for f in futures])))
+                except Exception as exc:
+                    raise self.explained(_detached(exc)) from None
+        return [self.result_of(p) for p in persisted]
+
     def result_of(self, persisted: Any) -> Any:
         """The value of an already persisted Delayed, without a new graph where possible."""
         if self.client is not None:

@@ -16,8 +16,10 @@ One iteration of the row-panel scheme (see :mod:`dnmf.graph`) costs, with ``P`` 
   ``⌈log_f P⌉`` levels (each: a latency, ``f`` partials received over the network and added),
   or, when longer, all the partials' bytes over the ``p`` links; H sent to the workers (a
   broadcast tree: ``⌈log₂(p + 1)⌉`` rounds) and the final sum gathered by the driver;
-* **driver H update** — :func:`dnmf.kernels.update_h` and the loss on the driver: O(k² n),
-  single process: it does not shrink with workers.
+* **H update** — :func:`dnmf.kernels.update_h` and the loss: O(k² n), on the driver, where it
+  does not shrink with workers; for a wide X (WᵀX of :data:`dnmf.plan.H_ON_WORKERS_BYTES` or
+  more) on the workers instead, ``B`` column blocks at once (:func:`dnmf.plan.h_column_blocks`),
+  each its share.
 
 The coefficients (:data:`CALIBRATED`) are fitted by ``python -m benchmarks.cost_terms`` to
 terms measured on one machine (see their ``provenance``); re-running it after a kernel change
@@ -30,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 
 from dnmf import kernels
-from dnmf.plan import ChunkPlan, task_memory
+from dnmf.plan import ChunkPlan, h_column_blocks, task_memory
 
 __all__ = ["CALIBRATED", "Bandwidths", "Coefficients", "Prediction", "predict", "predict_plan"]
 
@@ -86,25 +88,27 @@ class Coefficients:
 
 
 #: Fitted by ``python -m benchmarks.cost_terms --quick`` (``benchmarks/results/cost-terms-quick``)
-#: on the development machine (AMD EPYC, 2 cores shared with other users, load average ~9):
-#: compute from :func:`dnmf.kernels.panel_step` in-process on one BLAS thread (best of 2);
-#: scheduling from the driver's and the LocalCluster scheduler's CPU seconds (the serial part,
-#: what a dedicated scheduler node pays) over 10^2 - 10^4 panels; ``task_s`` from the workers'
-#: CPU seconds in the same runs; the driver's H update from ``kernels.update_h`` + the loss up
-#: to k = 100, n = 10^5. Re-run it after a kernel change and paste its coefficients here.
+#: on the development machine (AMD EPYC, 2 cores, nothing else running; load average 4 with the
+#: run's own LocalCluster): compute from :func:`dnmf.kernels.panel_step` in-process on one
+#: BLAS thread (best of 2); scheduling from the driver's and the LocalCluster scheduler's CPU
+#: seconds (the serial part, what a dedicated scheduler node pays) over 10^2 - 10^4 panels;
+#: ``task_s`` from the workers' CPU seconds in the same runs; the H update from
+#: ``kernels.update_h`` + the loss up to k = 100, n = 10^5. In the same session it predicted
+#: the 1 GB and 4 GB hals runs of ``benchmarks.run`` within 3% (0.76 s against 0.78 s, 2.30 s
+#: against 2.23 s per iteration). Re-run it after a kernel change and paste its coefficients.
 CALIBRATED = Coefficients(
-    gemm_s=1.787e-11,
-    sweep_s=4.375e-10,
-    pass_s=1.161e-09,
-    task_s=7.27e-3,
-    iteration_s=0.0329,
-    panel_s=3.34e-3,
-    graph_s=1.73e-05,
-    level_s=5.83e-3,
-    add_s_per_byte=7.14e-11,
-    driver_s=1.297e-08,
-    driver_kn_s=9.65e-07,
-    provenance="benchmarks/cost_terms.py --quick, 2026-12-07, AMD EPYC 2 cores (shared)",
+    gemm_s=9.517e-12,
+    sweep_s=1.737e-10,
+    pass_s=1.025e-09,
+    task_s=3.902e-3,
+    iteration_s=0.0,
+    panel_s=1.754e-3,
+    graph_s=4.674e-06,
+    level_s=2.232e-3,
+    add_s_per_byte=4.379e-11,
+    driver_s=2.515e-09,
+    driver_kn_s=0.0,
+    provenance="benchmarks/cost_terms.py --quick, 2026-12-07, AMD EPYC 2 cores (idle)",
 )
 
 
@@ -219,6 +223,7 @@ def predict(
     split_every: int = 8,
     memory_per_worker: int | None = None,
     coefficients: Coefficients = CALIBRATED,
+    h_on_workers: bool | None = None,
 ) -> Prediction:
     """Predict one hals/mu iteration of the row-panel scheme.
 
@@ -243,6 +248,9 @@ def predict(
     memory_per_worker : int, optional
         Only for the notes: a warning when the prediction exceeds it.
     coefficients : Coefficients
+    h_on_workers : bool, optional
+        H updated on the workers by column blocks; default as dnmf decides
+        (:func:`dnmf.plan.h_column_blocks`), False for the driver's update.
 
     Returns
     -------
@@ -276,7 +284,12 @@ def predict(
     # partials' bytes over all links, whichever is longer; then H out, the final sum back
     network = (max(levels * per_level, sent / (max(workers, 1) * bandwidths.network))
                + broadcast + (partial + h_bytes) / bandwidths.network)
-    driver = driver_seconds(k, n_features, c)
+    h_blocks = len(h_column_blocks(k, n_features, slots)) if h_on_workers in (None, True) else 1
+    # on the workers, B blocks at once (one wave: B <= slots); their tasks: a column piece of
+    # each of the reduction's top partials, and the update
+    driver = driver_seconds(k, n_features, c) / h_blocks
+    if h_blocks > 1:
+        tasks += h_blocks * (min(split_every, P) + 1) - 1
     x_share = -(-n_samples // max(workers, 1)) * n_features * itemsize if persist_x else 0
     w_share = 0 if w_in_store else 2 * w_rows_bytes  # old and new W
     memory = (threads * task_memory(rows, n_features, k, itemsize) + x_share + w_share
@@ -287,7 +300,8 @@ def predict(
                      "larger panels (--max-panel-bytes) cut it")
     if driver > 0.25 * (compute + read):
         notes.append("the driver's O(k² n) H update is a large share and does not shrink "
-                     "with workers")
+                     "with workers" if h_blocks == 1 else
+                     f"the O(k² n) H update, on {h_blocks} workers' threads, is a large share")
     if memory_per_worker is not None and memory > memory_per_worker:
         notes.append(f"predicted worker memory {memory / 2**30:,.1f} GiB exceeds the "
                      f"{memory_per_worker / 2**30:,.1f} GiB limit")
@@ -300,7 +314,8 @@ def predict(
 def predict_plan(plan: ChunkPlan, *, workers: int, threads: int,
                  bandwidths: Bandwidths = Bandwidths(),  # noqa: B008
                  split_every: int = 8,
-                 coefficients: Coefficients = CALIBRATED) -> Prediction | None:
+                 coefficients: Coefficients = CALIBRATED,
+                 h_on_workers: bool | None = None) -> Prediction | None:
     """:func:`predict` for a chunk plan (row panels, dense X); None for the 2-D block scheme
     and sparse X, which the model does not cover."""
     if plan.is_2d or plan.sparse:
@@ -310,4 +325,5 @@ def predict_plan(plan: ChunkPlan, *, workers: int, threads: int,
                    panel_rows=max(plan.row_chunks), workers=workers, threads=threads,
                    bandwidths=bandwidths, persist_x=plan.persist_x,
                    w_in_store=plan.w_in_store, split_every=split_every,
-                   memory_per_worker=plan.memory_per_worker, coefficients=coefficients)
+                   memory_per_worker=plan.memory_per_worker, coefficients=coefficients,
+                   h_on_workers=h_on_workers)

@@ -191,13 +191,15 @@ def element_terms(X: Array, WH: Array, beta: float, observed: Array | None, eps:
             loss = float(xp.sum(diff, dtype=f64))
         return X, den, loss
     if beta == 1.0:
-        total_wh = float(xp.sum(WH if observed is None else xp.where(observed, WH, scalar(WH, 0)),
-                                dtype=f64))
+        total_wh = None
+        if with_loss:  # before WH is overwritten
+            total_wh = float(xp.sum(WH if observed is None
+                                    else xp.where(observed, WH, scalar(WH, 0)), dtype=f64))
         ratio = _into(xp, xp.maximum, WH, scalar(WH, eps), out=WH)
         # 0 wherever X is 0, missing entries included
         ratio = _into(xp, xp.divide, X, ratio, out=ratio)
         den = None if observed is None else astype(observed, WH.dtype)
-        if with_loss:
+        if total_wh is not None:
             loss = _x_log(X, ratio) - float(xp.sum(X, dtype=f64)) + total_wh
         return ratio, den, loss
     if beta == 0.0:
@@ -299,6 +301,7 @@ def beta_panel_step(
     sum_to_one: bool = False,
     eps: float = EPSILON,
     block_rows: int | None = None,
+    with_loss: bool = True,
 ) -> tuple[Array, tuple]:
     """One MU pass of a row panel for the β-divergence, with optional missing values.
 
@@ -317,23 +320,26 @@ def beta_panel_step(
         Leave NaN entries of X (and entries outside ``observed``) out of loss and updates.
     sum_to_one : bool
         Pull the rows of W to sum to one (augmented row, weight :data:`SUM_TO_ONE_WEIGHT_MU`).
+    with_loss : bool
+        Compute the loss. False skips the element-wise terms only the loss needs (the logs
+        and powers of :func:`element_terms`); ``W_new`` and the H terms are the same bits.
 
     Returns
     -------
     W_new : array (r, k)
     (numH, denH, loss, WtW) :
         float64 ``(k, n)`` numerator and denominator of the H update (``denH`` may be a
-        ``(k, 1)`` column to broadcast), the β-divergence of ``(W_new, H)`` on this panel, and
-        ``W_new.T @ W_new``. The Frobenius residual and ``Σ M X²`` (for the relative error) come
+        ``(k, 1)`` column to broadcast), the β-divergence of ``(W_new, H)`` on this panel (NaN
+        without ``with_loss``), and ``W_new.T @ W_new``. The Frobenius residual and ``Σ M X²`` (for the relative error) come
         from :func:`panel_loss` at the end of a fit.
     """
     if hasattr(X, "tocsr"):
         if masked or observed is not None:
             raise ValueError("masked updates need a dense panel")
         return _sparse_panel_step(X.tocsr(), W, H, beta=beta, l1=l1, l2=l2,
-                                  sum_to_one=sum_to_one, eps=eps)
+                                  sum_to_one=sum_to_one, eps=eps, with_loss=with_loss)
     options = {"beta": beta, "l1": l1, "l2": l2, "masked": masked, "sum_to_one": sum_to_one,
-               "eps": eps}
+               "eps": eps, "with_loss": with_loss}
     if array_namespace(W) is not np:  # device blocks: the library blocks its own work
         return _beta_block_step(X, W, H, observed=observed, **options)
     if block_rows is None:
@@ -387,7 +393,7 @@ def beta_block_rows(n_features: int, itemsize: int) -> int:
 
 def _beta_block_step(X: Array, W: Array, H: Array, *, beta: float, l1: float, l2: float,
                      observed: Array | None, masked: bool, sum_to_one: bool,
-                     eps: float) -> tuple[Array, tuple]:
+                     eps: float, with_loss: bool = True) -> tuple[Array, tuple]:
     """:func:`beta_panel_step` on one block of rows (a whole panel for device blocks)."""
     X, observed = observed_entries(X, observed, masked)
     xp = array_namespace(W)
@@ -405,7 +411,7 @@ def _beta_block_step(X: Array, W: Array, H: Array, *, beta: float, l1: float, l2
     if beta < 1.0:  # scikit-learn's guard (W: beta < 1, H: beta <= 1): tiny entries of W
         # would stall in negative powers; for KL they stay, as in scikit-learn's "mu"
         W_new[W_new < float(np.finfo(np.float64).eps)] = 0  # 2^-52: exact in float32 too
-    numH, denH, loss = _dense_h_terms(X, W_new, H, beta, observed, eps)
+    numH, denH, loss = _dense_h_terms(X, W_new, H, beta, observed, eps, with_loss=with_loss)
     W64 = astype(W_new, xp.float64)
     return W_new, (to_host(numH), to_host(denH), loss, to_host(W64.T @ W64))
 
@@ -425,9 +431,11 @@ def h_update_terms(X: Array, W: Array, H: Array, *, beta: float,
 
 
 def _dense_h_terms(X: Array, W: Array, H: Array, beta: float, observed: Array | None,
-                   eps: float) -> tuple[np.ndarray, np.ndarray, float]:
+                   eps: float, *, with_loss: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(numH, denH, loss)`` of a dense panel; the loss is NaN without ``with_loss``."""
     xp = array_namespace(W)
-    num, den, loss = element_terms(X, W @ H, beta, observed, eps)
+    num, den, loss = element_terms(X, W @ H, beta, observed, eps, with_loss=with_loss)
+    loss = float("nan") if loss is None else loss
     # products in the data's precision (fast BLAS), sums over panels in float64
     numH = astype(W.T @ num, xp.float64)
     if den is None:
@@ -498,7 +506,8 @@ def _sparse_panel_loss(X: Any, W: Array, H: Array, *, beta: float,
 
 
 def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2: float,
-                       sum_to_one: bool, eps: float) -> tuple[Array, tuple]:
+                       sum_to_one: bool, eps: float,
+                       with_loss: bool = True) -> tuple[Array, tuple]:
     """KL multiplicative updates on a CSR panel: only the non-zeros of X are touched.
 
     ``Σ_ij (W H)_ij = (Σ_i W_i) · (Σ_j H_:j)`` gives the ``+ y`` term of KL, the denominators
@@ -513,7 +522,7 @@ def _sparse_panel_step(X: Any, W: Array, H: Array, *, beta: float, l1: float, l2
         numW, denW = augment_w_terms(numW, denW, W, beta, delta, eps)
     # no guard on W for KL (scikit-learn zeroes tiny W entries for beta < 1 only)
     W_new = mu_ratio_step(W, numW, denW, l1=l1, l2=l2, eps=eps)
-    numH, denH, loss = _sparse_h_terms(X, W_new, H, eps)
+    numH, denH, loss = _sparse_h_terms(X, W_new, H, eps, with_loss=with_loss)
     W64 = W_new.astype(np.float64)
     return W_new, (numH, denH, loss, W64.T @ W64)
 
@@ -524,12 +533,15 @@ def _sparse_ratio(X: Any, W: Array, H: Array, eps: float) -> tuple[Any, np.ndarr
     return sp.csr_matrix((X.data / wh, X.indices, X.indptr), shape=X.shape), wh
 
 
-def _sparse_h_terms(X: Any, W: Array, H: Array,
-                    eps: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """KL ``(numH, denH, loss)`` of a CSR panel, touching only its non-zeros."""
+def _sparse_h_terms(X: Any, W: Array, H: Array, eps: float, *,
+                    with_loss: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """KL ``(numH, denH, loss)`` of a CSR panel, touching only its non-zeros (the loss NaN
+    without ``with_loss``)."""
     R, wh = _sparse_ratio(X, W, H, eps)
     numH = np.asarray((R.T @ W).T, dtype=np.float64)
     denH = W.sum(axis=0, dtype=np.float64)[:, None]
+    if not with_loss:
+        return numH, denH, float("nan")
     x = X.data
     loss = float(_x_log(x, x / wh) - x.sum(dtype=np.float64)
                  + W.sum(axis=0, dtype=np.float64) @ np.asarray(H, dtype=np.float64).sum(axis=1))

@@ -69,6 +69,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         run on the host.
     max_time : float, optional
         Wall-time budget of the iterations, in seconds.
+    loss_every : int, optional
+        β-divergences and missing values: evaluate the loss every this many iterations (and
+        on the last); ``loss_history_`` is NaN at the others and ``tol`` compares the
+        evaluated losses (see :func:`dnmf.factorize`). Default 10 for β != 2, else 1.
     persist_x : bool or "auto"
     verbose : int
         Print the loss of every iteration (to stdout).
@@ -83,6 +87,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         ``||X - W H||_F``.
     relative_error_ : float
     loss_history_ : list of float
+        The loss after each iteration; NaN where it was not evaluated (``loss_every``).
     restart_losses_ : list of float
         Final loss of every restart (one entry without restarts).
     best_restart_ : int
@@ -144,6 +149,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         scheduler: SchedulerLike = "auto",
         device: str = "cpu",
         max_time: float | None = None,
+        loss_every: int | None = None,
         persist_x: bool | str = "auto",
         verbose: int = 0,
     ) -> None:
@@ -164,6 +170,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.scheduler = scheduler
         self.device = device
         self.max_time = max_time
+        self.loss_every = loss_every
         self.persist_x = persist_x
         self.verbose = verbose
 
@@ -207,7 +214,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         model.n_iter_ = int(attrs["n_iter"])
         model.reconstruction_err_ = _float_or_nan(attrs.get("reconstruction_err"))
         model.relative_error_ = _float_or_nan(attrs.get("relative_error"))
-        model.loss_history_ = list(attrs["loss_history"])
+        # NaN (stored as null) where the loss was not evaluated (loss_every)
+        model.loss_history_ = [float("nan") if v is None else v for v in attrs["loss_history"]]
         model.W_ = named_axes.labelled(W, axes, "W")
         model.attrs_ = attrs
         return model
@@ -254,7 +262,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             n_restarts=self.n_restarts, W_init=W, H_init=H, alpha_W=self.alpha_W, alpha_H=self.alpha_H,
             l1_ratio=self.l1_ratio, missing=self.missing, w_sum_to_one=self.w_sum_to_one,
             scheduler=self.scheduler, device=self.device, max_time=self.max_time,
-            persist_x=self.persist_x, axis_labels=axes, **params,
+            loss_every=self.loss_every, persist_x=self.persist_x, axis_labels=axes, **params,
         )
         if result.stop_reason == "max_iter" and self.tol > 0:
             warnings.warn(f"Maximum number of iterations {self.max_iter} reached. Increase it "

@@ -23,6 +23,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask._task_spec import Alias, Task
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -46,20 +47,29 @@ def tree_reduce_layer(
     keys: Sequence[Any], name: str, combine: Any, split_every: int = SPLIT_EVERY
 ) -> tuple[dict, Any]:
     """Tasks that combine ``keys`` ``split_every`` at a time; returns (layer, final key)."""
+    layer, (final,) = reduce_levels(keys, name, combine, split_every, until=1)
+    return layer, final
+
+
+def reduce_levels(keys: Sequence[Any], name: str, combine: Any, split_every: int = SPLIT_EVERY,
+                  *, until: int = 1) -> tuple[dict, list[Any]]:
+    """The levels of :func:`tree_reduce_layer` until at most ``until`` keys remain (at least
+    one level when ``until`` is 1); returns (layer, remaining keys)."""
     layer: dict = {}
     level = 0
     current = list(keys)
-    while True:
+    while until == 1 or len(current) > until:
         groups = [current[i : i + split_every] for i in range(0, len(current), split_every)]
         nxt = []
         for j, group in enumerate(groups):
             key = (name, level, j)
             layer[key] = (kernels.call_aligned, combine, *group)
             nxt.append(key)
-        if len(nxt) == 1:
-            return layer, nxt[0]
         current = nxt
         level += 1
+        if len(nxt) == 1:
+            break
+    return layer, current
 
 
 def iteration_graph(
@@ -75,8 +85,10 @@ def iteration_graph(
     masked: bool = False,
     mask: da.Array | None = None,
     sum_to_one: bool = False,
+    with_loss: bool = True,
     split_every: int = SPLIT_EVERY,
-) -> tuple[da.Array, Delayed]:
+    h_update: dict[str, Any] | None = None,
+) -> tuple[da.Array, Any]:
     """The graph of one iteration of the row-panel scheme.
 
     Parameters
@@ -95,41 +107,56 @@ def iteration_graph(
         Observed entries (non-zero), chunked like X; read with X in the same task.
     sum_to_one : bool
         Rows of W sum to one (exact FCLS for Frobenius, augmented row for MU).
+    with_loss : bool
+        β-divergences and missing values: compute the loss (False: NaN, the element-wise
+        terms only the loss needs are skipped; the iterates are the same). The unmasked
+        Frobenius partials give the loss for free, whatever this says.
     inner_sweeps : int, optional
         HALS sweeps of each panel's W; default :func:`dnmf.kernels.w_inner_sweeps`.
+    h_update : dict, optional
+        Unmasked Frobenius loss only: H updated on the workers, a block of its columns per
+        task (:func:`dnmf.kernels.update_h_columns`), instead of WᵀX brought to the driver:
+        ``{"H": float64 H (k, n), "columns": [slice, ...], "solver", "l1", "l2"}``. The top of
+        the reduction is then split by those columns (each block's partials summed where its
+        H update runs), so that no task holds all of WᵀX.
 
     Returns
     -------
     W_new : dask array (n_samples, k)
     partials : Delayed of ``(WtX (k, n), WtW (k, k))`` (float64, computed with W_new) for the
         unmasked Frobenius loss; otherwise of ``(numH, denH, loss, residual, observed_sq,
-        WtW)``, see :func:`dnmf.divergence.beta_panel_step`.
+        WtW)``, see :func:`dnmf.divergence.beta_panel_step`. With ``h_update``, a list of
+        Delayed, one per column block, of :func:`dnmf.kernels.update_h_columns`'s tuple.
     """
     if inner_sweeps is None:
         inner_sweeps = kernels.w_inner_sweeps(W.shape[1], X.shape[1])
     H = np.ascontiguousarray(H, dtype=X.dtype)
     general = beta != 2.0 or masked or mask is not None
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, solver, l1_w, l2_w,
-                     inner_sweeps, beta, masked, sum_to_one)
+                     inner_sweeps, beta, masked, sum_to_one, general and with_loss)
     step, consts = iteration_task(H, solver=solver, l1_w=l1_w, l2_w=l2_w,
                                   inner_sweeps=inner_sweeps, beta=beta, masked=masked,
-                                  has_mask=mask is not None, sum_to_one=sum_to_one)
+                                  has_mask=mask is not None, sum_to_one=sum_to_one,
+                                  with_loss=with_loss)
     if general:
         return panel_map_reduce(X, step, prefix="dnmf", token=token, W=W, mask=mask,
                                 consts=consts, with_w=True, split_every=split_every)
+    if h_update is not None:
+        token = tokenize(token, h_update["H"], h_update["columns"])
     return panel_map_reduce(X, step, prefix="dnmf", token=token, W=W, consts=consts,
-                            with_w=True, pass_mask=False, split_every=split_every)
+                            with_w=True, pass_mask=False, split_every=split_every,
+                            h_update=h_update)
 
 
 def iteration_task(H: np.ndarray, *, solver: str, l1_w: float, l2_w: float,
                    inner_sweeps: int, beta: float, masked: bool, has_mask: bool = False,
-                   sum_to_one: bool = False) -> tuple[Any, tuple]:
+                   sum_to_one: bool = False, with_loss: bool = True) -> tuple[Any, tuple]:
     """``(func, consts)``: the panel task of :func:`iteration_graph`, called as
     ``func(X_i, W_i, *consts)`` (plus ``mask_i``, or None, for β-divergences and missing
     values). ``H`` is X's dtype. An in-process fit calls it on the whole X (one panel)."""
     if beta != 2.0 or masked or has_mask:
         return functools.partial(_beta_task, beta=beta, l1=l1_w, l2=l2_w, masked=masked,
-                                 sum_to_one=sum_to_one), (H,)
+                                 sum_to_one=sum_to_one, with_loss=with_loss), (H,)
     HHt = H.astype(np.float64) @ H.T.astype(np.float64)
     return functools.partial(kernels.panel_step, solver=solver, l1=l1_w, l2=l2_w,
                              inner_sweeps=inner_sweeps, sum_to_one=sum_to_one), (H, HHt)
@@ -143,7 +170,8 @@ def loss_task(beta: float, masked: bool = False) -> Any:
 def panel_map_reduce(X: da.Array, func: Any, *, prefix: str, token: str,
                      W: da.Array | None = None, mask: da.Array | None = None,
                      consts: Sequence[Any] = (), with_w: bool = False, pass_mask: bool = True,
-                     split_every: int = SPLIT_EVERY) -> Any:
+                     split_every: int = SPLIT_EVERY,
+                     h_update: dict[str, Any] | None = None) -> Any:
     """THE graph of one pass over the row panels: a task per panel, its partials summed in a
     fixed-order tree (:func:`tree_reduce_layer`). Every builder of this module uses it.
 
@@ -172,9 +200,12 @@ def panel_map_reduce(X: da.Array, func: Any, *, prefix: str, token: str,
     const_keys = [(const_name, i) for i in range(len(consts))]
     task_name, sum_name = f"{prefix}-panel-{token}", f"{prefix}-partials-{token}"
 
+    x_in = inline_reads(X, x_keys)
+    m_in = inline_reads(mask, m_keys) if mask is not None else m_keys
+
     def args(i: int) -> tuple:
-        head = (x_keys[i],) if W is None else (x_keys[i], w_keys[i])
-        return (*head, *const_keys, *((m_keys[i],) if pass_mask else ()))
+        head = (x_in[i],) if W is None else (x_in[i], w_keys[i])
+        return (*head, *const_keys, *((m_in[i],) if pass_mask else ()))
 
     inputs = [A for A in (X, W, mask) if A is not None]
     layers = {name: layer for A in inputs for name, layer in A.__dask_graph__().layers.items()}
@@ -196,17 +227,88 @@ def panel_map_reduce(X: da.Array, func: Any, *, prefix: str, token: str,
                              for i in range(n)}
         deps[w_name] = {task_name}
         deps[part_name] = {task_name}
-    sum_layer, final_key = tree_reduce_layer([(part_name, i) for i in range(n)], sum_name,
-                                             kernels.sum_partials, split_every)
+    part_keys = [(part_name, i) for i in range(n)]
+    if h_update is None:
+        sum_layer, final_key = tree_reduce_layer(part_keys, sum_name, kernels.sum_partials,
+                                                 split_every)
+        finals = None
+    else:
+        sum_layer, finals = _h_update_layer(part_keys, sum_name, h_update, split_every)
     layers[sum_name] = sum_layer
     deps[sum_name] = {part_name}
     hlg = HighLevelGraph(layers, deps)
-    partials = Delayed(final_key, hlg, layer=sum_name)
+    partials: Any = (Delayed(final_key, hlg, layer=sum_name) if finals is None
+                     else [Delayed(key, hlg, layer=sum_name) for key in finals])
     if not with_w:
         return partials
     assert W is not None
     W_new = da.Array(hlg, w_name, chunks=W.chunks, dtype=X.dtype, meta=_block_meta(W, X.dtype))
     return W_new, partials
+
+
+def _h_update_layer(part_keys: list[Any], name: str, h_update: dict[str, Any],
+                    split_every: int) -> tuple[dict, list[Any]]:
+    """The reduction of ``part_keys`` down to at most ``split_every`` partials, each cut into
+    H's column blocks where it lies, and one :func:`dnmf.kernels.update_h_columns` task per
+    block on those pieces; returns (layer, the block tasks' keys)."""
+    layer, top = reduce_levels(part_keys, name, kernels.sum_partials, split_every,
+                               until=split_every)
+    H = h_update["H"]
+    update = functools.partial(kernels.update_h_columns, solver=h_update["solver"],
+                               l1=h_update.get("l1", 0.0), l2=h_update.get("l2", 0.0))
+    finals = []
+    for b, columns in enumerate(h_update["columns"]):
+        pieces = []
+        for j, key in enumerate(top):
+            piece = (f"{name}-columns", j, b)
+            layer[piece] = (kernels.partial_columns, key, columns)
+            pieces.append(piece)
+        layer[(f"{name}-h", b)] = (kernels.call_aligned, update,
+                                   np.ascontiguousarray(H[:, columns]), *pieces)
+        finals.append((f"{name}-h", b))
+    return layer, finals
+
+
+def inline_reads(A: da.Array, keys: Sequence[Any]) -> list[Any]:
+    """Each of ``keys`` (blocks of ``A``), or the task that reads it from storage when that
+    task depends only on root data (the opened array or file that ``from_array`` keeps),
+    directly or through tasks that only it consumes (a cube's tile read, then cut into
+    pixel rows): run inside the consuming task, the block is read where the task runs, so the
+    scheduler places the task by its other inputs (a panel's W rows) and never moves a panel
+    of X between workers, and a worker keeps no task of its own per read."""
+    graph = A.__dask_graph__()
+    consumers: dict[Any, int] = {}
+    for node in graph.values():
+        if isinstance(node, Task | Alias):
+            for dep in node.dependencies:
+                consumers[dep] = consumers.get(dep, 0) + 1
+
+    def inlined(key: Any, depth: int = 0) -> Task | None:
+        node = graph.get(key)
+        if isinstance(node, Alias) and depth <= INLINE_DEPTH:  # another name of a block
+            return inlined(node.target, depth + 1) if consumers.get(node.target) == 1 else None
+        if not isinstance(node, Task) or depth > INLINE_DEPTH:
+            return None
+        subs = {}
+        for dep in node.dependencies:
+            if not isinstance(graph.get(dep), Task):
+                continue  # root data (the opened array): stays a key
+            inner = inlined(dep, depth + 1) if consumers.get(dep) == 1 else None
+            if inner is None:
+                return None  # computed from shared or other tasks: left as it is
+            subs[dep] = inner
+        task = Task(None, node.func, *node.args, **node.kwargs)
+        return task.substitute(subs) if subs else task
+
+    out: list[Any] = []
+    for key in keys:
+        task = inlined(key) if key is not None else None
+        out.append(key if task is None else task)
+    return out
+
+
+#: Tasks chained below a block that :func:`inline_reads` folds into its consumer at most.
+INLINE_DEPTH = 4
 
 
 def _block_meta(A: da.Array, dtype: Any) -> Any:
@@ -308,6 +410,7 @@ def restarts_iteration_graph(
     mask: da.Array | None = None,
     sum_to_one: bool = False,
     impute: bool = False,
+    with_loss: bool = True,
     split_every: int = SPLIT_EVERY,
 ) -> tuple[da.Array, Delayed]:
     """One iteration of ``restarts`` factorizations stacked side by side: one read of X.
@@ -321,7 +424,7 @@ def restarts_iteration_graph(
         R; ``W.shape[1]`` and ``H.shape[0]`` are multiples of it.
     active : sequence of R bools, optional
         Blocks to update (default all); the others are carried over unchanged.
-    solver, l1_w, l2_w, beta, masked, mask, sum_to_one
+    solver, l1_w, l2_w, beta, masked, mask, sum_to_one, with_loss
         As :func:`iteration_graph`, for every block.
     impute : bool
         Missing values (Frobenius): EM imputation with ``solver`` instead of masked
@@ -348,10 +451,10 @@ def restarts_iteration_graph(
     HHt = block_grams(H, restarts)
     general = beta != 2.0 or masked or mask is not None
     token = tokenize(X.name, W.name, None if mask is None else mask.name, H, restarts, active,
-                     solver, l1_w, l2_w, beta, masked, sum_to_one, impute)
+                     solver, l1_w, l2_w, beta, masked, sum_to_one, impute, with_loss)
     func = functools.partial(stacked_panel_step, restarts=restarts, active=active,
                              solver=solver, l1=l1_w, l2=l2_w, beta=beta, masked=masked,
-                             sum_to_one=sum_to_one, impute=impute)
+                             sum_to_one=sum_to_one, impute=impute, with_loss=with_loss)
     return panel_map_reduce(X, func, prefix="dnmf-restarts", token=token, W=W,
                             mask=mask if general else None, consts=(H, HHt), with_w=True,
                             split_every=split_every)

@@ -663,7 +663,8 @@ def run(spec: FitSpec, opened: Opened, prepared: Prepared, start: Start, ctx: Ex
             step, W0, start.H, max_iter=spec.max_iter, tol=spec.tol, max_time=spec.max_time,
             bytes_per_iteration=bytes_read, callback=callback, start_iteration=start.iteration,
             loss_history=history, seconds_per_iteration=start.seconds_per_iteration,
-            checkpoint=writer, checkpoint_every=spec.checkpoint_every)
+            checkpoint=writer, checkpoint_every=spec.checkpoint_every,
+            loss_every=spec.loss_every)
     except Interrupted as exc:
         if writer is not None:
             writer.interrupted(exc.state)
@@ -798,7 +799,10 @@ def check_finite_factors(state: SolverState, H: Any) -> None:
               and (host_H is None or bool(np.all(np.isfinite(host_H)))))
     if not finite:
         history = [float(v) for v in state.loss_history]
-        bad = next((i + 1 for i, v in enumerate(history) if not np.isfinite(v)), state.n_iter)
+        # the first iteration after the last finite loss (the NaN of iterations whose loss
+        # was not evaluated, loss_every, end no earlier)
+        last = max((i for i, v in enumerate(history) if np.isfinite(v)), default=-1)
+        bad = last + 2 if last + 1 < len(history) else state.n_iter
         raise NumericalError(
             f"the fit became non-finite at iteration {bad}; nothing was written as a result "
             f"— {NON_FINITE_FIX}", iteration=bad)

@@ -149,6 +149,31 @@ def _should_persist(X: da.Array, persist_x: bool | str, x_in_memory: bool,
     return bool(persist_x)
 
 
+#: WᵀX (k x n float64) of at least this many bytes: H is updated on the workers, a block of
+#: its columns per task, instead of on the driver, whose O(k² n) update and the k x n transfer
+#: would not shrink with the cluster (``DNMF_H_ON_WORKERS_BYTES`` overrides it).
+H_ON_WORKERS_BYTES = 32 * 2**20
+
+
+def h_column_blocks(k: int, n_features: int, slots: int, *,
+                    limit: int = H_ON_WORKERS_BYTES) -> list[slice]:
+    """Column blocks of H updated on the workers (:func:`dnmf.graph.iteration_graph`'s
+    ``h_update``): one block (the driver updates H) when WᵀX (k x n float64) is under
+    ``limit``; else one block per worker thread (``slots``), none narrower than
+    :data:`H_BLOCK_COLUMNS` columns (at least two blocks)."""
+    if k * n_features * 8 < limit or slots < 2:
+        return [slice(0, n_features)]
+    n_blocks = max(2, min(slots, n_features // H_BLOCK_COLUMNS, n_features))
+    n_blocks = min(n_blocks, n_features)
+    edges = np.linspace(0, n_features, n_blocks + 1).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+#: The narrowest block of H's columns updated on a worker: narrower, its task costs more in
+#: scheduling than its O(k² n) update saves.
+H_BLOCK_COLUMNS = 2048
+
+
 def task_memory(rows: int, n: int, k: int, itemsize: int) -> int:
     """Peak bytes of one panel task: X_i (and a decoded copy), W_i products, k x n partials."""
     return 2 * rows * n * itemsize + 4 * rows * k * itemsize + 3 * k * n * 8

@@ -9,8 +9,11 @@ reads).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import operator
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +26,7 @@ from dnmf import divergence, graph, graph2d, kernels
 from dnmf.cluster import ExecutionContext
 from dnmf.errors import NON_FINITE_FIX, NumericalError
 from dnmf.io.zarr_ import read_version
+from dnmf.plan import H_ON_WORKERS_BYTES, h_column_blocks
 from dnmf.stacked_kernels import block_grams
 
 SOLVERS = ("hals", "mu", "anls")
@@ -77,8 +81,11 @@ class _RowPanelStep:
     """One row-panel iteration: W on the workers, H (float64) on the driver.
 
     The protocol of every step of :func:`run_iterations`: :meth:`prepare` the start,
-    ``step(W, H, HHt, active)`` returns ``(W_next, H_next, WtW (R, k, k), HHt_next,
-    losses (R,))`` for its ``restarts`` R (1 here), :meth:`callback_error` is the relative error
+    ``step(W, H, HHt, active, with_loss=True)`` returns ``(W_next, H_next, WtW (R, k, k),
+    HHt_next, losses (R,))`` for its ``restarts`` R (1 here); with ``with_loss`` False a step
+    whose loss costs element-wise work (β-divergences, missing values) may return NaN losses
+    (the iterates are the same), one whose loss comes with its products (Frobenius) returns
+    it anyway. :meth:`callback_error` is the relative error
     reported to progress callbacks and :meth:`final` the loss and relative error of each
     restart's final factors.
     """
@@ -134,14 +141,29 @@ class _RowPanelStep:
         return self.w_store.put(W, self.ctx)
 
     def run(self, W_next: da.Array, partials: object) -> tuple[da.Array, object]:
-        """Compute one iteration's graph: W_next kept (see :meth:`keep`) and the partials."""
+        """Compute one iteration's graph: W_next kept (see :meth:`keep`) and the partials
+        (a Delayed, or a list of them: their values as a list)."""
+        several = isinstance(partials, list)
+        collections = partials if several else [partials]
         if self.w_store is None:
-            W_next, partials = self.ctx.persist(W_next, partials, optimize=False)
-            return W_next, self.ctx.result_of(partials)
-        # one computation: each panel task feeds both its W rows' store and the partials
-        stored, slot = self.w_store.store(W_next)
-        _, value = self.ctx.compute(stored, partials)
-        return self.w_store.read(slot), value
+            W_next, *persisted = self.ctx.persist(W_next, *collections, optimize=False)
+            values = self.ctx.results_of(persisted)
+        else:
+            # one computation: each panel task feeds both its W rows' store and the partials
+            stored, slot = self.w_store.store(W_next)
+            _, *values = self.ctx.compute(stored, *collections)
+            W_next = self.w_store.read(slot)
+        return W_next, values if several else values[0]
+
+    def h_columns(self, shape: tuple[int, int]) -> list[slice] | None:
+        """H's column blocks when H is updated on the workers (:func:`dnmf.plan.h_column_blocks`,
+        ``DNMF_H_ON_WORKERS_BYTES`` overriding its limit), else None: the driver updates H."""
+        if self.sum_to_one or not self.ctx.is_distributed:
+            return None
+        limit = int(os.environ.get("DNMF_H_ON_WORKERS_BYTES", H_ON_WORKERS_BYTES))
+        slots = max(self.ctx.n_workers, 1) * self.ctx.threads_per_worker
+        columns = h_column_blocks(*shape, slots, limit=limit)
+        return columns if len(columns) > 1 else None
 
     def resume_from(self, W: da.Array) -> da.Array:
         """W read back from a checkpoint, as the loop continues from it."""
@@ -152,13 +174,28 @@ class _RowPanelStep:
         return W
 
     def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray,
-                 active: list[bool] | None = None) -> tuple:
+                 active: list[bool] | None = None, with_loss: bool = True) -> tuple:
+        # the loss comes from the Gram partials: with_loss changes nothing here
         # H stays float64 (as checkpoints store it, so a resumed run is exact); the API casts
         # the final H to X's dtype
         l1_w, l2_w, l1_h, l2_h = self.regs
+        columns = None if self.local is not None else self.h_columns(H64.shape)
         if self.local is not None:
             W_next, (WtX, WtW) = self.iterate_local(W, H64, solver=self.solver, beta=2.0,
                                                     masked=False, sum_to_one=self.sum_to_one)
+        elif columns is not None:  # H updated on the workers, a block of columns per task
+            W_next, blocks = graph.iteration_graph(
+                self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w,
+                l2_w=l2_w, h_update={"H": H64, "columns": columns, "solver": self.solver,
+                                     "l1": l1_h, "l2": l2_h})
+            W_next, parts = self.run(W_next, blocks)
+            H64 = np.concatenate([p[0] for p in parts], axis=1)
+            HHt = functools.reduce(operator.add, (p[2] for p in parts))
+            WtW = parts[0][3]
+            loss = kernels.frobenius_loss_of_terms(
+                self.sq_norm, sum(p[1] for p in parts), WtW, HHt)
+            loss += self.penalty_of(W_next, WtW, H64)
+            return W_next, H64, WtW[None], HHt, np.array([loss], dtype=np.float64)
         else:
             W_next, partials = graph.iteration_graph(
                 self.X, W, H64.astype(self.X.dtype), solver=self.solver, l1_w=l1_w,
@@ -260,20 +297,23 @@ class _BetaRowPanelStep(_RowPanelStep):
         self.beta, self.masked, self.mask = beta, masked, mask
 
     def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray,
-                 active: list[bool] | None = None) -> tuple:
+                 active: list[bool] | None = None, with_loss: bool = True) -> tuple:
         l1_w, l2_w, l1_h, l2_h = self.regs
         if self.local is not None:
             W_next, (numH, denH, loss, WtW) = self.iterate_local(
                 W, H64, solver="mu", beta=self.beta, masked=self.masked,
-                sum_to_one=self.sum_to_one)
+                sum_to_one=self.sum_to_one, with_loss=with_loss)
         else:
             W_next, partials = graph.iteration_graph(
                 self.X, W, H64.astype(self.X.dtype), solver="mu", l1_w=l1_w, l2_w=l2_w,
                 beta=self.beta, masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one,
+                with_loss=with_loss,
             )
             W_next, (numH, denH, loss, WtW) = self.run(W_next, partials)
-        # the objective of (W_new, H_old), as the loss (see the class docstring)
-        objective = float(loss) + self.penalty_of(W_next, WtW, H64)
+        # the objective of (W_new, H_old), as the loss (see the class docstring); NaN where
+        # the loss is skipped (the penalties' pass over W too)
+        objective = (float(loss) + self.penalty_of(W_next, WtW, H64) if with_loss
+                     else float("nan"))
         H64 = divergence.update_h_beta(H64, numH, denH, beta=self.beta, l1=l1_h, l2=l2_h)
         return W_next, H64, WtW[None], H64 @ H64.T, np.array([objective], dtype=np.float64)
 
@@ -343,8 +383,8 @@ class _Block2DStep:
         return W
 
     def __call__(self, W: da.Array, H: da.Array, HHt: np.ndarray,
-                 active: list[bool] | None = None) -> tuple:
-        l1_w, l2_w, l1_h, l2_h = self.regs
+                 active: list[bool] | None = None, with_loss: bool = True) -> tuple:
+        l1_w, l2_w, l1_h, l2_h = self.regs  # the loss comes with the products: always
         W_next, H_next, stats = graph2d.iteration_graph_2d(
             self.X, W, H, HHt, solver=self.solver, l1_w=l1_w, l2_w=l2_w, l1_h=l1_h, l2_h=l2_h,
             second_read=self.second_read,
@@ -439,23 +479,48 @@ class RestartsState:
 NON_FINITE = "non-finite"
 
 
-def check_finite_losses(histories: list[list[float]]) -> None:
-    """Stop the fit once every restart's loss has become NaN or infinite (one restart is the
-    plain fit; with several, a restart that diverges is only dropped: the others go on)."""
-    if not histories or any(h and math.isfinite(h[-1]) for h in histories) or not all(histories):
+def check_finite_losses(histories: list[list[float]], stop_reasons: list[str]) -> None:
+    """Stop the fit once every restart's evaluated loss has become NaN or infinite (its stop
+    reason :data:`NON_FINITE`; one restart is the plain fit; with several, a restart that
+    diverges is only dropped: the others go on). NaN entries of iterations whose loss was not
+    evaluated (``loss_every``) are not a diverged fit."""
+    if not histories or not all(r == NON_FINITE for r in stop_reasons):
         return
-    # a history holds every iteration from the first (a resumed run's too)
-    start = min(next(i for i, v in enumerate(h) if not np.isfinite(v)) + 1 for h in histories)
+    # a history holds every iteration from the first (a resumed run's too) and ends where its
+    # loss was found non-finite: with loss_every 1, the first non-finite iteration
+    start = min(len(h) for h in histories)
     raise NumericalError(
         f"the fit became non-finite at iteration {start} (loss {histories[0][-1]}) — "
         f"{NON_FINITE_FIX}", iteration=start)
 
 
+def _loss_due(it: int, *, loss_every: int, max_iter: int, checkpoint_every: int,
+              time_left: float | None) -> bool:
+    """Whether iteration ``it`` evaluates the loss (see ``loss_every`` of
+    :func:`run_iterations`): every ``loss_every``-th, the last, a checkpoint's (it stores the
+    history), and the one ``max_time`` will likely end (``time_left`` after it, at the last
+    iteration's pace, is not positive)."""
+    return (loss_every <= 1 or it % loss_every == 0 or it >= max_iter
+            or bool(checkpoint_every and it % checkpoint_every == 0)
+            or (time_left is not None and time_left <= 0))
+
+
 def _converged(history: list[float], tol: float) -> str:
-    """The per-restart stopping test of :func:`_record`: "tol", "exact" or ""."""
-    if len(history) > 1 and tol > 0 and (history[-2] - history[-1]) <= tol * history[-2]:
-        return "tol"
-    if history and history[-1] == 0.0:
+    """The per-restart stopping test of :func:`run_iterations`: "tol", "exact" or "".
+
+    Only evaluated losses count: NaN entries (``loss_every``) are skipped, and the decrease
+    between the last two evaluated losses is spread over the iterations between them, so
+    ``tol`` is a relative decrease per iteration whatever ``loss_every``.
+    """
+    if not history or math.isnan(history[-1]):
+        return ""
+    if tol > 0:
+        j = len(history) - 2
+        while j >= 0 and math.isnan(history[j]):
+            j -= 1
+        if j >= 0 and (history[j] - history[-1]) <= tol * history[j] * (len(history) - 1 - j):
+            return "tol"
+    if history[-1] == 0.0:
         return "exact"
     return ""
 
@@ -482,17 +547,19 @@ class _RestartsRowPanelStep(_RowPanelStep):
         return W, H64, block_grams(H64, self.restarts)
 
     def __call__(self, W: da.Array, H64: np.ndarray, HHt: np.ndarray,  # type: ignore[override]
-                 active: list[bool]) -> tuple[da.Array, np.ndarray, np.ndarray, np.ndarray,
-                                              np.ndarray]:
+                 active: list[bool], with_loss: bool = True) -> tuple[
+                     da.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(W_next, H_next, WtW (R, k, k), HHt (R, k, k), loss (R,))``; inactive blocks are
-        unchanged and their WtW and loss entries are NaN."""
+        unchanged and their WtW and loss entries are NaN (the losses of multiplicative updates
+        too without ``with_loss``)."""
         l1_w, l2_w, l1_h, l2_h = self.regs
         R = self.restarts
         k = H64.shape[0] // R
         W_next, partials = graph.restarts_iteration_graph(
             self.X, W, H64.astype(self.X.dtype), restarts=R, active=active,
             solver="mu" if self.general else self.solver, l1_w=l1_w, l2_w=l2_w, beta=self.beta,
-            masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one, impute=self.impute)
+            masked=self.masked, mask=self.mask, sum_to_one=self.sum_to_one, impute=self.impute,
+            with_loss=with_loss)
         W_next, parts = self.run(W_next, partials)
         H_next = H64.copy()
         losses = np.full(R, np.nan)
@@ -505,8 +572,9 @@ class _RestartsRowPanelStep(_RowPanelStep):
                 numH, denH, loss, WtW_all = parts
                 H_next[sl] = divergence.update_h_beta(H64[sl], numH[sl], denH[sl],
                                                       beta=self.beta, l1=l1_h, l2=l2_h)
-                # the objective of (W_new, H_old), as the loss
-                losses[r] = loss[r] + self.penalty_of(W_next, WtW_all[r], H64[sl], sl)
+                # the objective of (W_new, H_old), as the loss (NaN where it is skipped)
+                if with_loss:
+                    losses[r] = loss[r] + self.penalty_of(W_next, WtW_all[r], H64[sl], sl)
             else:
                 # with impute, ||Z||^2 of the filled data replaces ||X||^2: the loss is the
                 # EM surrogate, >= the masked loss of the new factors, <= that of the old ones
@@ -604,6 +672,7 @@ def run_iterations(
     seconds_per_iteration: list[float] | None = None,
     checkpoint: Callable[[object], da.Array | None] | None = None,
     checkpoint_every: int = 0,
+    loss_every: int = 1,
 ) -> RestartsState:
     """THE iteration loop: one Dask computation per iteration, for every kind of fit.
 
@@ -612,6 +681,14 @@ def run_iterations(
     iteration (``tol=0`` disables this test) or reaches 0; it is then frozen, so its result is
     the one a single fit would stop at. The loop ends when every restart has stopped, after
     ``max_iter`` iterations, or when ``max_time`` seconds have passed.
+
+    ``loss_every`` N: steps whose loss costs element-wise work (β-divergences, missing values)
+    compute it on every N-th iteration, on the last (``max_iter``, and the one ``max_time``
+    is expected to end), and where a checkpoint is written; the history holds NaN at the
+    others (one entry per iteration all the same). The iterates do not depend on N. The
+    stopping test compares the last two evaluated losses: their decrease per iteration
+    relative to the earlier one (for N = 1, the decrease from the previous iteration). The
+    Frobenius steps compute their loss from their products every iteration whatever N.
 
     ``start_iteration``, ``loss_history`` (one list per restart) and ``seconds_per_iteration``
     say where a resumed run continues from. ``checkpoint`` is called with the public state
@@ -645,13 +722,18 @@ def run_iterations(
         return state.solver_state(0) if R == 1 else state
 
     t_start = time.perf_counter()
+    dt = 0.0
     try:
         for it in range(start_iteration + 1, max_iter + 1):
             active = [not s for s in state.stop_reasons]
             if not any(active):
                 break
             t0 = time.perf_counter()
-            W, H_work, WtW, HHt, losses = step(W, H_work, HHt, active)
+            evaluate = _loss_due(it, loss_every=loss_every, max_iter=max_iter,
+                                 checkpoint_every=checkpoint_every if checkpoint else 0,
+                                 time_left=None if max_time is None
+                                 else max_time - (t0 - t_start) - dt)
+            W, H_work, WtW, HHt, losses = step(W, H_work, HHt, active, with_loss=evaluate)
             dt = time.perf_counter() - t0
             # the previous W is released here: lineage stays one iteration deep
             state.W, state.H, state.HHt, state.n_iter = W, H_work, HHt, it
@@ -661,10 +743,12 @@ def run_iterations(
                 state.WtW[r] = WtW[r]
                 loss_r = float(losses[r])
                 state.loss_history[r].append(loss_r)
+                if not evaluate and math.isnan(loss_r):
+                    continue  # not evaluated (loss_every): nothing to test
                 state.stop_reasons[r] = _converged(state.loss_history[r], tol)
                 if not math.isfinite(loss_r):  # never checkpointed, never written
                     state.stop_reasons[r] = NON_FINITE
-            check_finite_losses(state.loss_history)
+            check_finite_losses(state.loss_history, state.stop_reasons)
             if callback is not None:
                 best = float(losses[best_restart(losses)])
                 callback(IterationInfo(it, best, step.callback_error(best), dt,

@@ -32,6 +32,7 @@ def stacked_panel_step(
     masked: bool = False,
     sum_to_one: bool = False,
     impute: bool = False,
+    with_loss: bool = True,
 ) -> tuple[Any, tuple]:
     """The row-panel task of ``restarts`` factorizations stacked side by side (pure numpy).
 
@@ -61,6 +62,10 @@ def stacked_panel_step(
     is ``Z_b = X + C_b``, ``C_b`` sparse at block b's hidden entries, so ``X H^T`` and
     ``W_new^T X`` stay one product for all restarts and each block adds O(hidden x k); without
     it (β-divergences, dense X) each block's multiplicative update sees its own mask.
+
+    ``with_loss`` False: the multiplicative updates skip their loss terms (NaN losses, see
+    :func:`dnmf.divergence.beta_panel_step`); the Frobenius and imputed branches, whose loss
+    comes from their products, ignore it.
 
     Returns
     -------
@@ -109,7 +114,7 @@ def stacked_panel_step(
         Wb, (numH[b], denH[b], loss[b], WtW[b]) = divergence.beta_panel_step(
             X, np.ascontiguousarray(W[:, sl]), np.ascontiguousarray(H[sl]), beta=beta, l1=l1,
             l2=l2, observed=_block_observed(observed, b, X, cache), masked=masked,
-            sum_to_one=sum_to_one)
+            sum_to_one=sum_to_one, with_loss=with_loss)
         W_new[:, sl] = Wb
     first = next(b for b in range(restarts) if active[b])
     for b in range(restarts):

@@ -239,3 +239,92 @@ def test_transform_of_a_small_numpy_x_equals_the_graphs():
     X[4, 2] = -1.0
     with pytest.raises(InputError, match="1 negative entries"):
         api.transform_rows(X, H)
+
+
+# --- loss_every: the loss of β-divergence and masked fits every N-th iteration ----------------
+
+
+@pytest.fixture
+def counts():
+    rng = np.random.default_rng(3)
+    return rng.poisson(4.0 * rng.random((150, 3)) @ rng.random((3, 30))).astype(np.float64)
+
+
+@pytest.mark.parametrize("where", ["in-process", "panels", "restarts"])
+def test_loss_every_skips_the_loss_only(counts, where):
+    # in-process: the panel task on the whole X; panels: the dask graph of 5 row panels;
+    # restarts: the stacked step of two restarts
+    options = {"in-process": {"scheduler": "threads"},
+               "panels": {"scheduler": "sync", "min_panel_bytes": 0},
+               "restarts": {"scheduler": "sync", "n_restarts": 2}}[where]
+    X = counts if where == "in-process" else da.from_array(counts, chunks=(30, 30))
+    runs = {n: dnmf.factorize(X, 3, beta_loss="kullback-leibler", random_state=0,
+                              max_iter=23, tol=0, loss_every=n, **options) for n in (1, 5)}
+    every, fifth = runs[1], runs[5]
+    np.testing.assert_array_equal(np.asarray(every.W), np.asarray(fifth.W))
+    np.testing.assert_array_equal(every.H, fifth.H)
+    history = np.array(fifth.loss_history)
+    evaluated = [4, 9, 14, 19, 22]  # every 5th iteration and the last (0-based entries)
+    assert len(history) == 23 == fifth.n_iter
+    assert np.isfinite(history[evaluated]).all()
+    assert np.isnan(np.delete(history, evaluated)).all()
+    # the same code computes the evaluated losses: the same numbers
+    np.testing.assert_array_equal(history[evaluated], np.array(every.loss_history)[evaluated])
+    assert fifth.restart_losses == every.restart_losses
+
+
+def test_loss_every_on_a_masked_frobenius_fit(counts):
+    X = counts.copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.1] = np.nan
+    runs = [dnmf.factorize(X, 3, missing="mask", random_state=0, max_iter=10, tol=0,
+                           loss_every=n, scheduler="threads") for n in (1, 3)]
+    np.testing.assert_array_equal(runs[0].W, runs[1].W)
+    np.testing.assert_array_equal(runs[0].H, runs[1].H)
+    assert np.isnan(runs[1].loss_history[:2]).all() and np.isfinite(runs[1].loss_history[2])
+    # Frobenius without missing values: the loss is free, every iteration has it
+    plain = dnmf.factorize(counts, 3, random_state=0, max_iter=10, tol=0, loss_every=3)
+    assert np.isfinite(plain.loss_history).all()
+
+
+def test_loss_every_still_stops_on_tol_near_the_same_loss(counts):
+    every = dnmf.factorize(counts, 3, beta_loss="kullback-leibler", random_state=0,
+                           max_iter=2000, tol=1e-6, loss_every=1, scheduler="threads")
+    tenth = dnmf.factorize(counts, 3, beta_loss="kullback-leibler", random_state=0,
+                           max_iter=2000, tol=1e-6, loss_every=10, scheduler="threads")
+    assert every.converged and tenth.converged and tenth.stop_reason == "tol"
+    # it stops at an evaluated iteration, at most one window after the every-iteration test:
+    # the mean decrease over the window is at least the last one's (MU's loss flattens)
+    assert tenth.n_iter % 10 == 0 and every.n_iter <= tenth.n_iter <= every.n_iter + 10
+    assert np.isfinite(tenth.loss_history[-1])
+    # past the stop, decreases of < 1e-6 per iteration over < 20 iterations: below 1e-4
+    assert tenth.restart_losses[0] == pytest.approx(every.restart_losses[0], rel=1e-4)
+
+
+def test_loss_every_must_be_a_positive_integer(counts):
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="loss_every must be an integer >= 1"):
+            dnmf.factorize(counts, 3, beta_loss="kullback-leibler", loss_every=bad)
+
+
+def test_loss_every_checkpoint_resumes_with_its_nan_entries(tmp_path, counts):
+    from dnmf.solvers import Interrupted
+
+    out = tmp_path / "kl.zarr"
+    options = dict(beta_loss="kullback-leibler", random_state=0, max_iter=12, tol=0,
+                   loss_every=3, checkpoint_every=4)
+
+    def interrupt(info):
+        if info.iteration == 5:  # a skipped loss: the checkpoint ends with NaN
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        dnmf.factorize(counts, 3, out=out, callback=interrupt, **options)
+    resumed = dnmf.factorize(counts, 3, out=out, resume=True, **options)
+    straight = dnmf.factorize(counts, 3, **options)
+    np.testing.assert_array_equal(np.asarray(resumed.W), np.asarray(straight.W))
+    np.testing.assert_array_equal(resumed.H, straight.H)
+    history = np.array(resumed.loss_history)
+    # every 3rd, the checkpoints' (4, 8) and the last
+    evaluated = [2, 3, 5, 7, 8, 11]
+    assert np.isfinite(history[evaluated]).all()
+    assert np.isnan(np.delete(history, evaluated)).all()

@@ -328,6 +328,27 @@ def test_fit_with_a_loss_and_regularisation_records_them(tmp_path, counts_zarr):
     assert model.beta_loss == "kullback-leibler" and model.alpha_W == 0.01
 
 
+def test_fit_loss_every_stores_nan_where_the_loss_was_skipped(tmp_path, counts_zarr):
+    out = tmp_path / "kl.zarr"
+    res = runner.invoke(app, ["fit", str(counts_zarr), "-k", "3", "-o", str(out), "--loss",
+                              "kullback-leibler", "--loss-every", "4", "--seed", "0",
+                              "--max-iter", "10", "--tol", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    stored = zarr.open_group(str(out), mode="r").attrs["loss_history"]
+    assert len(stored) == 10 and [i for i, v in enumerate(stored) if v is not None] == [3, 7, 9]
+    history = np.array(dnmf.load(out).loss_history_, dtype=float)
+    assert np.isfinite(history[[3, 7, 9]]).all() and np.isnan(history[[0, 1, 2, 4, 8]]).all()
+
+
+def test_fit_loss_every_zero_is_one_line(counts_zarr, tmp_path):
+    proc = run_cli("fit", str(counts_zarr), "-k", "3", "-o", str(tmp_path / "o.zarr"),
+                   "--loss", "kullback-leibler", "--loss-every", "0")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: loss_every must be an integer >= 1")
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_masked_fit_then_reconstruct_fills_the_missing(tmp_path):
     X = make_planted(300, 20, 3, dtype="float32")[0]
     X[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan

@@ -79,3 +79,20 @@ def test_dry_run_prints_the_prediction(tmp_path) -> None:
     terms = sum(pred[f"{t}_s"] for t in ("read", "compute", "scheduling", "network", "driver"))
     assert pred["seconds_per_iteration"] == pytest.approx(terms)
     assert pred["n_panels"] == json.loads(result.output)["plan"]["n_panels"]
+
+
+def test_a_wide_xs_h_update_shrinks_with_the_workers_threads() -> None:
+    """WᵀX of 80 MB (k = 100, n = 100,000): H is updated on the workers, one block of columns
+    per thread (none narrower than H_BLOCK_COLUMNS); on the driver it would not shrink."""
+    from dnmf.plan import H_BLOCK_COLUMNS, h_column_blocks
+
+    wide = dict(n_samples=250_000, n_features=100_000, k=100, panel_rows=1_670)
+    on_driver = predict(**wide, workers=10, threads=8, h_on_workers=False)
+    few, many = (predict(**wide, workers=w, threads=t) for w, t in ((2, 1), (10, 8)))
+    assert few.driver_s == pytest.approx(on_driver.driver_s / 2)
+    blocks = h_column_blocks(100, 100_000, 80)
+    assert len(blocks) == 100_000 // H_BLOCK_COLUMNS
+    assert sum(b.stop - b.start for b in blocks) == 100_000
+    assert many.driver_s == pytest.approx(on_driver.driver_s / len(blocks))
+    assert many.tasks_per_iteration > on_driver.tasks_per_iteration
+    assert h_column_blocks(20, 1_000, 80) == [slice(0, 1_000)]  # small WᵀX: the driver's

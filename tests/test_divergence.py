@@ -206,3 +206,33 @@ def test_beta_block_rows_is_bounded():
         rows = divergence.beta_block_rows(n_features, 4)
         assert divergence.BETA_MIN_BLOCK_ROWS <= rows <= divergence.BETA_MAX_BLOCK_ROWS
         assert rows % 64 == 0
+
+
+@pytest.mark.parametrize(("beta", "masked"), [(1.0, False), (1.0, True), (0.0, False),
+                                              (0.5, True), (2.0, True), (3.0, False)])
+def test_panel_step_without_the_loss_gives_the_same_bits(panel, beta, masked):
+    # loss_every: the iterations that skip the loss must not move the iterates at all
+    X, W, H = panel
+    X = X + 0.5 if beta <= 0 else X.copy()
+    if masked:
+        X[np.random.default_rng(1).random(X.shape) < 0.2] = np.nan
+    # small sub-blocks: the skipped terms of every block, and the sums over blocks
+    W_full, (num, den, loss, WtW) = divergence.beta_panel_step(X, W, H, beta=beta,
+                                                               masked=masked, block_rows=16)
+    W_fast, (num2, den2, loss2, WtW2) = divergence.beta_panel_step(
+        X, W, H, beta=beta, masked=masked, block_rows=16, with_loss=False)
+    for a, b in [(W_full, W_fast), (num, num2), (np.asarray(den), np.asarray(den2)),
+                 (WtW, WtW2)]:
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(loss) and np.isnan(loss2)
+
+
+def test_sparse_panel_step_without_the_loss_gives_the_same_bits(panel):
+    X, W, H = panel
+    Xs = sp.csr_matrix(X)
+    W_full, (num, den, loss, WtW) = divergence.beta_panel_step(Xs, W, H, beta=1.0)
+    W_fast, (num2, den2, loss2, WtW2) = divergence.beta_panel_step(Xs, W, H, beta=1.0,
+                                                                   with_loss=False)
+    for a, b in [(W_full, W_fast), (num, num2), (den, den2), (WtW, WtW2)]:
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(loss) and np.isnan(loss2)

@@ -140,18 +140,36 @@ def test_kernels_panel_step_is_what_the_graph_runs():
     np.testing.assert_allclose(partials.compute(scheduler="sync")[0], WtX, rtol=1e-12)
 
 
+class CountingReader:
+    """A Zarr array read through ``from_array`` that appends a line to ``log`` per read, from
+    whichever worker process reads (O_APPEND lines do not interleave)."""
+
+    def __init__(self, path, log):
+        self.path, self.log = str(path), str(log)
+        arr = zarr.open_array(self.path, mode="r")
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        with open(self.log, "a") as fh:
+            fh.write(f"{key}\n")
+        return zarr.open_array(self.path, mode="r")[key]
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("solver", ["hals", "mu"])
 def test_on_a_cluster_each_panel_task_and_each_read_runs_once(tmp_path, local_client, solver):
-    """Guards against graph optimisation duplicating the shared panel tasks (and X's reads)."""
+    """Guards against graph optimisation duplicating the shared panel tasks (and X's reads),
+    and checks that each panel is read inside its panel task (no task of its own whose result
+    the scheduler could move between workers)."""
     from distributed import get_task_stream
 
     from dnmf.cluster import execution_context
 
     X, _, _ = make_planted(600, 30, 4, dtype="float32")
-    path = tmp_path / "x.zarr"
+    path, log = tmp_path / "x.zarr", tmp_path / "reads.log"
     zarr.create_array(LocalStore(path), shape=X.shape, chunks=(100, 30), dtype="float32")[...] = X
-    Xd = da.from_zarr(str(path))
+    Xd = da.from_array(CountingReader(path, log), chunks=(100, 30), asarray=True,
+                       meta=np.empty((0, 0), dtype=np.float32))
     W = graph.random_w(Xd.chunks[0], 4, seed=0, scale=1.0, dtype=np.float32)
     H = np.random.default_rng(0).random((4, 30)).astype(np.float32)
     with execution_context(local_client) as ctx:
@@ -161,10 +179,37 @@ def test_on_a_cluster_each_panel_task_and_each_read_runs_once(tmp_path, local_cl
                     ctx=ctx, max_iter=3, tol=0.0)
     names = [d["key"][0] if isinstance(d["key"], tuple) else d["key"] for d in stream.data]
     panels = [n for n in names if n.startswith("dnmf-panel")]
-    reads = [n for n in names if n == Xd.name]
     assert len(panels) == 3 * Xd.numblocks[0] == 18
+    assert not [n for n in names if n == Xd.name]  # read inside the panel tasks
+    reads = log.read_text().splitlines()
     assert len(reads) == (3 + 1) * Xd.numblocks[0]  # + the float32 final loss pass
+    assert len(set(reads)) == Xd.numblocks[0]  # each panel, the same number of times
     assert not [n for n in names if "dnmf-panel" in n and not n.startswith("dnmf-panel-")]
+
+
+def test_panel_tasks_read_their_block_inside_the_task(tmp_path):
+    """A block read from storage (a task on root data only) runs inside the panel task; a block
+    computed from other tasks, or already in memory, stays a key of its own."""
+    from dask._task_spec import Task
+
+    path = tmp_path / "x.zarr"
+    zarr.create_array(LocalStore(path), shape=(40, 3), chunks=(10, 3), dtype="float32")[...] = 1
+    X = da.from_zarr(str(path))
+
+    def keys(A):
+        return [row[0] for row in A.__dask_keys__()]
+
+    assert all(isinstance(t, Task) and t.key is None for t in graph.inline_reads(X, keys(X)))
+    Z = X.map_blocks(np.sqrt)  # a read, then a task only it feeds: both folded in
+    assert all(isinstance(t, Task) and not t.dependencies & set(keys(X))
+               for t in graph.inline_reads(Z, keys(Z)))
+    Y = X.rechunk((20, 3)).rechunk((10, 3))  # blocks made of blocks they share
+    assert graph.inline_reads(Y, keys(Y)) == keys(Y)
+    (P,) = dask.persist(X, scheduler="sync")  # blocks in memory
+    assert not any(isinstance(t, Task) for t in graph.inline_reads(P, keys(P)))
+    got = graph.panel_map_reduce(X, lambda x: (x.sum(dtype=np.float64),), prefix="t",
+                                 token="0", pass_mask=False).compute(scheduler="sync")
+    assert got == (40 * 3,)
 
 
 def test_a_fit_from_a_raw_zarr_path_maps_each_chunk_once_per_iteration(tmp_path, monkeypatch):

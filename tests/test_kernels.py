@@ -362,3 +362,131 @@ def test_panel_block_rows_default_whole_and_set_by_the_environment(monkeypatch, 
     monkeypatch.setenv("DNMF_PANEL_BLOCK_ROWS", value)
     rows = kernels.panel_block_rows(500, 4)
     assert rows == (kernels.cache_block_rows(500, 4) if expected is None else expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bounded, warm-started sum-to-one W update of a fit (issue #21)
+# ---------------------------------------------------------------------------------------------
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+@pytest.fixture
+def mixtures(rng):
+    """3000 pixels of 8 spectra over 60 bands, sparse abundances on the simplex, 1% noise;
+    ``W_prev``: the exact FCLS rows for spectra perturbed by 30%, a feasible warm start whose
+    passive sets are off for many rows (as early in a fit)."""
+    k, bands, n = 8, 60, 3000
+    E = 0.2 + rng.random((k, bands))
+    A = rng.dirichlet(np.full(k, 0.3), size=n)
+    A[A < 0.05] = 0.0
+    A /= A.sum(axis=1, keepdims=True)
+    X = A @ E + 0.01 * rng.standard_normal((n, bands))
+    E_prev = E * (1.0 + 0.3 * rng.standard_normal(E.shape)).clip(0.1)
+    W_prev = kernels.fcls_rows(X @ E_prev.T, E_prev @ E_prev.T)
+    return X, E, W_prev
+
+
+def fcls_objective(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray) -> np.ndarray:
+    """Per row, ``½ wᵀ HHᵀ w - wᵀ (X Hᵀ)ᵀ``: the least-squares objective up to a constant."""
+    return 0.5 * np.einsum("ij,ij->i", W @ HHt, W) - np.einsum("ij,ij->i", XHt, W)
+
+
+def augmented_solve_tol(HHt: np.ndarray) -> float:
+    """Rounding of one solve with FCLS's augmented Gram: its condition number times eps, times
+    10 (the usual margin of these tests)."""
+    k = HHt.shape[0]
+    gram = HHt + kernels.SUM_TO_ONE_WEIGHT_EXACT * np.trace(HHt) / k
+    return 10.0 * float(np.linalg.cond(gram)) * EPS64
+
+
+@pytest.mark.parametrize("rounds", [0, 1, kernels.FCLS_WARM_ROUNDS])
+def test_bounded_fcls_stays_feasible_and_never_increases_the_objective(mixtures, rounds):
+    X, H, W_prev = mixtures
+    XHt, HHt = X @ H.T, H @ H.T
+    exact = kernels.fcls_rows(XHt, HHt)
+    got = kernels.fcls_rows(XHt, HHt, W=W_prev, max_iter=rounds)
+    assert (got >= 0).all()
+    # rows sum to one within the augmented row's 1 / weight (exact rows; rescaled fallbacks
+    # sum to one to rounding)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=10 / kernels.SUM_TO_ONE_WEIGHT_EXACT)
+    f_prev, f_got, f_exact = (fcls_objective(V, XHt, HHt) for V in (W_prev, got, exact))
+    scale = np.abs(f_prev) + 1.0
+    assert (f_got <= f_prev + 1e-9 * scale).all()  # no row gets worse than its warm start
+    assert (f_got >= f_exact - 1e-9 * scale).all()  # and none beats the exact solve
+    assert (np.abs(got - exact).max(axis=1) > 1e-6).any()  # the bound binds (far-off start)
+
+
+def test_more_rounds_leave_fewer_rows_off_the_exact_solve(mixtures):
+    X, H, W_prev = mixtures
+    XHt, HHt = X @ H.T, H @ H.T
+    exact = kernels.fcls_rows(XHt, HHt)
+    off = [int((np.abs(kernels.fcls_rows(XHt, HHt, W=W_prev, max_iter=r) - exact).max(axis=1)
+                > 1e-6).sum()) for r in range(6)]
+    assert off == sorted(off, reverse=True) and off[0] > off[-1]
+    assert off[kernels.FCLS_WARM_ROUNDS] < 0.01 * len(X)  # the default: under 1% of the rows
+
+
+def test_bounded_fcls_at_the_fixed_point_is_the_exact_solve(mixtures):
+    """Warm-started from the exact rows (a fit's fixed point), round 0 already solves every row
+    exactly: no pivoting, the same rows to the rounding of one solve."""
+    X, H, _ = mixtures
+    XHt, HHt = X @ H.T, H @ H.T
+    exact = kernels.fcls_rows(XHt, HHt)
+    again = kernels.fcls_rows(XHt, HHt, W=exact, max_iter=0)
+    np.testing.assert_allclose(again, exact, rtol=0, atol=augmented_solve_tol(HHt))
+
+
+def test_unbounded_fcls_from_a_warm_start_is_the_exact_solve(mixtures):
+    X, H, W_prev = mixtures
+    XHt, HHt = X @ H.T, H @ H.T
+    np.testing.assert_allclose(kernels.fcls_rows(XHt, HHt, W=W_prev), kernels.fcls_rows(XHt, HHt),
+                               rtol=0, atol=augmented_solve_tol(HHt))
+
+
+def test_many_distinct_passive_sets_solve_as_scipy_nnls(rng):
+    """Sparse solutions of k = 10 give hundreds of distinct passive sets: the batched path."""
+    k, n, m = 10, 40, 1500
+    A = rng.random((n, k))
+    truth = rng.random((k, m)) * (rng.random((k, m)) < 0.4)
+    B = A @ truth + 0.05 * rng.standard_normal((n, m))
+    got = kernels.nnls_bpp(A.T @ A, A.T @ B)
+    assert len(np.unique(got > 0, axis=1).T) > 100
+    expected = np.stack([scipy.optimize.nnls(A, B[:, j])[0] for j in range(m)], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+
+
+def test_fit_iterations_with_one_round_stay_feasible_and_descend(mixtures, monkeypatch):
+    """The panel step of a sum-to-one fit with the bound at its tightest: every iterate is on
+    the simplex, float32 stays float32, and the loss never increases."""
+    monkeypatch.setenv("DNMF_FCLS_ROUNDS", "1")
+    X, H_true, W_prev = mixtures
+    X = X.clip(0).astype(np.float32)
+    W = W_prev.astype(np.float32)
+    H = (H_true * 1.3).clip(0)  # a start off the truth
+    sq_norm = float(np.einsum("ij,ij->", X, X, dtype=np.float64))
+    losses = []
+    for _ in range(8):
+        HHt = H @ H.T
+        W, (WtX, WtW) = kernels.panel_step(X, W, H.astype(np.float32), HHt, solver="hals",
+                                           sum_to_one=True)
+        assert W.dtype == np.float32 and (W >= 0).all()
+        np.testing.assert_allclose(W.sum(axis=1, dtype=np.float64), 1.0,
+                                   atol=10 / kernels.SUM_TO_ONE_WEIGHT_EXACT)
+        H = kernels.update_h(H, WtX, WtW, solver="hals")
+        losses.append(kernels.frobenius_loss(sq_norm, WtX, WtW, H))
+    # each step minimises over one factor; float32 products round at ~1e-6 of ||X||²
+    assert all(b <= a + 1e-6 * sq_norm for a, b in zip(losses, losses[1:], strict=False))
+
+
+@pytest.mark.parametrize("value,expected", [("", kernels.FCLS_WARM_ROUNDS), ("exact", None),
+                                            ("EXACT", None), ("0", 0), ("7", 7)])
+def test_fcls_warm_rounds_default_and_set_by_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("DNMF_FCLS_ROUNDS", value)
+    assert kernels.fcls_warm_rounds() == expected
+
+
+def test_fcls_warm_rounds_refuses_a_negative_count(monkeypatch):
+    monkeypatch.setenv("DNMF_FCLS_ROUNDS", "-1")
+    with pytest.raises(ValueError, match="DNMF_FCLS_ROUNDS"):
+        kernels.fcls_warm_rounds()

@@ -200,3 +200,69 @@ def test_sub_blocked_kernels_keep_the_whole_panel_iterates(monkeypatch, solver, 
     for got, ref in ((blocked.W, whole.W), (blocked.H, whole.H)):
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
     np.testing.assert_allclose(blocked.loss_history, whole.loss_history, rtol=1e-9)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("solver", "alpha_H"), [("hals", 0.0), ("mu", 0.0), ("anls", 0.0),
+                                                 ("hals", 0.05)])
+def test_h_updated_on_the_workers_equals_the_drivers_update(local_client, planted, monkeypatch,
+                                                            solver, alpha_H):
+    """A wide X's H is updated by column blocks on the workers (no k x n WᵀX on the driver);
+    columns of H are independent given WᵀW, so the iterates are the driver's to rounding."""
+    from distributed import get_task_stream
+
+    kw = dict(solver=solver, init="random", random_state=1, max_iter=15, tol=0.0,
+              min_panel_bytes=0, alpha_W=alpha_H, alpha_H=alpha_H, l1_ratio=0.5)
+    X = da.from_array(planted, chunks=(40, planted.shape[1]))
+    on_driver = dnmf.factorize(X, 5, client=local_client, **kw)
+    monkeypatch.setenv("DNMF_H_ON_WORKERS_BYTES", "1000")  # 5 x 60 x 8 B: 2 column blocks
+    with get_task_stream(client=local_client) as stream:
+        on_workers = dnmf.factorize(X, 5, client=local_client, **kw)
+    names = {d["key"][0] for d in stream.data if isinstance(d["key"], tuple)}
+    assert any(n.startswith("dnmf-partials-") and n.endswith("-h") for n in names)
+    # float64 data: per-column products in other BLAS blockings differ in the last bits, and
+    # 15 iterations of a contracting map keep them within a few hundred ulps
+    np.testing.assert_allclose(on_workers.H, on_driver.H, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(on_workers.W), np.asarray(on_driver.W), rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(on_workers.loss_history, on_driver.loss_history, rtol=1e-9)
+
+
+# --- loss_every: the stopping test and the finiteness guard see evaluated losses only ---------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stopping_test_with_every_loss_is_the_previous_iteration_test(seed):
+    from dnmf.solvers import _converged
+
+    rng = np.random.default_rng(seed)
+    history = list(np.cumsum(-rng.random(12) * 10.0 ** -rng.integers(1, 7, 12)) + 100.0)
+    tol = 1e-4
+    for t in range(1, len(history) + 1):
+        h = history[:t]
+        before = t > 1 and (h[-2] - h[-1]) <= tol * h[-2]  # the test before loss_every
+        assert (_converged(h, tol) == "tol") == before
+
+
+def test_stopping_test_skips_unevaluated_losses_and_spreads_the_decrease():
+    from dnmf.solvers import _converged
+
+    nan = float("nan")
+    assert _converged([100.0, nan, nan], 1e-3) == ""  # the last loss was not evaluated
+    # 100 -> 99.8 over 3 iterations: 6.7e-4 per iteration relative to 100
+    assert _converged([100.0, nan, nan, 99.8], 1e-3) == "tol"
+    assert _converged([100.0, nan, nan, 99.8], 5e-4) == ""
+    assert _converged([nan, nan, 0.0], 1e-3) == "exact"
+
+
+def test_unevaluated_losses_are_not_a_diverged_fit():
+    from dnmf.errors import NumericalError
+    from dnmf.solvers import NON_FINITE, check_finite_losses
+
+    nan = float("nan")
+    check_finite_losses([[5.0, nan, nan]], [""])  # skipped: no error
+    check_finite_losses([[5.0, nan, 4.0], [5.0, nan, nan]], ["", NON_FINITE])
+    with pytest.raises(NumericalError, match="non-finite at iteration 3") as info:
+        check_finite_losses([[5.0, nan, nan], [5.0, nan, float("inf"), nan, nan]],
+                            [NON_FINITE, NON_FINITE])
+    assert info.value.iteration == 3

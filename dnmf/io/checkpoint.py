@@ -239,6 +239,8 @@ def _read_slot(group: zarr.Group, slot: str, out: Any) -> Checkpoint:
     elif any(value is not None and _digests(H, history).get(key) != value
              for key, value in digest.items()):
         raise _DamagedSlot(f"{where}: H or the loss history differs from its digest")
+    # NaN is stored as null (JSON): iterations whose loss was not evaluated (loss_every)
+    history = [float("nan") if v is None else v for v in history]
     return Checkpoint(
         iteration=iteration, W=_lazy_W(target, version, out), H=H, loss_history=history,
         seconds_per_iteration=list(attrs.get("seconds_per_iteration", [])), params={},

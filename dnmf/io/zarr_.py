@@ -459,6 +459,11 @@ class RawChunks:
             if os.fstat(fh.fileno()).st_size != self.nbytes:
                 raise _NotRaw(path)
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_WILLNEED"):
+            # a chunk not in the page cache is then read ahead whole, in the background while
+            # the task works through its first rows, instead of a fault's small read-around at
+            # a time (cold 1 GB: ~600 against ~400 MiB/s); ~0.15 ms when the chunk is cached
+            mapped.madvise(mmap.MADV_WILLNEED)
         return np.frombuffer(mapped, dtype=self.file_dtype).reshape(self.chunks)
 
     def read(self, key: Any) -> np.ndarray | None:

@@ -67,6 +67,38 @@ def test_plain_nmf_scored_the_same_way_is_worse(small):
     assert constrained["abundance_rmse"] < plain["abundance_rmse"]
 
 
+#: Issue #21's bounds for the bounded, warm-started W update (``DNMF_FCLS_ROUNDS``) against the
+#: exact FCLS of every iteration: the same fixed point, so the same accuracy to these margins.
+SAD_MARGIN_DEG, RMSE_MARGIN = 0.05, 0.002
+
+
+def _accuracy_with_rounds(cube, truth, k, rounds, monkeypatch):
+    monkeypatch.setenv("DNMF_FCLS_ROUNDS", rounds)
+    result = unmix(cube, k, scheduler="threads", seed=0)
+    A = result["abundances"].values
+    valid = ~np.isnan(A[0])
+    assert (A[:, valid] >= 0).all()
+    np.testing.assert_allclose(A[:, valid].sum(axis=0), 1.0, atol=1e-4)
+    return score(result, truth)
+
+
+@pytest.mark.parametrize("scene,rounds", [("small", "1"), ("small", "2"), ("small", ""),
+                                          ("scene200", "")],
+                         ids=["small-1", "small-2", "small-default", "scene200-default"])
+def test_bounded_fcls_rounds_reach_the_exact_fits_accuracy(request, scene, rounds,
+                                                           monkeypatch):
+    data = request.getfixturevalue(scene)
+    cube, truth = data["reflectance"], _truth(data)
+    k = data.sizes["endmember"]
+    exact = _accuracy_with_rounds(cube, truth, k, "exact", monkeypatch)
+    bounded = _accuracy_with_rounds(cube, truth, k, rounds, monkeypatch)
+    print(f"\n{scene}: exact SAD {exact['mean_sad_deg']:.4f} deg, RMSE "
+          f"{exact['abundance_rmse']:.5f}; rounds {rounds or 'default'}: SAD "
+          f"{bounded['mean_sad_deg']:.4f} deg, RMSE {bounded['abundance_rmse']:.5f}")
+    assert abs(bounded["mean_sad_deg"] - exact["mean_sad_deg"]) <= SAD_MARGIN_DEG
+    assert abs(bounded["abundance_rmse"] - exact["abundance_rmse"]) <= RMSE_MARGIN
+
+
 @pytest.mark.parametrize("tiles", [(40, 36), (17, 72), (80, 9)], ids=["2x2", "rows", "cols"])
 def test_same_result_for_one_chunk_or_many_tiles(small, tiles):
     cube = small["reflectance"]
