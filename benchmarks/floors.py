@@ -26,7 +26,23 @@ import numpy as np
 
 def _time_panel_kernel(X: np.ndarray, *, k: int, solver: str, beta: float, masked: bool,
                        repeats: int, seed: int) -> float:
-    """Median seconds of the fit's panel kernel on the in-memory panel ``X`` (one thread)."""
+    """Median seconds of the fit's panel kernel on the in-memory panel ``X`` (one thread),
+    averaged as the fit runs it: a β or masked loss is evaluated every ``loss_every``-th
+    iteration by default (:func:`dnmf.spec.default_loss_every`), the others skip its terms."""
+    from dnmf.spec import default_loss_every
+
+    every = default_loss_every(beta) if (beta != 2.0 or masked) else 1
+    with_loss = _time_kernel(X, k=k, solver=solver, beta=beta, masked=masked, repeats=repeats,
+                             seed=seed, with_loss=True)
+    if every == 1:
+        return with_loss
+    without = _time_kernel(X, k=k, solver=solver, beta=beta, masked=masked, repeats=repeats,
+                           seed=seed, with_loss=False)
+    return (with_loss + (every - 1) * without) / every
+
+
+def _time_kernel(X: np.ndarray, *, k: int, solver: str, beta: float, masked: bool,
+                 repeats: int, seed: int, with_loss: bool) -> float:
     from threadpoolctl import threadpool_limits
 
     from dnmf import graph, kernels
@@ -39,7 +55,7 @@ def _time_panel_kernel(X: np.ndarray, *, k: int, solver: str, beta: float, maske
     general = beta != 2.0 or masked
     step, consts = graph.iteration_task(H, solver=solver, l1_w=0.0, l2_w=0.0,
                                         inner_sweeps=kernels.w_inner_sweeps(k, X.shape[1]),
-                                        beta=beta, masked=masked)
+                                        beta=beta, masked=masked, with_loss=with_loss)
     args = (X, W, *consts) + ((None,) if general else ())
     times = []
     with threadpool_limits(1):

@@ -4,9 +4,10 @@
 of 100 GB, 1 TB and 10 TB, k = 20 and 100, on 10 and 100 workers, the chunk plan dnmf makes
 (stored chunks of 64 MiB rows, as ``open_matrix`` and ``benchmarks.common.planted_zarr``
 write them) and :func:`dnmf.cost_model.predict_plan` for it, with the coefficients stored in
-``dnmf/cost_model.py`` (fitted by ``benchmarks/cost_terms.py``). "before" is the planner with
-panels capped at 128 MiB (``max_panel_bytes=MAX_PANEL_BYTES``: its behaviour before panels
-grew at scale), "after" the default. Writes ``results/projection.{md,json}``.
+``dnmf/cost_model.py`` (fitted by ``benchmarks/cost_terms.py``). "before" is dnmf before the
+cost model's issue: panels capped at 128 MiB (``max_panel_bytes=MAX_PANEL_BYTES``: the planner
+before panels grew at scale) and H updated on the driver; "after" the default (panels grown
+at scale, a wide X's H updated on the workers by column blocks). Writes ``results/projection.{md,json}``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def project(size: float, n: int, k: int, workers: int, before: bool) -> dict[str
                        min_panels=2 * workers * THREADS, stored_rows=stored,
                        max_panel_bytes=MAX_PANEL_BYTES if before else None)
     pred = cost_model.predict_plan(plan, workers=workers, threads=THREADS,
-                                   bandwidths=BANDWIDTHS)
+                                   bandwidths=BANDWIDTHS, h_on_workers=not before)
     row = {"shape": [m, n], "k": k, "workers": workers, "planner": "before" if before else
            "after", "scheme": plan.scheme, "panel_rows": max(plan.row_chunks),
            "panel_mb": max(plan.row_chunks) * n * 4 / 1e6, "n_panels": plan.n_panels}
@@ -49,7 +50,7 @@ def project(size: float, n: int, k: int, workers: int, before: bool) -> dict[str
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| X | shape | k | workers | planner | panels x rows (MB) | tasks/iter | s/iter | "
-        "read | compute | sched | network | driver | GB/worker |",
+        "read | compute | sched | network | H update | GB/worker |",
         "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
