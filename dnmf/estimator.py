@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import warnings
 from typing import Any
@@ -399,7 +400,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
 
 def _print_iteration(info: Any) -> None:
-    print(f"iteration {info.iteration}: loss {info.loss:.6g}", file=sys.stdout)
+    loss = "not evaluated" if math.isnan(info.loss) else f"{info.loss:.6g}"  # loss_every
+    print(f"iteration {info.iteration}: loss {loss}", file=sys.stdout)
 
 
 def _float_or_nan(value: Any) -> float:

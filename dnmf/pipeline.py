@@ -98,7 +98,8 @@ class FitResult:
     loss_history : list of float
         The loss after each iteration: ``||X - W H||_F^2`` for Frobenius, the β-divergence
         otherwise (after the W update of each iteration; see :mod:`dnmf.solvers`), over the
-        observed entries when values are missing.
+        observed entries when values are missing. NaN where the loss was not evaluated
+        (every ``loss_every``-th iteration is, and the last).
     reconstruction_err : float
         scikit-learn's ``reconstruction_err_`` of the final factors: ``||X - W H||_F``, or
         ``sqrt(2 * D_β(X | W H))`` for other losses.
@@ -154,6 +155,7 @@ class FitResult:
     missing: str = "error"
     w_sum_to_one: bool = False
     regularization: dict[str, Any] = field(default_factory=dict)
+    loss_every: int = 1
     n_restarts: int = 1
     best_restart: int = 0
     restart_losses: list[float] = field(default_factory=list)
@@ -787,7 +789,8 @@ def fit_result(spec: FitSpec, opened: Opened, prepared: Prepared, state: SolverS
         plan=prepared.plan, wall_time_s=0.0, seconds_per_iteration=state.seconds_per_iteration,
         stop_reason=state.stop_reason, notes=opened.notes, scheduler=ctx.describe(),
         device=spec.device, missing="mask" if spec.masked else "error",
-        w_sum_to_one=spec.sum_to_one, regularization=spec.regularization)
+        w_sum_to_one=spec.sum_to_one, regularization=spec.regularization,
+        loss_every=spec.loss_every)
     return result, W, order
 
 
@@ -896,6 +899,7 @@ def store_attrs(result: FitResult, input_desc: dict) -> dict[str, Any]:
         "relative_error": result.relative_error,
         "reconstruction_err": result.reconstruction_err,
         "loss_history": result.loss_history,
+        "loss_every": result.loss_every,  # the null entries of loss_history: not evaluated
         "input": redacted(input_desc),  # a URL's embedded credentials never stored
         "missing": result.missing,
         "device": result.device,

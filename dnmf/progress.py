@@ -33,8 +33,10 @@ def format_iteration(info: IterationInfo) -> str:
     rate = f"{info.bytes_read / info.seconds / 1e9:5.2f} GB/s" if info.bytes_read else "in memory"
     # β-divergences: the relative (Frobenius) error is only known at the end
     rel = "" if math.isnan(info.relative_error) else f"rel.err {info.relative_error:.6f}  "
+    # loss_every: the iterations between two evaluations have no loss (NaN in the history)
+    loss = "not evaluated" if math.isnan(info.loss) else f"{info.loss:.6e}"
     return (
-        f"iter {info.iteration:>5}/{info.max_iter}  loss {info.loss:.6e}  "
+        f"iter {info.iteration:>5}/{info.max_iter}  loss {loss:>13}  "
         f"{rel}{info.seconds:6.2f} s/it  {rate}  "
         f"ETA {format_eta(info.seconds, info.max_iter - info.iteration)}"
     )

@@ -332,10 +332,17 @@ def test_fit_loss_every_stores_nan_where_the_loss_was_skipped(tmp_path, counts_z
     out = tmp_path / "kl.zarr"
     res = runner.invoke(app, ["fit", str(counts_zarr), "-k", "3", "-o", str(out), "--loss",
                               "kullback-leibler", "--loss-every", "4", "--seed", "0",
-                              "--max-iter", "10", "--tol", "0", "-q"])
+                              "--max-iter", "10", "--tol", "0"])
     assert res.exit_code == 0, res.output
-    stored = zarr.open_group(str(out), mode="r").attrs["loss_history"]
+    attrs = zarr.open_group(str(out), mode="r").attrs
+    stored = attrs["loss_history"]
     assert len(stored) == 10 and [i for i, v in enumerate(stored) if v is not None] == [3, 7, 9]
+    assert attrs["loss_every"] == 4
+    # the progress line says so where the loss was skipped, and gives it where it was evaluated
+    progress = {line.split()[1]: line for line in res.output.splitlines()
+                if line.startswith("iter ")}
+    assert "loss not evaluated" in progress["1/10"], res.output
+    assert float(progress["10/10"].split("loss")[1].split()[0]) == pytest.approx(stored[9])
     history = np.array(dnmf.load(out).loss_history_, dtype=float)
     assert np.isfinite(history[[3, 7, 9]]).all() and np.isnan(history[[0, 1, 2, 4, 8]]).all()
 

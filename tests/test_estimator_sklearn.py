@@ -215,6 +215,14 @@ def test_verbose_prints_the_loss(X, capsys):
     assert capsys.readouterr().out.count("loss") == 3
 
 
+def test_verbose_says_where_the_loss_was_not_evaluated(X, capsys):
+    NMF(3, beta_loss="kullback-leibler", solver="mu", loss_every=2, random_state=0, max_iter=3,
+        tol=0, verbose=1).fit(X)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.endswith("loss not evaluated") for line in lines] == [True, False, False]
+    assert float(lines[1].rsplit(" ", 1)[1]) > 0
+
+
 def test_n_components_none_and_auto(X):
     assert NMF(None, max_iter=5, tol=0).fit(X[:, :6]).n_components_ == 6
     assert NMF("auto", max_iter=5, tol=0).fit(X[:, :6]).n_components_ == 6
