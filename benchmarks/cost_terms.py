@@ -383,7 +383,9 @@ def predict_checks(report: dict[str, Any], coefficients: cost_model.Coefficients
                                     ("busy", r["disk_gb_s_per_busy_worker"], r["busy_s"])):
             pred = cost_model.predict(rows, cols, r["k"], panel_rows=r["panel_rows"],
                                       workers=WORKERS, threads=1,
-                                      bandwidths=cost_model.Bandwidths(disk=disk * 1e9),
+                                      # X in the page cache: the read is all the CPU's copy
+                                      bandwidths=cost_model.Bandwidths(disk=disk * 1e9,
+                                                                       memory=disk * 1e9),
                                       coefficients=coefficients)
             # busy seconds are the workers' own: the read and compute terms
             value = pred.total_s if key == "wall" else pred.read_s + pred.compute_s

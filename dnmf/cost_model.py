@@ -3,9 +3,16 @@
 One iteration of the row-panel scheme (see :mod:`dnmf.graph`) costs, with ``P`` panels of
 ``r`` rows on ``p`` workers of ``t`` threads (``s = p t`` slots):
 
-* **read** — each worker reads its ``⌈P / p⌉`` panels from storage at the stated disk
-  bandwidth (0 when X is persisted in worker memory), and its rows of W too when W is
-  streamed through a scratch store (read and written);
+* **read** — what of reading X is not hidden behind the compute. Each worker waits for its
+  ``⌈P / p⌉`` panels from storage at the stated disk bandwidth (``read_wait``); each task also
+  spends CPU bringing its panel into memory (the page-cache copy, the decoding) at the
+  ``memory`` bandwidth per thread (``read_cpu``, ``⌈P / s⌉`` waves). A read waiting on a
+  device overlaps the other tasks' compute (and ``MADV_WILLNEED`` reads a chunk ahead), a
+  copy by the same cores does not: read = ``max(read_cpu, read_wait - compute)``, so an
+  iteration costs about ``max(read_wait, compute + read_cpu)``. For X in the page cache the
+  read is all copy (``memory`` = ``disk``) and adds to the compute. 0 when X is persisted in
+  worker memory; W's rows, when W is streamed through a scratch store, are read and written
+  besides;
 * **compute** — ``⌈P / s⌉`` waves of one panel task (:func:`dnmf.kernels.panel_step`, one
   thread): ``a·4rnk + b·r k² σ + c·rn + d`` s, σ the W sweeps
   (:func:`dnmf.kernels.w_inner_sweeps`), ``d`` the worker's own cost per task;
@@ -117,11 +124,17 @@ class Bandwidths:
     """The cluster's stated bandwidths, bytes per second per worker.
 
     ``disk``: what one worker reads X at (storage and decoding); ``network``: one worker's
-    link (partial sums and H). Defaults: 0.5 GB/s and 1.25 GB/s (10 Gbit/s).
+    link (partial sums and H); ``memory``: what one thread brings a panel into memory at with
+    its own CPU (a copy from the page cache, the decoding) — the part of a read that cannot
+    overlap the compute; for X read from the page cache, set it to ``disk``. Defaults: 0.5
+    GB/s, 1.25 GB/s (10 Gbit/s) and 2.5 GB/s (dnmf's raw reader on the development machine:
+    a 4 GB raw Zarr from the page cache by 2 workers of 1 thread in 0.80 s,
+    ``benchmarks/results/4gb.md``).
     """
 
     disk: float = 0.5 * GB
     network: float = 1.25 * GB
+    memory: float = 2.5 * GB
 
 
 @dataclass(frozen=True)
@@ -237,7 +250,8 @@ def predict(
     workers, threads : int
         Dask workers and threads per worker.
     bandwidths : Bandwidths
-        Per worker, bytes/s: disk (read and decode of X) and network.
+        Bytes/s: disk (one worker's read of X) and network per worker, and memory per
+        thread (the CPU's own part of a read, which does not overlap the compute).
     persist_x : bool
         X held in worker memory: no read term.
     w_in_store : bool
@@ -262,11 +276,17 @@ def predict(
     slots = max(1, workers * threads)
     panel_bytes = rows * n_features * itemsize
     per_worker_panels = -(-P // max(workers, 1))
-    read = 0.0 if persist_x else per_worker_panels * panel_bytes / bandwidths.disk
+    waves = -(-P // slots)
+    compute = waves * (panel_seconds(rows, n_features, k, c) + c.task_s)
+    read = 0.0
+    if not persist_x:
+        read_wait = per_worker_panels * panel_bytes / bandwidths.disk
+        read_cpu = waves * panel_bytes / max(bandwidths.memory, 1.0)
+        # the device's wait overlaps the compute, the CPU's copy does not
+        read = max(read_cpu, read_wait - compute)
     w_rows_bytes = -(-n_samples // max(workers, 1)) * k * itemsize
     if w_in_store:
         read += 2 * w_rows_bytes / bandwidths.disk  # read the old W, write the new
-    compute = -(-P // slots) * (panel_seconds(rows, n_features, k, c) + c.task_s)
     tasks = tasks_per_iteration(P, split_every)
     scheduling = c.iteration_s + c.panel_s * P
     partial = (k * n_features + k * k) * 8
