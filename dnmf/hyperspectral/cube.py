@@ -427,6 +427,9 @@ def _decode(array: xr.DataArray, bdim: Hashable, spatial: tuple[Hashable, ...],
         offset = None
     if scale is not None and np.any(np.asarray(scale) == 0.0):
         raise InputError("the cube's scale factor is 0 — fix the scale_factor attribute")
+    # a NaN no-data value needs no masking: a float cube's NaN is already NaN (and an integer
+    # cube holds none); dropping it spares a copy of every block on every read
+    nodata = [v for v in nodata if not np.isnan(v)]
     stored = str(array.dtype)
     if array.dtype.kind not in "iuf":
         raise InputError(
@@ -609,12 +612,37 @@ def _open_zarr(loc: Location, var: str | None
                ) -> tuple[xr.DataArray, str, dict[Hashable, int] | None]:
     try:
         array, stored = _dataset_variable(functools.partial(zarr_.open_cube, loc), var, loc)
-        return array, "zarr", stored
     except InputError:
         raise
-    except Exception:  # noqa: BLE001, S110 - not an xarray store: read the zarr array itself
-        pass
-    return _open_raw_zarr(loc, var)
+    except Exception:  # noqa: BLE001 - not an xarray store: read the zarr array itself
+        return _open_raw_zarr(loc, var)
+    return _with_raw_reader(array, loc, var), "zarr", stored
+
+
+def _with_raw_reader(array: xr.DataArray, loc: Location, var: str | None) -> xr.DataArray:
+    """``array`` (an xarray store's cube variable, values as stored) read by dnmf's raw
+    chunk reader when its chunks are plain bytes in local files (:class:`dnmf.io.zarr_.
+    RawChunks`): the same values as zarr-python gives, without its codec pipeline's copies
+    (a 200 x 200 x 180 float32 tile: ~5 ms instead of ~50 ms). Anything else is left as is."""
+    import zarr
+
+    if not loc.is_local:
+        return array
+    group, name = _split_var(var)
+    try:
+        node = zarr_.open_node(loc)
+        arr = node[f"{group}/{array.name}" if group else str(array.name)]
+    except Exception:  # noqa: BLE001 - not found as a plain array: xarray's reader stays
+        return array
+    if not isinstance(arr, zarr.Array) or zarr_.RawChunks.of(arr) is None or (
+            tuple(arr.shape) != tuple(array.shape) or np.dtype(arr.dtype) != array.dtype):
+        return array
+    label = f"array {array.name!r} in {loc.original}"
+    data = indexing.LazilyIndexedArray(_ReaderBackend(zarr_.ZarrChunkReader(arr, label)))
+    out = xr.DataArray(xr.Variable(array.dims, data, attrs=array.attrs), coords=array.coords,
+                       name=array.name)
+    out.encoding = dict(array.encoding)  # grid_mapping lives there (decode_coords="all")
+    return out
 
 
 class _ReaderBackend(xr.backends.BackendArray):

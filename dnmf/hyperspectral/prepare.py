@@ -188,7 +188,8 @@ def _drop_mask(cube: xr.DataArray, spec: str | Sequence[Any], n: int) -> np.ndar
 
 
 def _select(block: np.ndarray, keep_idx: np.ndarray | None) -> np.ndarray:
-    sub = block if keep_idx is None else block[..., keep_idx]
+    # take, not block[..., keep_idx]: the same copy, ~3x faster along the last axis
+    sub = block if keep_idx is None else np.take(block, keep_idx, axis=-1)
     return sub.astype(np.float32, copy=False)
 
 
@@ -208,6 +209,14 @@ def _tile_rows(block: np.ndarray, keep_idx: np.ndarray | None, expected: int,
     """Block kernel: the tile's valid pixels (row-major) as rows, negatives clipped to 0."""
     sub = _select(block, keep_idx)
     valid = np.isfinite(sub).all(axis=-1)
+    n_valid = int(np.count_nonzero(valid))
+    if n_valid == valid.size and n_valid == expected:
+        # every pixel valid (the usual tile): the rows are the tile itself, row-major, with
+        # no copy when nothing needs clipping (the block may be a read-only mapped chunk)
+        rows = sub.reshape(-1, sub.shape[-1])
+        if rows.size and rows.min() < 0:
+            rows = np.maximum(rows, 0)
+        return np.ascontiguousarray(rows, dtype=np.float32)
     rows = sub[valid]  # boolean indexing copies, in row-major pixel order
     if rows.shape[0] != expected:
         raise InputError(

@@ -69,6 +69,14 @@ def write_zarr(d: Path, raw: np.ndarray) -> tuple[str, str | None]:
     return str(d / "c.zarr"), None
 
 
+def write_uncompressed_zarr(d: Path, raw: np.ndarray) -> tuple[str, str | None]:
+    """As ``write_zarr``, chunks stored as plain bytes: dnmf's raw chunk reader reads them."""
+    ds = _decoded_dataset(raw)
+    ds["reflectance"].encoding.update(compressors=None, chunks=(4, 3, NB))
+    ds.to_zarr(d / "u.zarr", consolidated=False)
+    return str(d / "u.zarr"), None
+
+
 def write_hdf5(d: Path, raw: np.ndarray) -> tuple[str, str | None]:
     with h5py.File(d / "c.h5", "w") as f:
         # stored band-first, as many sensors do; a sibling wavelength dataset names the bands
@@ -111,7 +119,8 @@ def write_raw_zarr(d: Path, raw: np.ndarray) -> tuple[str, str | None]:
 
 
 WRITERS: dict[str, Callable[[Path, np.ndarray], tuple[str, str | None]]] = {
-    "netcdf": write_netcdf, "zarr": write_zarr, "hdf5": write_hdf5, "envi": write_envi_file,
+    "netcdf": write_netcdf, "zarr": write_zarr, "uncompressed-zarr": write_uncompressed_zarr,
+    "hdf5": write_hdf5, "envi": write_envi_file,
     "geotiff": write_geotiff, "raw-zarr": write_raw_zarr,
 }
 
@@ -124,7 +133,7 @@ def test_every_format_gives_the_same_cube(fmt, tmp_path, raw, expected, count_co
     assert isinstance(cube.data, da.Array) and cube.dtype == np.float32
     assert cube.attrs["band_dim"] == cube.dims[2]
     assert cube.attrs["spatial_dims"] == cube.dims[:2]
-    assert cube.attrs["source_format"] == fmt.replace("raw-", "")
+    assert cube.attrs["source_format"] == fmt.replace("raw-", "").replace("uncompressed-", "")
     assert cube.attrs["stored_dtype"] == "int16" and cube.attrs["source"] == path
     assert cube.data.chunks[2] == (NB,), "all bands in one chunk"
     np.testing.assert_array_equal(cube.values, expected)  # exact, NaN where no data
@@ -132,12 +141,12 @@ def test_every_format_gives_the_same_cube(fmt, tmp_path, raw, expected, count_co
     assert cube.wavelength.attrs["units"] == "nm"
     for gone in ("scale_factor", "_FillValue", "nodata", "add_offset"):
         assert gone not in cube.attrs  # decoded: opening it again must not scale twice
-    if fmt in ("netcdf", "zarr", "envi", "geotiff"):
+    if fmt in ("netcdf", "zarr", "uncompressed-zarr", "envi", "geotiff"):
         assert cube.dims == ("y", "x", "band")
         np.testing.assert_allclose(cube.y.values, Y)
         np.testing.assert_allclose(cube.x.values, X_)
         assert "crs_wkt" in cube.attrs
-    if fmt in ("netcdf", "zarr", "geotiff"):
+    if fmt in ("netcdf", "zarr", "uncompressed-zarr", "geotiff"):
         assert "spatial_ref" in cube.coords and cube.attrs["grid_mapping"] == "spatial_ref"
     if fmt == "geotiff":
         assert "UTM zone 13N" in cube.attrs["crs_wkt"]
@@ -147,6 +156,30 @@ def test_every_format_gives_the_same_cube(fmt, tmp_path, raw, expected, count_co
         assert cube.dims == ("dim_1", "dim_2", "dim_0")
     again = open_cube(cube)
     np.testing.assert_array_equal(again.values, expected)
+
+
+def _cube_readers(cube: xr.DataArray) -> list[object]:
+    """The objects the cube's dask graph reads its tiles from (xarray's lazy arrays)."""
+    found = []
+    for value in cube.data.dask.values():
+        inner = getattr(getattr(value, "array", None), "array", None)
+        if inner is not None:
+            found.append(inner)
+    return found
+
+
+@pytest.mark.parametrize(("fmt", "raw_reader"), [("zarr", False), ("uncompressed-zarr", True)])
+def test_an_xarray_stores_plain_chunks_are_read_by_dnmfs_raw_reader(fmt, raw_reader, tmp_path,
+                                                                     raw, expected):
+    from dnmf.hyperspectral.cube import _ReaderBackend
+
+    path, var = WRITERS[fmt](tmp_path, raw)
+    cube = open_cube(path, var=var)
+    readers = _cube_readers(cube)
+    assert readers and all(isinstance(r, _ReaderBackend) == raw_reader for r in readers)
+    if raw_reader:
+        assert all(r.reader.raw is not None for r in readers)
+    np.testing.assert_array_equal(cube.values, expected)
 
 
 @pytest.mark.parametrize("fmt", list(WRITERS))

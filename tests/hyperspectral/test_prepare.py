@@ -285,6 +285,32 @@ def test_input_changed_between_passes(tmp_path):
         pm.X.compute()
 
 
+@pytest.mark.parametrize("keep_idx", [None, np.array([0, 2, 3])], ids=["all bands", "3 of 5"])
+@pytest.mark.parametrize("hole", [False, True], ids=["all valid", "a no-data pixel"])
+@pytest.mark.parametrize("negative", [False, True], ids=["non-negative", "a negative"])
+def test_tile_rows_of_a_read_only_block(keep_idx, hole, negative):
+    """A tile's rows (a mapped chunk is read-only): valid pixels in row-major order, the kept
+    bands, negatives clipped to 0, the block itself never written."""
+    from dnmf.hyperspectral.prepare import _tile_rows
+
+    block = np.random.default_rng(0).random((3, 4, 5), dtype=np.float32)
+    if hole:
+        block[1, 2, 4] = np.nan
+    if negative:
+        block[2, 0, 0] = -0.5
+    before = block.copy()
+    block.flags.writeable = False
+    sub = block if keep_idx is None else block[..., keep_idx]
+    valid = np.isfinite(sub).all(axis=-1)
+    expected = np.maximum(sub[valid], 0)
+    rows = _tile_rows(block, keep_idx, int(valid.sum()), (0, 0))
+    assert rows.dtype == np.float32 and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_array_equal(block, before)
+    with pytest.raises(InputError, match="the input changed while dnmf was reading it"):
+        _tile_rows(block, keep_idx, int(valid.sum()) + 1, (0, 0))
+
+
 def test_matrix_errors():
     cube = make_cube(make_values())
     with pytest.raises(InputError, match=re.escape("keep must be a boolean mask over the cube's "
