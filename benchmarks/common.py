@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
+
+from dnmf.cluster import MALLOC_TRIM_KEY
+
+# The benchmarks' LocalClusters start their workers as dnmf's own LocalCluster does: with
+# glibc's malloc thresholds, not distributed's MALLOC_TRIM_THRESHOLD_=65536
+# (dnmf.cluster.worker_malloc_environment; benchmarks/malloc.py measures both)
+dask.config.set({MALLOC_TRIM_KEY: None})
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"

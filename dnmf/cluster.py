@@ -270,6 +270,41 @@ def check_memory_limit(memory: int | None) -> None:
             "give at least 512MB per worker")
 
 
+#: The dask config key of the glibc setting distributed's nanny gives the workers it spawns.
+MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+#: The variable as this process had it before any nanny: a nanny writes its value into the
+#: parent's ``os.environ`` (and leaves it there), so a later look cannot tell who set it.
+_MALLOC_TRIM_AT_IMPORT = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+@contextlib.contextmanager
+def worker_malloc_environment() -> Iterator[bool]:
+    """Start dnmf's LocalCluster workers with glibc's own malloc thresholds; yields whether
+    it did.
+
+    distributed's nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536`` so that glibc
+    hands freed memory back at once. Setting it also pins glibc's mmap threshold at 128 KiB:
+    every large temporary of a panel task is then a fresh mapping, faulted in and zeroed page
+    by page. Measured (one thread, one panel, AMD EPYC): HALS 44 -> 53 ms, KL 66-88 -> 150 ms,
+    a 40,000-pixel tile's FCLS 28 -> 56 ms. Inside this context the nannies made do not set it
+    and the workers do not inherit it (a previous nanny's value is taken out of ``os.environ``
+    and put back after). A value the user chose — in the environment before dnmf was imported,
+    or other than 65536 in the dask config — is kept.
+    """
+    chosen = (_MALLOC_TRIM_AT_IMPORT is not None
+              or str(dask.config.get(MALLOC_TRIM_KEY, None)) != "65536")
+    if chosen:
+        yield False
+        return
+    left = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)  # a previous nanny's
+    try:
+        with dask.config.set({MALLOC_TRIM_KEY: None}):
+            yield True
+    finally:
+        if left is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = left
+
+
 def dashboard_address() -> str:
     """Where a started cluster's dashboard listens (``dnmf.dashboard-address`` in Dask's
     config, e.g. ``0.0.0.0:8787``; default this host only, a free port)."""
@@ -467,16 +502,17 @@ def execution_context(
         from distributed import Client, LocalCluster
 
         planned = planned_context("local", workers=workers, memory_limit=mem_limit)
-        cluster = LocalCluster(
-            n_workers=planned.n_workers,
-            threads_per_worker=1,  # BLAS stays single-threaded in each worker process
-            processes=True,
-            memory_limit=planned.memory_per_worker,
-            dashboard_address=dashboard_address(),
-            # a failing task's traceback would break the CLI's one-line errors
-            silence_logs=logging.DEBUG if os.environ.get("DNMF_DEBUG") == "1"
-            else logging.CRITICAL,
-        )
+        with worker_malloc_environment():  # read as the nannies spawn their workers
+            cluster = LocalCluster(
+                n_workers=planned.n_workers,
+                threads_per_worker=1,  # BLAS stays single-threaded in each worker process
+                processes=True,
+                memory_limit=planned.memory_per_worker,
+                dashboard_address=dashboard_address(),
+                # a failing task's traceback would break the CLI's one-line errors
+                silence_logs=logging.DEBUG if os.environ.get("DNMF_DEBUG") == "1"
+                else logging.CRITICAL,
+            )
         local_client = Client(cluster, set_as_default=False)
         try:
             wait_for_workers(local_client, "the LocalCluster", n=1)
