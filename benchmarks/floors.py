@@ -87,7 +87,8 @@ def compute_floor(path: Path | str | Any, client: Any, *, k: int, solver: str = 
     One panel of X (as dnmf's reader gives it, or of the dask array ``path``) is loaded on
     each worker, and the kernel runs on all of them at the same time, ``repeats`` times; the
     floor is the median seconds per panel times ``n_panels / n_workers`` (the panels are equal
-    but for the last).
+    but for the last). Panels of unequal rows (a cube's tiles, valid pixels only): the
+    largest are timed, and the floor is their seconds per row times X's rows per worker.
     """
     import dask
     import dask.array as da
@@ -97,14 +98,23 @@ def compute_floor(path: Path | str | Any, client: Any, *, k: int, solver: str = 
     X = path if isinstance(path, da.Array) else open_matrix(str(path)).array
     workers = sorted(client.scheduler_info()["workers"])
     n_panels = X.numblocks[0]
+    rows = np.asarray(X.chunks[0])
+    equal = bool((rows[:-1] == rows[0]).all())
+    chosen = range(n_panels) if equal else np.argsort(-rows, kind="stable")
     timer = dask.delayed(_time_panel_kernel, pure=False)
     futures = []
-    for i, address in enumerate(workers[:n_panels]):
-        panel = X.blocks[i, 0].to_delayed().ravel()[0]
+    for i, address in zip(chosen, workers[:n_panels], strict=False):
+        panel = X.blocks[int(i), 0].to_delayed().ravel()[0]
         task = timer(panel, k=k, solver=solver, beta=beta, masked=masked, repeats=repeats,
                      seed=i, sum_to_one=sum_to_one)
         futures.append(client.compute(task, workers=[address], allow_other_workers=False))
     per_panel = client.gather(futures)
-    panels_per_worker = n_panels / min(len(workers), n_panels)
+    used = min(len(workers), n_panels)
+    if equal:
+        seconds = statistics.mean(per_panel) * n_panels / used
+    else:
+        timed_rows = [int(rows[int(i)]) for i in list(chosen)[:used]]
+        per_row = statistics.mean(s / r for s, r in zip(per_panel, timed_rows, strict=True))
+        seconds = per_row * int(rows.sum()) / used
     return {"s_per_panel": per_panel, "n_panels": n_panels, "workers": len(workers),
-            "s": statistics.mean(per_panel) * panels_per_worker}
+            "s": seconds}

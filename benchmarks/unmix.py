@@ -125,6 +125,7 @@ def larger_than_memory(cfg: dict[str, Any]) -> dict[str, Any]:
             Client(cluster) as client:
         raw_read, zarr_read = _reads(path, client)
         client.run(reset_peak_rss)
+        print(f"reads: raw {raw_read:.2f} s, zarr-python {zarr_read:.2f} s", flush=True)
         t0 = time.perf_counter()
         result = unmix(str(path), K, var="reflectance", client=client, output=out,
                        overwrite=True, max_iter=cfg["iters"], tol=0,
