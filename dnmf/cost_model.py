@@ -9,10 +9,12 @@ One iteration of the row-panel scheme (see :mod:`dnmf.graph`) costs, with ``P`` 
   ``memory`` bandwidth per thread (``read_cpu``, ``⌈P / s⌉`` waves). A read waiting on a
   device overlaps the other tasks' compute (and ``MADV_WILLNEED`` reads a chunk ahead), a
   copy by the same cores does not: read = ``max(read_cpu, read_wait - compute)``, so an
-  iteration costs about ``max(read_wait, compute + read_cpu)``. For X in the page cache the
-  read is all copy (``memory`` = ``disk``) and adds to the compute. 0 when X is persisted in
-  worker memory; W's rows, when W is streamed through a scratch store, are read and written
-  besides;
+  iteration costs about ``max(read_wait, compute + read_cpu)``. For X in the page cache read
+  by a copy (a codec, zarr-python) the read is all CPU (``memory`` = ``disk``) and adds to the
+  compute; dnmf's raw reader maps a cached chunk without copying it, which costs less and is
+  not yet a term of its own (``benchmarks/README.md``: the check on a second machine). 0 when
+  X is persisted in worker memory; W's rows, when W is streamed through a scratch store, are
+  read and written besides;
 * **compute** — ``⌈P / s⌉`` waves of one panel task (:func:`dnmf.kernels.panel_step`, one
   thread): ``a·4rnk + b·r k² σ + c·rn + d`` s, σ the W sweeps
   (:func:`dnmf.kernels.w_inner_sweeps`), ``d`` the worker's own cost per task;
