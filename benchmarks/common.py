@@ -22,11 +22,6 @@ import numpy as np
 
 from dnmf.cluster import MALLOC_TRIM_KEY
 
-# The benchmarks' LocalClusters start their workers as dnmf's own LocalCluster does: with
-# glibc's malloc thresholds, not distributed's MALLOC_TRIM_THRESHOLD_=65536
-# (dnmf.cluster.worker_malloc_environment; benchmarks/malloc.py measures both)
-dask.config.set({MALLOC_TRIM_KEY: None})
-
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
@@ -106,7 +101,14 @@ def parse_profile(doc: str, argv: list[str] | None, *, quick_help: str | None = 
 
 
 def new_report(profile: str, **fields: Any) -> dict[str, Any]:
-    """A report's header: profile, date and the machine's description, then ``fields``."""
+    """A report's header: profile, date and the machine's description, then ``fields``.
+
+    Every benchmark starts with it, so from here its LocalClusters start their workers as
+    dnmf's own LocalCluster starts workers of 1 GB or more: with glibc's malloc thresholds,
+    not distributed's MALLOC_TRIM_THRESHOLD_=65536 (``dnmf.cluster.worker_malloc_environment``;
+    ``benchmarks/malloc.py`` measures both). Not at import: the tests import this module.
+    """
+    dask.config.set({MALLOC_TRIM_KEY: None})
     return {"profile": profile, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
             **fields}
 

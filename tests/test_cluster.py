@@ -62,6 +62,7 @@ def test_auto_starts_a_local_cluster_for_large_data_and_closes_it(monkeypatch):
 ])
 def test_worker_malloc_environment_keeps_a_users_choice(monkeypatch, at_import, config,
                                                         expected):
+    """As dnmf's LocalCluster calls it: workers of 1 GB or more, or no limit."""
     import dask
 
     import dnmf.cluster
@@ -74,6 +75,22 @@ def test_worker_malloc_environment_keeps_a_users_choice(monkeypatch, at_import, 
             assert ("MALLOC_TRIM_THRESHOLD_" not in os.environ) is expected
             assert (dask.config.get(MALLOC_TRIM_KEY) is None) is expected
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    with dask.config.set({MALLOC_TRIM_KEY: config}):
+        with worker_malloc_environment(2 * 10**9) as unset:
+            assert unset is expected
+
+
+def test_small_workers_keep_distributeds_trimming(monkeypatch):
+    """Under 1 GB a worker's retained heap can cross the nanny's 95% line: left as it is."""
+    import dask
+
+    import dnmf.cluster
+
+    monkeypatch.setattr(dnmf.cluster, "_MALLOC_TRIM_AT_IMPORT", None)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with dask.config.set({MALLOC_TRIM_KEY: 65536}):
+        with worker_malloc_environment(350 * 10**6) as unset:
+            assert unset is False and os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
 
 
 @pytest.mark.cluster
