@@ -637,10 +637,9 @@ def _with_raw_reader(array: xr.DataArray, loc: Location, var: str | None) -> xr.
     if not isinstance(arr, zarr.Array) or zarr_.RawChunks.of(arr) is None or (
             tuple(arr.shape) != tuple(array.shape) or np.dtype(arr.dtype) != array.dtype):
         return array
-    label = f"array {array.name!r} in {loc.original}"
-    data = indexing.LazilyIndexedArray(_ReaderBackend(zarr_.ZarrChunkReader(arr, label)))
-    out = xr.DataArray(xr.Variable(array.dims, data, attrs=array.attrs), coords=array.coords,
-                       name=array.name)
+    reader = zarr_.ZarrChunkReader(arr, f"array {array.name!r} in {loc.original}")
+    out = _lazy(reader, array.dims, array.attrs, array.coords, array.name,
+                array.attrs.get("_stamp"))
     out.encoding = dict(array.encoding)  # grid_mapping lives there (decode_coords="all")
     return out
 
