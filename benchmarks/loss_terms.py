@@ -10,13 +10,12 @@ with and without its loss terms (``with_loss``), for KL and for masked Frobenius
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import machine_line, new_report, save_report
-from benchmarks.panel_profile import cpu_seconds
+from benchmarks.panel_profile import cpu_seconds, panel_args
 
 #: ``(label, beta, masked)`` of the timed steps.
 CASES = (("kullback-leibler", 1.0, False), ("masked frobenius", 2.0, True),
@@ -64,12 +63,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=33_554)
-    parser.add_argument("--cols", type=int, default=500)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
+    args = panel_args(__doc__ or "", argv, repeats=7)
     report = new_report("loss-terms", repeats=args.repeats)
     report["profile"] = profile(args.rows, args.cols, args.k, args.repeats)
     save_report("loss-terms", report, render(report))

@@ -99,17 +99,22 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def panel_args(doc: str, argv: list[str] | None, repeats: int) -> argparse.Namespace:
+    """The command line of a one-panel profile: ``--rows --cols --k --repeats`` (default: one
+    64 MiB float32 panel of 500 columns, k = 20)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rows", type=int, default=33_554)
     parser.add_argument("--cols", type=int, default=500)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=9)
-    args = parser.parse_args(argv)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = panel_args(__doc__ or "", argv, repeats=9)
     report = new_report("panel", repeats=args.repeats)
     report["profile"] = profile(args.rows, args.cols, args.k, args.repeats)
-    save_report("panel-profile", report, render(report))
-    print(render(report))
+    save_report("panel-profile", report, render(report))  # prints the table too
     return 0
 
 
