@@ -7,19 +7,23 @@ fitted coefficients are printed as the literal to store in ``dnmf/cost_model.py`
 
 Terms (quick profile in brackets):
 
-- compute: :func:`dnmf.kernels.panel_step` in this process on one BLAS thread, panels of
-  2^22 values, n in {128, 1024, 8192}, k in {10, 40, 100};
+- compute: :func:`dnmf.kernels.panel_step` (hals and mu) on one BLAS thread in every worker at
+  once (as a fit runs its panels), panels of 2^24 values (64 MiB of float32), n in
+  {128, 500, 1024, 8192}, k in {10, 40, 100};
+- mapping: the same kernel on a page-cached chunk freshly mapped by dnmf's raw reader, less
+  the kernel on the chunk in memory (the CPU's own part of reading such a store);
 - driver: :func:`dnmf.kernels.update_h` and the loss on (k, n), as the driver runs them;
 - graph construction: :func:`dnmf.graph.iteration_graph` for 10^2 - 10^5 [10^4] panels;
 - scheduling: seconds per iteration of ``dnmf.factorize`` on the procedural source
   (:mod:`dnmf.io.procedural`) in panels of 4 rows x 8 columns (no compute, X persisted) for
-  10^2 - 10^5 [10^4] panels, LocalCluster 2 workers x 1 thread; the driver's peak memory;
+  3 - 10^5 [10^4] panels, LocalCluster 2 workers x 1 thread; the driver's peak memory;
 - reduction: the tree sum of partials persisted on the workers, against fan-in and size;
 - bytes sent per iteration: the workers' own transfer counters
   (``Worker.transfer_outgoing_bytes_total``) around iterations of the real graph;
 - worker memory: peak RSS of the workers (VmHWM) in a streamed fit against the plan's
   task estimate and the model's;
-- check: 1 GB [and 4 GB in full] raw Zarr fits (hals, k = 20, X streamed) against the model.
+- check: 1 GB and 4 GB raw Zarr fits (hals and mu, k = 20, X streamed) on a fresh
+  LocalCluster against the model, and ``benchmarks.run``'s 1gb/4gb fits of the same day.
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ from dnmf import cost_model, graph, kernels
 from dnmf.io.procedural import planted_array, planted_block, planted_source
 
 WORKERS = 2
+#: Panels of the quick profile's scheduling and graph sweeps.
+PANELS_QUICK = [100, 300, 1000, 3000, 10_000]
+#: Panels the scheduling sweep runs besides: where an iteration's fixed cost shows.
+SMALL_PANELS = [3, 10, 30]
 
 
 def best_of(func: Any, repeats: int = 3) -> float:
@@ -73,27 +81,119 @@ def fit_nonneg(features: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 # --- in-process terms ---------------------------------------------------------------------
 
 
-def measure_compute(quick: bool) -> tuple[list[dict], np.ndarray]:
-    rows_cols = [(32768, 128), (4096, 1024), (512, 8192)]
-    ranks = [10, 40, 100]
+#: Values per panel of the compute terms: 64 MiB of float32, the check stores' chunks (and
+#: the panels dnmf reads them in); panels of 16 MiB, partly in this CPU's L3 cache, measured
+#: up to 12% faster per value than the fits' panels.
+PANEL_VALUES = 2**24
+COMPUTE_COLUMNS = (128, 500, 1024, 8192)
+COMPUTE_RANKS = (10, 40, 100)
+
+
+def compute_features(rows: int, n: int, k: int, solver: str) -> list[float]:
+    """The model's compute features of one panel task: the products' flops, the W update
+    (hals: r k² σ; mu: r k²), the values of the panel (:func:`dnmf.cost_model.panel_seconds`)."""
+    sweeps = kernels.w_inner_sweeps(k, n)
+    return [4 * rows * n * k, rows * k * k * sweeps if solver == "hals" else 0.0,
+            rows * k * k if solver == "mu" else 0.0, rows * n]
+
+
+def compute_grid(quick: bool) -> list[dict]:
+    """Seconds of :func:`dnmf.kernels.panel_step` (hals and mu, one BLAS thread) at every
+    point of the grid, in the calling process (a worker's task)."""
     out = []
     with threadpool_limits(1, user_api="blas"):
-        for rows, n in rows_cols:
+        for n in COMPUTE_COLUMNS:
+            rows = PANEL_VALUES // n
             X = planted_block(0, rows, n, 8, seed=0, noise=0.05)
-            for k in ranks:
+            for k in COMPUTE_RANKS:
                 rng = np.random.default_rng(k)
                 W = rng.random((rows, k), dtype=np.float32)
                 H = rng.random((k, n), dtype=np.float32)
                 HHt = H.astype(np.float64) @ H.T.astype(np.float64)
-                t = best_of(lambda X=X, W=W, H=H, HHt=HHt: kernels.call_aligned(
-                    kernels.panel_step, X, W, H, HHt, solver="hals"), 2 if quick else 3)
-                out.append({"rows": rows, "n_features": n, "k": k, "seconds": t,
-                            "sweeps": kernels.w_inner_sweeps(k, n)})
-    feats = np.array([[4 * r["rows"] * r["n_features"] * r["k"],
-                       r["rows"] * r["k"] ** 2 * r["sweeps"], r["rows"] * r["n_features"]]
-                      for r in out], dtype=float)
-    coef = fit_nonneg(feats, np.array([r["seconds"] for r in out]))
-    return out, coef
+                for solver in cost_model.SOLVERS:
+                    def step(X=X, W=W, H=H, HHt=HHt, solver=solver) -> None:
+                        kernels.call_aligned(kernels.panel_step, X, W, H, HHt, solver=solver)
+
+                    step()  # first touch of the outputs, BLAS buffers
+                    out.append({"rows": rows, "n_features": n, "k": k, "solver": solver,
+                                "seconds": best_of(step, 2 if quick else 3),
+                                "sweeps": kernels.w_inner_sweeps(k, n)})
+            del X
+    return out
+
+
+def measure_compute(client: Any, quick: bool) -> list[dict]:
+    """The compute grid as a fit runs its panels: one task pinned to each worker of the
+    cluster, all at once (the cores share the memory bus and the last-level cache, and a
+    worker's allocator is not this process's); each point's seconds are the mean over the
+    workers (``per_worker_s`` has each)."""
+    workers = sorted(client.scheduler_info()["workers"])
+    futures = [client.submit(compute_grid, quick, workers=[w], allow_other_workers=False,
+                             pure=False) for w in workers]
+    out = []
+    for points in zip(*client.gather(futures), strict=True):
+        row = dict(points[0])
+        row["per_worker_s"] = [p["seconds"] for p in points]
+        row["seconds"] = statistics.mean(row["per_worker_s"])
+        out.append(row)
+    return out
+
+
+def measure_mapping(path: Any, solver_rank: int = 20, chunks: int = 6) -> dict:
+    """What reading a page-cached chunk through dnmf's raw reader costs the panel task.
+
+    The reader maps the chunk's file (:class:`dnmf.io.zarr_.RawChunks`): no copy, the first
+    touch of each page faults it into the process. Per chunk: the kernel
+    (:func:`dnmf.kernels.panel_step`, one thread) on the freshly mapped chunk, read call
+    included, less the kernel on the same values in this process's memory; the median over
+    ``chunks`` chunks and both solvers, as the mapping's bytes per second (the model's
+    ``Bandwidths.memory`` for such a store). The chunk+sum read that ``time_read`` times is
+    reported beside it: it is what a copying reader pays."""
+    import zarr
+
+    from dnmf.io.zarr_ import RawChunks
+
+    raw = RawChunks.of(zarr.open_array(str(path)))
+    if raw is None:
+        raise ValueError(f"{path} is not an uncompressed local Zarr")
+    rows, n = raw.chunks
+    k = solver_rank
+    rng = np.random.default_rng(0)
+    W = rng.random((rows, k), dtype=np.float32)
+    H = rng.random((k, n), dtype=np.float32)
+    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    chunks = min(chunks, raw.shape[0] // rows)
+    for i in range(chunks):  # into the page cache
+        float(raw._chunk((i, 0)).sum())
+    extra, summed = [], []
+    with threadpool_limits(1, user_api="blas"):
+        for solver in cost_model.SOLVERS:
+            def step(X: np.ndarray, solver: str = solver) -> None:
+                kernels.call_aligned(kernels.panel_step, X, W, H, HHt, solver=solver)
+
+            for i in range(chunks):
+                key = (slice(i * rows, (i + 1) * rows), slice(0, n))
+                t0 = time.perf_counter()
+                step(raw.read(key))
+                mapped = time.perf_counter() - t0
+                in_memory = np.array(raw.read(key))
+                step(in_memory)
+                t0 = time.perf_counter()
+                step(in_memory)
+                extra.append(mapped - (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                float(raw.read(key).sum(dtype="float64"))
+                summed.append(time.perf_counter() - t0)
+    nbytes = rows * n * raw.file_dtype.itemsize
+    per_chunk = statistics.median(extra)
+    # differences of two ~50 ms timings: below ~0.5 ms they are noise; the model then reads
+    # the chunk at 0.5 ms, not at an infinite rate
+    floor = 5e-4
+    return {"path": str(path), "chunk_mb": nbytes / 1e6, "k": k,
+            "extra_s": extra, "extra_median_s": per_chunk,
+            "map_gb_s": nbytes / max(per_chunk, floor) / 1e9,
+            "read_and_sum_s": statistics.median(summed),
+            "read_and_sum_gb_s": nbytes / statistics.median(summed) / 1e9}
 
 
 def measure_driver(quick: bool) -> tuple[list[dict], np.ndarray]:
@@ -194,7 +294,7 @@ def measure_scheduling(client: Any, panels: list[int]) -> tuple[list[dict], np.n
         gc.collect()
         reset_peak_rss()
         before = status_bytes("VmRSS") or 0
-        iterations = 3 if P <= 3000 else 2
+        iterations = 7 if P <= 100 else 3 if P <= 3000 else 2
         times = iterate_graph(client, X, W, np.ones((2, 8), np.float32), iterations)
         out.append({"panels": P,
                     "seconds_per_iteration": statistics.median(t[0] for t in times[1:]),
@@ -306,10 +406,15 @@ def measure_worker_memory(client: Any) -> dict:
             "measured_peak_growth_mb": growth / 1e6}
 
 
+CHECK_SIZES = {"quick": [(500_000, 500), (2_000_000, 500)],
+               "full": [(500_000, 500), (2_000_000, 500)]}
+
+
 def check_runs(client: Any, sizes: list[tuple[int, int]]) -> list[dict]:
-    """dnmf hals fits of raw Zarr stores (X streamed), each iteration's wall seconds and the
-    workers' CPU seconds (this machine is shared: the CPU seconds are what dedicated cores
-    would take), and one read of X (wall and CPU) in the same run."""
+    """dnmf hals and mu fits of raw Zarr stores (X streamed), each iteration's wall seconds
+    and the workers' CPU seconds (this machine is shared: the CPU seconds are what dedicated
+    cores would take), and one read of X (wall and CPU) in the same run; the mapping cost of
+    the store's chunks (:func:`measure_mapping`) measured just before its fits."""
     out = []
     k = 20
     for rows, cols in sizes:
@@ -318,33 +423,50 @@ def check_runs(client: Any, sizes: list[tuple[int, int]]) -> list[dict]:
         _, w0 = cpu_seconds(client)
         read_s = time_read(path, client, 1)
         _, w1 = cpu_seconds(client)
-        marks: list[tuple[float, float]] = []
+        mapping = measure_mapping(path)
+        for solver in cost_model.SOLVERS:
+            marks: list[tuple[float, float]] = []
 
-        def mark(info: Any, marks: list = marks) -> None:
-            marks.append((time.perf_counter(), cpu_seconds(client)[1]))
+            def mark(info: Any, marks: list = marks) -> None:
+                marks.append((time.perf_counter(), cpu_seconds(client)[1]))
 
-        res = dnmf.factorize(str(path), k, solver="hals", init="random", max_iter=6, tol=0.0,
-                             random_state=0, client=client, persist_x=False, callback=mark)
-        walls = [b[0] - a[0] for a, b in zip(marks, marks[1:], strict=False)]
-        busy = [(b[1] - a[1]) / WORKERS for a, b in zip(marks, marks[1:], strict=False)]
-        out.append({"gb": rows * cols * 4 / 1e9, "shape": [rows, cols], "k": k,
-                    "panels": res.plan.n_panels, "panel_rows": max(res.plan.row_chunks),
-                    "read_once_s": read_s, "read_once_busy_s": (w1 - w0) / WORKERS,
-                    "disk_gb_s_per_worker": rows * cols * 4 / WORKERS / read_s / 1e9,
-                    "disk_gb_s_per_busy_worker": rows * cols * 4 / max(w1 - w0, 1e-9) / 1e9,
-                    "measured_s": statistics.median(walls), "busy_s": statistics.median(busy),
-                    "all_iterations": walls, "all_busy": busy})
-        print(f"  check {out[-1]['gb']:.0f} GB: {walls} s, busy {busy} s", flush=True)
+            res = dnmf.factorize(str(path), k, solver=solver, init="random", max_iter=6,
+                                 tol=0.0, random_state=0, client=client, persist_x=False,
+                                 callback=mark)
+            walls = [b[0] - a[0] for a, b in zip(marks, marks[1:], strict=False)]
+            busy = [(b[1] - a[1]) / WORKERS for a, b in zip(marks, marks[1:], strict=False)]
+            out.append({"gb": rows * cols * 4 / 1e9, "shape": [rows, cols], "k": k,
+                        "solver": solver, "panels": res.plan.n_panels,
+                        "panel_rows": max(res.plan.row_chunks),
+                        "read_once_s": read_s, "read_once_busy_s": (w1 - w0) / WORKERS,
+                        "disk_gb_s_per_worker": rows * cols * 4 / WORKERS / read_s / 1e9,
+                        "disk_gb_s_per_busy_worker": rows * cols * 4 / max(w1 - w0, 1e-9) / 1e9,
+                        "map_gb_s": mapping["map_gb_s"], "mapping": mapping,
+                        "measured_s": statistics.median(walls),
+                        "busy_s": statistics.median(busy),
+                        "all_iterations": walls, "all_busy": busy})
+            print(f"  check {out[-1]['gb']:.0f} GB {solver}: {walls} s, busy {busy} s, "
+                  f"mapping {mapping['extra_median_s'] * 1e3:.1f} ms per chunk", flush=True)
     return out
+
+
+def check_cluster() -> Any:
+    """The LocalCluster of the check fits: as ``benchmarks.run`` starts its own (a worker of
+    one thread per core, the default memory limit), not the one the scheduling sweeps of
+    10^4 panels have run on."""
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                        dashboard_address=None)
 
 
 def fit_coefficients(report: dict[str, Any]) -> cost_model.Coefficients:
     """The model's coefficients from the measured rows of ``report`` (so ``--refit`` can
     recompute them from a saved report)."""
     comp = report["compute"]
-    gemm, sweep, pass_ = fit_nonneg(
-        np.array([[4 * r["rows"] * r["n_features"] * r["k"], r["rows"] * r["k"] ** 2
-                   * r["sweeps"], r["rows"] * r["n_features"]] for r in comp], dtype=float),
+    gemm, sweep, mu, pass_ = fit_nonneg(
+        np.array([compute_features(r["rows"], r["n_features"], r["k"],
+                                   r.get("solver", "hals")) for r in comp], dtype=float),
         np.array([r["seconds"] for r in comp]))
     drv = report["driver"]
     # in absolute seconds: the large (k, n) the projection needs weigh most, and a small
@@ -364,13 +486,27 @@ def fit_coefficients(report: dict[str, Any]) -> cost_model.Coefficients:
         np.array([[r["levels"], r["levels"] * min(r["fan_in"], r["panels"]) * r["partial_mb"]
                    * 1e6] for r in red]), np.array([r["seconds"] for r in red]))
     return cost_model.Coefficients(
-        gemm_s=float(gemm), sweep_s=float(sweep), pass_s=float(pass_), task_s=float(task_s),
+        gemm_s=float(gemm), sweep_s=float(sweep), mu_s=float(mu), pass_s=float(pass_),
+        task_s=float(task_s),
         iteration_s=float(iter_s), panel_s=float(panel_s), graph_s=float(graph_s),
         level_s=float(level_s), add_s_per_byte=float(add_per_byte), driver_s=float(drv_k2n),
         driver_kn_s=float(drv_kn),
         provenance=f"benchmarks/cost_terms.py ({report['profile']}), {report['date']}, "
                    f"{report['machine']['cpu']}, {report['machine']['cores']} cores (shared, "
                    f"load {report['machine']['load_average'][0]:.1f})")
+
+
+def predict_run(rows: int, cols: int, k: int, *, solver: str, panel_rows: int,
+                disk_gb_s: float, map_gb_s: float,
+                coefficients: cost_model.Coefficients) -> cost_model.Prediction:
+    """The model's prediction of a fit of a raw Zarr in the page cache: the storage's rate
+    is the read measured in the same run (per worker), the CPU's own part of the read the
+    chunk mapping's (:func:`measure_mapping`)."""
+    return cost_model.predict(rows, cols, k, panel_rows=panel_rows, workers=WORKERS,
+                              threads=1, solver=solver,
+                              bandwidths=cost_model.Bandwidths(disk=disk_gb_s * 1e9,
+                                                               memory=map_gb_s * 1e9),
+                              coefficients=coefficients)
 
 
 def predict_checks(report: dict[str, Any], coefficients: cost_model.Coefficients) -> None:
@@ -381,12 +517,10 @@ def predict_checks(report: dict[str, Any], coefficients: cost_model.Coefficients
         rows, cols = r["shape"]
         for key, disk, measured in (("wall", r["disk_gb_s_per_worker"], r["measured_s"]),
                                     ("busy", r["disk_gb_s_per_busy_worker"], r["busy_s"])):
-            pred = cost_model.predict(rows, cols, r["k"], panel_rows=r["panel_rows"],
-                                      workers=WORKERS, threads=1,
-                                      # X in the page cache: the read is all the CPU's copy
-                                      bandwidths=cost_model.Bandwidths(disk=disk * 1e9,
-                                                                       memory=disk * 1e9),
-                                      coefficients=coefficients)
+            pred = predict_run(rows, cols, r["k"], solver=r.get("solver", "hals"),
+                               panel_rows=r["panel_rows"], disk_gb_s=disk,
+                               # reports from before the mapping term: a copy at the read's rate
+                               map_gb_s=r.get("map_gb_s", disk), coefficients=coefficients)
             # busy seconds are the workers' own: the read and compute terms
             value = pred.total_s if key == "wall" else pred.read_s + pred.compute_s
             r[f"predicted_{key}_s"] = value
@@ -394,16 +528,47 @@ def predict_checks(report: dict[str, Any], coefficients: cost_model.Coefficients
             r[f"terms_{key}"] = pred.as_dict()
 
 
+def predict_profiles(report: dict[str, Any], coefficients: cost_model.Coefficients) -> list[dict]:
+    """The model against ``benchmarks.run``'s raw-store fits (``results/1gb.json``,
+    ``4gb.json``) measured on the same day: each with the raw read (b) measured beside it
+    and the mapping rate of this run's check of the same store."""
+    out = []
+    mapping = {tuple(r["shape"]): r["map_gb_s"] for r in report["check"] if "map_gb_s" in r}
+    for profile in ("1gb", "4gb"):
+        path = RESULTS / f"{profile}.json"
+        if not path.exists():
+            continue
+        run_report = json.loads(path.read_text())
+        if run_report.get("date") != report["date"]:
+            continue
+        ooc = run_report["out_of_core"]
+        shape = tuple(ooc["stores"]["raw"]["shape"])
+        for fit in ooc["fits"]:
+            if fit["store"] != "raw" or fit["solver"] not in cost_model.SOLVERS \
+                    or fit.get("persist_x") or shape not in mapping:
+                continue
+            raw_read = statistics.mean(fit["adjacent_reads_s"]["dnmf"])
+            pred = predict_run(*shape, fit["k"], solver=fit["solver"],
+                               panel_rows=-(-shape[0] // fit["n_panels"]),
+                               disk_gb_s=shape[0] * shape[1] * 4 / WORKERS / raw_read / 1e9,
+                               map_gb_s=mapping[shape], coefficients=coefficients)
+            out.append({"profile": profile, "shape": list(shape), "solver": fit["solver"],
+                        "k": fit["k"], "measured_s": fit["s_per_iter"],
+                        "compute_floor_s": fit.get("compute_floor_s"),
+                        "raw_read_s": raw_read, "predicted_s": pred.total_s,
+                        "error": pred.total_s / fit["s_per_iter"] - 1,
+                        "terms": pred.as_dict()})
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
     report: dict[str, Any] = new_report("quick" if quick else "full")
-    print("compute ...", flush=True)
-    report["compute"], _ = measure_compute(quick)
     print("driver ...", flush=True)
     report["driver"], _ = measure_driver(quick)
     report["add"], add_per_byte = measure_add()
-    panels = [100, 300, 1000, 3000, 10_000] if quick else \
+    panels = PANELS_QUICK if quick else \
         [100, 300, 1000, 3000, 10_000, 30_000, 100_000]
     print("graph construction ...", flush=True)
     report["graph"] = measure_graph(panels)
@@ -418,13 +583,16 @@ def run(quick: bool) -> dict[str, Any]:
         print("worker memory ...", flush=True)
         report["worker_memory"] = measure_worker_memory(client)
         print("scheduling ...", flush=True)
-        report["scheduling"], _, wall_fit = measure_scheduling(client, panels)
+        # a few panels as well: the fixed cost of an iteration is the intercept
+        report["scheduling"], _, wall_fit = measure_scheduling(client, SMALL_PANELS + panels)
         report["scheduling_wall_fit"] = {"iteration_s": float(wall_fit[0]),
                                          "panel_s": float(wall_fit[1])}
         report["factorize_cross_check"] = factorize_cross_check(client, 300)
+    with check_cluster() as cluster, Client(cluster) as client:
+        print("compute ...", flush=True)
+        report["compute"] = measure_compute(client, quick)
         print("check ...", flush=True)
-        sizes = [(500_000, 500)] if quick else [(500_000, 500), (2_000_000, 500)]
-        report["check"] = check_runs(client, sizes)
+        report["check"] = check_runs(client, CHECK_SIZES["quick" if quick else "full"])
     return report
 
 
@@ -434,13 +602,16 @@ def markdown(report: dict[str, Any]) -> str:
              machine_line(report["machine"]), "", "## Fitted coefficients", ""]
     lines += [f"- `{k}` = {v:.4g}" if isinstance(v, float) else f"- `{k}`: {v}"
               for k, v in c.items()]
-    lines += ["", "## Compute: panel_step, one thread", "",
-              "| rows | n | k | sweeps | seconds | model |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", f"## Compute: panel_step, one thread in each of the {WORKERS} workers at once", "",
+              "| solver | rows | n | k | sweeps | seconds | model | error |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     coef = cost_model.Coefficients(**c)
     for r in report["compute"]:
-        pred = cost_model.panel_seconds(r["rows"], r["n_features"], r["k"], coef)
-        lines.append(f"| {r['rows']:,} | {r['n_features']:,} | {r['k']} | {r['sweeps']} | "
-                     f"{r['seconds']:.4f} | {pred:.4f} |")
+        solver = r.get("solver", "hals")
+        pred = cost_model.panel_seconds(r["rows"], r["n_features"], r["k"], coef, solver)
+        lines.append(f"| {solver} | {r['rows']:,} | {r['n_features']:,} | {r['k']} | "
+                     f"{r['sweeps'] if solver == 'hals' else '—'} | {r['seconds']:.4f} | "
+                     f"{pred:.4f} | {100 * (pred / r['seconds'] - 1):+.0f}% |")
     lines += ["", "## Driver: H update and loss", "", "| k | n | seconds | model |",
               "|---:|---:|---:|---:|"]
     for r in report["driver"]:
@@ -490,21 +661,50 @@ def markdown(report: dict[str, Any]) -> str:
               f"{wm['panels']} panels of {wm['panel_rows']:,} rows: peak RSS growth of a worker "
               f"{wm['measured_peak_growth_mb']:.0f} MB; plan's task estimate "
               f"{wm['plan_task_mb']:.0f} MB; model {wm['model_worker_mb']:.0f} MB.",
-              "", "## Check: hals fits of raw Zarr (X streamed), k = 20, "
-              f"{WORKERS} workers x 1 thread", "",
-              "| X | panels | one read s (wall / busy per worker) | wall s/iter | predicted | "
-              "error | workers' busy s/iter | predicted read + compute | error | "
+              "", "## Mapping: the CPU's part of reading a page-cached raw chunk", ""]
+    seen = set()
+    for r in report["check"]:
+        m = r.get("mapping")
+        if m is None or m["path"] in seen:
+            continue
+        seen.add(m["path"])
+        lines.append(f"- {r['gb']:.0f} GB store, {m['chunk_mb']:.0f} MB chunks: the kernel on a "
+                     f"freshly mapped chunk costs {m['extra_median_s'] * 1e3:.1f} ms more than "
+                     f"on the chunk in memory (median of {len(m['extra_s'])}; range "
+                     f"{min(m['extra_s']) * 1e3:.1f} to {max(m['extra_s']) * 1e3:.1f} ms): "
+                     f"{m['map_gb_s']:.0f} GB/s, the model's memory bandwidth for it; mapping "
+                     f"and summing it in float64 (what the raw-read benchmark times) "
+                     f"{m['read_and_sum_s'] * 1e3:.1f} ms ({m['read_and_sum_gb_s']:.1f} GB/s).")
+    lines += ["", "## Check: fits of raw Zarr in the page cache (X streamed), k = 20, "
+              f"{WORKERS} workers x 1 thread, a fresh LocalCluster", "",
+              "| X | solver | panels | one read s (wall / busy per worker) | wall s/iter | "
+              "predicted | error | workers' busy s/iter | predicted read + compute | error | "
               "predicted read / compute / sched / net / driver s (wall) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["check"]:
         t = r["terms_wall"]
-        lines.append(f"| {r['gb']:.0f} GB | {r['panels']} | {r['read_once_s']:.2f} / "
+        lines.append(f"| {r['gb']:.0f} GB | {r.get('solver', 'hals')} | {r['panels']} | "
+                     f"{r['read_once_s']:.2f} / "
                      f"{r['read_once_busy_s']:.2f} | {r['measured_s']:.2f} | "
                      f"{r['predicted_wall_s']:.2f} | {100 * r['error_wall']:+.0f}% | "
                      f"{r['busy_s']:.2f} | {r['predicted_busy_s']:.2f} | "
                      f"{100 * r['error_busy']:+.0f}% | {t['read_s']:.2f} / "
                      f"{t['compute_s']:.2f} / {t['scheduling_s']:.2f} / {t['network_s']:.3f} / "
                      f"{t['driver_s']:.3f} |")
+    if report.get("profiles_check"):
+        lines += ["", "## Check: `benchmarks.run`'s raw-store fits of the same day", "",
+                  "| profile | solver | s/iter | compute floor s | raw read s | predicted | "
+                  "error | predicted read / compute / sched / net / driver s |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in report["profiles_check"]:
+            t = r["terms"]
+            floor = r["compute_floor_s"]
+            lines.append(f"| {r['profile']} | {r['solver']} | {r['measured_s']:.2f} | "
+                         f"{'—' if floor is None else f'{floor:.2f}'} | "
+                         f"{r['raw_read_s']:.2f} | {r['predicted_s']:.2f} | "
+                         f"{100 * r['error']:+.0f}% | {t['read_s']:.2f} / "
+                         f"{t['compute_s']:.2f} / {t['scheduling_s']:.2f} / "
+                         f"{t['network_s']:.3f} / {t['driver_s']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -515,22 +715,22 @@ def main(argv: list[str] | None = None) -> None:
     refit, check_only = "--refit" in argv, "--check-only" in argv
     args, profile = parse_profile(__doc__ or "", [a for a in argv if a not in ("--refit",
                                                                           "--check-only")],
-                                  quick_help="up to 10^4 panels, the 1 GB check only "
-                                             "(--refit: refit a saved report, measure nothing)")
+                                  quick_help="up to 10^4 panels (--refit: refit a saved "
+                                             "report, measure nothing; --check-only: the "
+                                             "1 and 4 GB checks again)")
     if refit or check_only:
         report = json.loads((RESULTS / f"cost-terms-{profile}.json").read_text())
         if check_only:  # the check again, in this session
-            from distributed import Client, LocalCluster
+            from distributed import Client
 
-            with LocalCluster(n_workers=WORKERS, threads_per_worker=1, memory_limit="3GB",
-                              dashboard_address=None) as cluster, Client(cluster) as client:
-                # the check alone is short: always both sizes of the issue (1 and 4 GB)
-                report["check"] = check_runs(client, [(500_000, 500), (2_000_000, 500)])
+            with check_cluster() as cluster, Client(cluster) as client:
+                report["check"] = check_runs(client, CHECK_SIZES[profile])
     else:
         report = run(args.quick)
     coefficients = fit_coefficients(report)
     report["coefficients"] = coefficients.__dict__
     predict_checks(report, coefficients)
+    report["profiles_check"] = predict_profiles(report, coefficients)
     save_report(f"cost-terms-{profile}", report, markdown(report))
     print("coefficients for dnmf/cost_model.py:")
     print(json.dumps(report["coefficients"], indent=2))

@@ -303,9 +303,10 @@ class DryRun:
                     "restarts)"]
         bw = self.bandwidths
         return [*self.prediction.describe(),
-                f"predicted with disk {bw.disk / 1e9:g} GB/s and network "
-                f"{bw.network / 1e9:g} GB/s per worker (--disk-bandwidth, "
-                "--network-bandwidth); coefficients: "
+                f"predicted with disk {bw.disk / 1e9:g} GB/s, network "
+                f"{bw.network / 1e9:g} GB/s per worker and memory {bw.memory / 1e9:g} GB/s "
+                "per thread (--disk-bandwidth, --network-bandwidth, --memory-bandwidth); "
+                "coefficients: "
                 f"{cost_model.CALIBRATED.provenance}"]
 
 
@@ -386,7 +387,7 @@ def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
             and spec.n_restarts == 1 and not gpu):
         prediction = cost_model.predict_plan(plan, workers=ctx.n_workers,
                                              threads=ctx.threads_per_worker,
-                                             bandwidths=bandwidths)
+                                             bandwidths=bandwidths, solver=spec.solver)
     return DryRun(source=source, plan=plan, where=where, solver=spec.solver, init=spec.init,
                   prediction=prediction, bandwidths=bandwidths)
 

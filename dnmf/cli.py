@@ -259,6 +259,10 @@ def fit(
     network_bandwidth: Annotated[float, typer.Option(
         help="With --dry-run: GB/s of one worker's network link, for the predicted "
              "time.")] = 1.25,
+    memory_bandwidth: Annotated[float, typer.Option(
+        help="With --dry-run: GB/s one worker thread brings a panel into memory at with its "
+             "own CPU (a copy, the decoding; an uncompressed local Zarr in the page cache is "
+             "mapped, far faster), for the predicted time.")] = 2.5,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
@@ -285,7 +289,8 @@ def fit(
     if dry_run:
         from dnmf.cost_model import Bandwidths
 
-        bandwidths = Bandwidths(disk=disk_bandwidth * 1e9, network=network_bandwidth * 1e9)
+        bandwidths = Bandwidths(disk=disk_bandwidth * 1e9, network=network_bandwidth * 1e9,
+                                memory=memory_bandwidth * 1e9)
         plan = api.dry_run(input, rank, n_restarts=restarts, bandwidths=bandwidths, **common)
         if as_json:
             _print_json({"dry_run": True, "input": plan.source.describe(),

@@ -9,15 +9,18 @@ One iteration of the row-panel scheme (see :mod:`dnmf.graph`) costs, with ``P`` 
   ``memory`` bandwidth per thread (``read_cpu``, ``⌈P / s⌉`` waves). A read waiting on a
   device overlaps the other tasks' compute (and ``MADV_WILLNEED`` reads a chunk ahead), a
   copy by the same cores does not: read = ``max(read_cpu, read_wait - compute)``, so an
-  iteration costs about ``max(read_wait, compute + read_cpu)``. For X in the page cache read
-  by a copy (a codec, zarr-python) the read is all CPU (``memory`` = ``disk``) and adds to the
-  compute; dnmf's raw reader maps a cached chunk without copying it, which costs less and is
-  not yet a term of its own (``benchmarks/README.md``: the check on a second machine). 0 when
-  X is persisted in worker memory; W's rows, when W is streamed through a scratch store, are
-  read and written besides;
+  iteration costs about ``max(read_wait, compute + read_cpu)``. For X in the page cache the
+  read is all CPU: read by a copy (a codec, zarr-python), ``memory`` is the copy's rate; read
+  by dnmf's raw reader, which maps a cached chunk without copying it, ``memory`` is the
+  mapping's rate (``benchmarks.cost_terms`` measures it: the kernel on a freshly mapped chunk
+  less the kernel on the same values in memory, tens of GB/s). 0 when X is persisted in
+  worker memory; W's rows, when W is streamed through a scratch store, are read and written
+  besides;
 * **compute** — ``⌈P / s⌉`` waves of one panel task (:func:`dnmf.kernels.panel_step`, one
-  thread): ``a·4rnk + b·r k² σ + c·rn + d`` s, σ the W sweeps
-  (:func:`dnmf.kernels.w_inner_sweeps`), ``d`` the worker's own cost per task;
+  thread): ``a·4rnk + b·r k² σ + c·rn + d`` s for hals, σ the W sweeps
+  (:func:`dnmf.kernels.w_inner_sweeps`); for mu ``b·r k² σ`` becomes ``m·r k²`` (one
+  product W·HHᵀ and the element-wise ratio instead of the sweeps); ``d`` the worker's own
+  cost per task;
 * **scheduling** — what Dask costs around the tasks, serial on the scheduler and the driver:
   a fixed ``c0`` per iteration plus ``c1`` per panel (its task, the two getitems, its share of
   the reduction, the graph built and shipped by the driver);
@@ -41,9 +44,11 @@ import math
 from dataclasses import dataclass, field
 
 from dnmf import kernels
+from dnmf.errors import InputError
 from dnmf.plan import ChunkPlan, h_column_blocks, task_memory
 
-__all__ = ["CALIBRATED", "Bandwidths", "Coefficients", "Prediction", "predict", "predict_plan"]
+__all__ = ["CALIBRATED", "SOLVERS", "Bandwidths", "Coefficients", "Prediction", "predict",
+           "predict_plan"]
 
 GB = 1e9
 
@@ -58,6 +63,9 @@ class Coefficients:
         Per flop of the panel's two skinny products (``4 r n k`` flops), one thread.
     sweep_s : float
         Per ``r k² σ`` of W's HALS sweeps.
+    mu_s : float
+        Per ``r k²`` of the multiplicative W update (its ``W HHᵀ`` and the element-wise ratio),
+        which takes the sweeps' place for ``solver="mu"``.
     pass_s : float
         Per element ``r n`` of the panel (element-wise passes, copies).
     task_s : float
@@ -93,31 +101,36 @@ class Coefficients:
     driver_s: float
     driver_kn_s: float
     task_s: float = 0.0
+    mu_s: float = 0.0
     provenance: str = ""
 
 
 #: Fitted by ``python -m benchmarks.cost_terms --quick`` (``benchmarks/results/cost-terms-quick``)
-#: on the development machine (AMD EPYC, 2 cores, nothing else running; load average 4 with the
-#: run's own LocalCluster): compute from :func:`dnmf.kernels.panel_step` in-process on one
-#: BLAS thread (best of 2); scheduling from the driver's and the LocalCluster scheduler's CPU
-#: seconds (the serial part, what a dedicated scheduler node pays) over 10^2 - 10^4 panels;
-#: ``task_s`` from the workers' CPU seconds in the same runs; the H update from
-#: ``kernels.update_h`` + the loss up to k = 100, n = 10^5. In the same session it predicted
-#: the 1 GB and 4 GB hals runs of ``benchmarks.run`` within 3% (0.76 s against 0.78 s, 2.30 s
-#: against 2.23 s per iteration). Re-run it after a kernel change and paste its coefficients.
+#: on the development machine (AMD EPYC with AVX-512, OpenBLAS SkylakeX kernels, 2 cores,
+#: nothing else running): compute from :func:`dnmf.kernels.panel_step` (hals and mu) on
+#: panels of 64 MiB, one BLAS thread in each of 2 LocalCluster workers at once (best of 2);
+#: scheduling from the driver's and the LocalCluster scheduler's CPU seconds (the serial part,
+#: what a dedicated scheduler node pays) over 3 - 10^4 panels; ``task_s`` from the workers' CPU
+#: seconds in the same runs; the H update from ``kernels.update_h`` + the loss up to k = 100,
+#: n = 10^5. In the same session it predicted the 1 and 4 GB hals and mu fits of raw Zarr in
+#: the page cache within 6-10% (its own check fits) and 10-16% (``benchmarks.run``'s), low
+#: in every case; the read term took the page mapping's rate measured in the same run
+#: (16-18 GB/s per thread). Re-run it after a kernel change and paste its coefficients.
 CALIBRATED = Coefficients(
-    gemm_s=9.517e-12,
-    sweep_s=1.737e-10,
-    pass_s=1.025e-09,
-    task_s=3.902e-3,
-    iteration_s=0.0,
-    panel_s=1.754e-3,
-    graph_s=4.674e-06,
-    level_s=2.232e-3,
-    add_s_per_byte=4.379e-11,
-    driver_s=2.515e-09,
+    gemm_s=8.973e-12,
+    sweep_s=1.812e-10,
+    mu_s=1.226e-10,
+    pass_s=1.425e-09,
+    task_s=0.002643,
+    iteration_s=0.01291,
+    panel_s=0.001216,
+    graph_s=6.109e-06,
+    level_s=0.001335,
+    add_s_per_byte=7.665e-11,
+    driver_s=2.593e-09,
     driver_kn_s=0.0,
-    provenance="benchmarks/cost_terms.py --quick, 2026-12-07, AMD EPYC 2 cores (idle)",
+    provenance="benchmarks/cost_terms.py --quick, 2026-12-07, AMD EPYC with AVX-512, 2 cores "
+               "(idle)",
 )
 
 
@@ -127,16 +140,26 @@ class Bandwidths:
 
     ``disk``: what one worker reads X at (storage and decoding); ``network``: one worker's
     link (partial sums and H); ``memory``: what one thread brings a panel into memory at with
-    its own CPU (a copy from the page cache, the decoding) — the part of a read that cannot
-    overlap the compute; for X read from the page cache, set it to ``disk``. Defaults: 0.5
-    GB/s, 1.25 GB/s (10 Gbit/s) and 2.5 GB/s (dnmf's raw reader on the development machine:
-    a 4 GB raw Zarr from the page cache by 2 workers of 1 thread in 0.80 s,
-    ``benchmarks/results/4gb.md``).
+    its own CPU — the part of a read that cannot overlap the compute: a copy of bytes received
+    or from the page cache, the decoding (for a compressed X in the page cache set it to
+    ``disk``); for an uncompressed local Zarr in the page cache, read by dnmf's raw reader,
+    the page mapping's rate, which ``python -m benchmarks.cost_terms`` measures (tens of GB/s).
+    Defaults: 0.5 GB/s, 1.25 GB/s (10 Gbit/s) and 2.5 GB/s (a copy: the development
+    machine's 4 GB raw Zarr read from the page cache and summed by 2 workers of 1 thread in
+    0.80 s, ``benchmarks/results/4gb.md``).
     """
 
     disk: float = 0.5 * GB
     network: float = 1.25 * GB
     memory: float = 2.5 * GB
+
+    def __post_init__(self) -> None:
+        for name in ("disk", "network", "memory"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"the {name} bandwidth must be a positive number, not "
+                                 f"{value / GB:g} GB/s — give --{name}-bandwidth in GB/s "
+                                 "(e.g. 0.5)")
 
 
 @dataclass(frozen=True)
@@ -189,13 +212,21 @@ class Prediction:
                 "notes": list(self.notes)}
 
 
+#: The solvers the model covers: those whose panel task is :func:`dnmf.kernels.panel_step`.
+SOLVERS = ("hals", "mu")
+
+
 def panel_seconds(rows: int, n_features: int, k: int,
-                  coefficients: Coefficients = CALIBRATED) -> float:
+                  coefficients: Coefficients = CALIBRATED, solver: str = "hals") -> float:
     """Seconds of one panel task on one thread (:func:`dnmf.kernels.panel_step`)."""
-    sweeps = kernels.w_inner_sweeps(k, n_features)
     c = coefficients
-    return (c.gemm_s * 4 * rows * n_features * k + c.sweep_s * rows * k * k * sweeps
-            + c.pass_s * rows * n_features)
+    if solver == "mu":
+        w_update = c.mu_s * rows * k * k
+    elif solver == "hals":
+        w_update = c.sweep_s * rows * k * k * kernels.w_inner_sweeps(k, n_features)
+    else:
+        raise ValueError(f"the cost model covers the solvers {SOLVERS}, not {solver!r}")
+    return c.gemm_s * 4 * rows * n_features * k + w_update + c.pass_s * rows * n_features
 
 
 def driver_seconds(k: int, n_features: int, coefficients: Coefficients = CALIBRATED) -> float:
@@ -239,6 +270,7 @@ def predict(
     memory_per_worker: int | None = None,
     coefficients: Coefficients = CALIBRATED,
     h_on_workers: bool | None = None,
+    solver: str = "hals",
 ) -> Prediction:
     """Predict one hals/mu iteration of the row-panel scheme.
 
@@ -267,6 +299,8 @@ def predict(
     h_on_workers : bool, optional
         H updated on the workers by column blocks; default as dnmf decides
         (:func:`dnmf.plan.h_column_blocks`), False for the driver's update.
+    solver : {"hals", "mu"}
+        The W update in the panel task (the H update is costed as hals's for both).
 
     Returns
     -------
@@ -279,7 +313,7 @@ def predict(
     panel_bytes = rows * n_features * itemsize
     per_worker_panels = -(-P // max(workers, 1))
     waves = -(-P // slots)
-    compute = waves * (panel_seconds(rows, n_features, k, c) + c.task_s)
+    compute = waves * (panel_seconds(rows, n_features, k, c, solver) + c.task_s)
     read = 0.0
     if not persist_x:
         read_wait = per_worker_panels * panel_bytes / bandwidths.disk
@@ -337,7 +371,8 @@ def predict_plan(plan: ChunkPlan, *, workers: int, threads: int,
                  bandwidths: Bandwidths = Bandwidths(),  # noqa: B008
                  split_every: int = 8,
                  coefficients: Coefficients = CALIBRATED,
-                 h_on_workers: bool | None = None) -> Prediction | None:
+                 h_on_workers: bool | None = None,
+                 solver: str = "hals") -> Prediction | None:
     """:func:`predict` for a chunk plan (row panels, dense X); None for the 2-D block scheme
     and sparse X, which the model does not cover."""
     if plan.is_2d or plan.sparse:
@@ -348,4 +383,4 @@ def predict_plan(plan: ChunkPlan, *, workers: int, threads: int,
                    bandwidths=bandwidths, persist_x=plan.persist_x,
                    w_in_store=plan.w_in_store, split_every=split_every,
                    memory_per_worker=plan.memory_per_worker, coefficients=coefficients,
-                   h_on_workers=h_on_workers)
+                   h_on_workers=h_on_workers, solver=solver)

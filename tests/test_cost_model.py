@@ -112,3 +112,90 @@ def test_a_wide_xs_h_update_shrinks_with_the_workers_threads() -> None:
     assert many.driver_s == pytest.approx(on_driver.driver_s / len(blocks))
     assert many.tasks_per_iteration > on_driver.tasks_per_iteration
     assert h_column_blocks(20, 1_000, 80) == [slice(0, 1_000)]  # small WᵀX: the driver's
+
+
+def test_the_solvers_own_w_update_is_costed() -> None:
+    """mu's panel task replaces the HALS sweeps (r k² σ) by one r k² term; the products and
+    the passes over the panel are the same; an unmodelled solver is refused by name."""
+    c = cost_model.Coefficients(gemm_s=1e-11, sweep_s=2e-10, mu_s=5e-11, pass_s=1e-9,
+                                iteration_s=0.0, panel_s=0.0, graph_s=0.0, level_s=0.0,
+                                add_s_per_byte=0.0, driver_s=0.0, driver_kn_s=0.0)
+    r, n, k = 30_000, 1_000, 20
+    sweeps = cost_model.kernels.w_inner_sweeps(k, n)
+    hals = cost_model.panel_seconds(r, n, k, c, "hals")
+    mu = cost_model.panel_seconds(r, n, k, c, "mu")
+    assert hals - mu == pytest.approx(r * k * k * (2e-10 * sweeps - 5e-11))
+    assert predict(**TALL, workers=10, solver="mu", coefficients=c).compute_s < \
+        predict(**TALL, workers=10, solver="hals", coefficients=c).compute_s
+    with pytest.raises(ValueError, match="covers the solvers"):
+        predict(**TALL, workers=10, solver="anls")
+
+
+@pytest.mark.parametrize("field", ["disk", "network", "memory"])
+@pytest.mark.parametrize("value", [0.0, -1e9, float("nan"), float("inf")])
+def test_a_bandwidth_must_be_a_positive_number(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"the {field} bandwidth must be a positive number"):
+        Bandwidths(**{field: value})
+
+
+def test_dry_run_takes_the_memory_bandwidth_and_refuses_a_bad_one(tmp_path) -> None:
+    """A raw store in the page cache is mapped, not copied: stating its rate shrinks the read
+    term; a zero bandwidth is a one-line error, not a division by zero."""
+    path = tmp_path / "x.zarr"
+    z = zarr.create_array(str(path), shape=(400, 30), chunks=(100, 30), dtype="float32")
+    z[...] = planted_array(400, 30, 3, seed=0, noise=0.0, dtype=np.float32,
+                           row_chunks=(400,)).compute()
+    from dnmf import api
+
+    reads = {gbs: api.dry_run(str(path), 3, scheduler="local", workers=2, memory_limit="1GB",
+                              persist_x=False, bandwidths=Bandwidths(memory=gbs * 1e9)
+                              ).prediction.read_s for gbs in (0.01, 40)}
+    assert reads[0.01] > 100 * reads[40] > 0
+    args = ["fit", str(path), "-k", "3", "--dry-run", "--scheduler", "local", "--workers", "2",
+            "--memory-limit", "1GB"]
+    result = runner.invoke(app, [*args, "--memory-bandwidth", "7"])
+    assert result.exit_code == 0 and "memory 7 GB/s per thread" in result.output, result.output
+    from tests.test_cli import run_cli
+
+    proc = run_cli(*args, "--memory-bandwidth", "0")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: the memory bandwidth must be a positive number, not 0 GB/s — give "
+        "--memory-bandwidth in GB/s (e.g. 0.5)"]
+
+
+def test_the_calibration_recovers_the_coefficients_it_measures() -> None:
+    """``benchmarks.cost_terms`` fits each coefficient to its measured term: on terms made
+    by the model itself it gives the model's coefficients back (hals and mu compute fitted
+    together, the scheduling intercept included)."""
+    from benchmarks import cost_terms
+
+    truth = cost_model.Coefficients(gemm_s=9e-12, sweep_s=1.8e-10, mu_s=1.2e-10, pass_s=1.4e-9,
+                                    task_s=2.6e-3, iteration_s=0.013, panel_s=1.2e-3,
+                                    graph_s=6e-6, level_s=1.3e-3, add_s_per_byte=5e-11,
+                                    driver_s=2.6e-9, driver_kn_s=1e-8)
+    compute = [{"rows": cost_terms.PANEL_VALUES // n, "n_features": n, "k": k, "solver": s,
+                "seconds": cost_model.panel_seconds(cost_terms.PANEL_VALUES // n, n, k, truth,
+                                                    s)}
+               for n in cost_terms.COMPUTE_COLUMNS for k in cost_terms.COMPUTE_RANKS
+               for s in cost_model.SOLVERS]
+    report = {
+        "profile": "test", "date": "2026-12-07",
+        "machine": {"cpu": "test", "cores": 2, "load_average": [0.0]},
+        "compute": compute,
+        "driver": [{"k": k, "n_features": n, "seconds": cost_model.driver_seconds(k, n, truth)}
+                   for k in (10, 100) for n in (1_000, 100_000)],
+        "add": [{"bytes": b, "seconds": b * truth.add_s_per_byte} for b in (1e6, 1e7)],
+        "graph": [{"panels": p, "build_s": p * truth.graph_s} for p in (1_000, 10_000)],
+        "scheduling": [{"panels": p, "driver_scheduler_cpu_s": truth.iteration_s
+                        + truth.panel_s * p, "workers_cpu_s": truth.task_s * p}
+                       for p in cost_terms.SMALL_PANELS + cost_terms.PANELS_QUICK],
+        "reduction": [{"levels": cost_model.reduction_levels(32, f), "fan_in": f, "panels": 32,
+                       "partial_mb": mb, "seconds": cost_model.reduction_levels(32, f)
+                       * (truth.level_s + f * mb * 1e6 * 1e-10)}
+                      for f in (2, 8, 32) for mb in (0.16, 8.0)],
+    }
+    fitted = cost_terms.fit_coefficients(report)
+    for name in ("gemm_s", "sweep_s", "mu_s", "pass_s", "task_s", "iteration_s", "panel_s",
+                 "graph_s", "level_s", "add_s_per_byte", "driver_s", "driver_kn_s"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
