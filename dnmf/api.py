@@ -302,11 +302,14 @@ class DryRun:
             return ["predicted: no cost model for this scheme (2-D blocks, sparse X or "
                     "restarts)"]
         bw = self.bandwidths
+        how = {cost_model.MAPPED_BANDWIDTH: " (X's panels are mapped chunks of an "
+                                            "uncompressed local Zarr, not copied)",
+               cost_model.COPY_BANDWIDTH: " (a copy)"}.get(bw.memory, "")
         return [*self.prediction.describe(),
                 f"predicted with disk {bw.disk / 1e9:g} GB/s, network "
                 f"{bw.network / 1e9:g} GB/s per worker and memory {bw.memory / 1e9:g} GB/s "
-                "per thread (--disk-bandwidth, --network-bandwidth, --memory-bandwidth); "
-                "coefficients: "
+                f"per thread{how} (--disk-bandwidth, --network-bandwidth, "
+                "--memory-bandwidth); coefficients: "
                 f"{cost_model.CALIBRATED.provenance}"]
 
 
@@ -381,7 +384,9 @@ def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
         with execution_context(name, x_nbytes=source.nbytes) as ctx:
             where = ctx.describe()
             plan = pipeline.plan_of(spec, source, ctx)
-    bandwidths = bandwidths or cost_model.Bandwidths()
+    # the memory bandwidth, where not stated, as X's reader reads its panels
+    bandwidths = cost_model.read_bandwidths(bandwidths or cost_model.Bandwidths(),
+                                            mapped=panels_are_mapped_chunks(plan, source))
     prediction = None
     if (spec.solver in ("hals", "mu") and spec.beta == 2.0 and not spec.masked
             and spec.n_restarts == 1 and not gpu):
@@ -390,6 +395,18 @@ def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
                                              bandwidths=bandwidths, solver=spec.solver)
     return DryRun(source=source, plan=plan, where=where, solver=spec.solver, init=spec.init,
                   prediction=prediction, bandwidths=bandwidths)
+
+
+def panels_are_mapped_chunks(plan: Any, source: Any) -> bool:
+    """Whether each row panel of ``plan`` is one stored chunk of a ``source`` whose reader
+    maps its chunks (:attr:`dnmf.io.MatrixSource.mapped`): read without a copy. Panels
+    merged from several chunks, or cut from one, are assembled by a copy."""
+    stored = source.stored_chunks
+    if not source.mapped or plan.is_2d or stored is None or len(stored) != 2:
+        return False
+    rows = plan.row_chunks
+    return (stored[1] >= plan.shape[1] and all(r == stored[0] for r in rows[:-1])
+            and rows[-1] <= stored[0])
 
 
 def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: Any = "auto",

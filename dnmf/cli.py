@@ -259,10 +259,11 @@ def fit(
     network_bandwidth: Annotated[float, typer.Option(
         help="With --dry-run: GB/s of one worker's network link, for the predicted "
              "time.")] = 1.25,
-    memory_bandwidth: Annotated[float, typer.Option(
+    memory_bandwidth: Annotated[float | None, typer.Option(
         help="With --dry-run: GB/s one worker thread brings a panel into memory at with its "
-             "own CPU (a copy, the decoding; an uncompressed local Zarr in the page cache is "
-             "mapped, far faster), for the predicted time.")] = 2.5,
+             "own CPU, for the predicted time [default: 16 where the panels are mapped "
+             "chunks of an uncompressed local Zarr, 2.5 (a copy, a decode) otherwise].",
+        show_default=False)] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
     report: ReportOpt = None,
@@ -290,7 +291,8 @@ def fit(
         from dnmf.cost_model import Bandwidths
 
         bandwidths = Bandwidths(disk=disk_bandwidth * 1e9, network=network_bandwidth * 1e9,
-                                memory=memory_bandwidth * 1e9)
+                                memory=None if memory_bandwidth is None
+                                else memory_bandwidth * 1e9)
         plan = api.dry_run(input, rank, n_restarts=restarts, bandwidths=bandwidths, **common)
         if as_json:
             _print_json({"dry_run": True, "input": plan.source.describe(),

@@ -13,7 +13,7 @@ One iteration of the row-panel scheme (see :mod:`dnmf.graph`) costs, with ``P`` 
   read is all CPU: read by a copy (a codec, zarr-python), ``memory`` is the copy's rate; read
   by dnmf's raw reader, which maps a cached chunk without copying it, ``memory`` is the
   mapping's rate (``benchmarks.cost_terms`` measures it: the kernel on a freshly mapped chunk
-  less the kernel on the same values in memory, tens of GB/s). 0 when X is persisted in
+  less the kernel on the same values in memory, :data:`MAPPED_BANDWIDTH`). 0 when X is persisted in
   worker memory; W's rows, when W is streamed through a scratch store, are read and written
   besides;
 * **compute** — ``⌈P / s⌉`` waves of one panel task (:func:`dnmf.kernels.panel_step`, one
@@ -41,14 +41,14 @@ refits them. Bandwidths are inputs: the model cannot know the cluster's disks an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dnmf import kernels
 from dnmf.errors import InputError
 from dnmf.plan import ChunkPlan, h_column_blocks, task_memory
 
-__all__ = ["CALIBRATED", "SOLVERS", "Bandwidths", "Coefficients", "Prediction", "predict",
-           "predict_plan"]
+__all__ = ["CALIBRATED", "COPY_BANDWIDTH", "MAPPED_BANDWIDTH", "SOLVERS", "Bandwidths",
+           "Coefficients", "Prediction", "predict", "predict_plan", "read_bandwidths"]
 
 GB = 1e9
 
@@ -134,32 +134,49 @@ CALIBRATED = Coefficients(
 )
 
 
+#: The CPU's part of reading a panel by a copy (bytes received, a page-cache copy, a decode):
+#: per thread, the development machine's 4 GB raw Zarr read from the page cache and summed by
+#: 2 workers of 1 thread in 0.80 s (``benchmarks/results/4gb.md``, second run).
+COPY_BANDWIDTH = 2.5 * GB
+#: The CPU's part of reading a panel that is one chunk of an uncompressed local Zarr, which
+#: dnmf's raw reader maps without a copy (:class:`dnmf.io.zarr_.RawChunks`): its page faults,
+#: 3.8-4.1 ms per 67 MB chunk on the development machine (``benchmarks.cost_terms``' mapping
+#: term, 16-18 GB/s per thread).
+MAPPED_BANDWIDTH = 16 * GB
+
+
 @dataclass(frozen=True)
 class Bandwidths:
     """The cluster's stated bandwidths, bytes per second per worker.
 
     ``disk``: what one worker reads X at (storage and decoding); ``network``: one worker's
     link (partial sums and H); ``memory``: what one thread brings a panel into memory at with
-    its own CPU — the part of a read that cannot overlap the compute: a copy of bytes received
-    or from the page cache, the decoding (for a compressed X in the page cache set it to
-    ``disk``); for an uncompressed local Zarr in the page cache, read by dnmf's raw reader,
-    the page mapping's rate, which ``python -m benchmarks.cost_terms`` measures (tens of GB/s).
-    Defaults: 0.5 GB/s, 1.25 GB/s (10 Gbit/s) and 2.5 GB/s (a copy: the development
-    machine's 4 GB raw Zarr read from the page cache and summed by 2 workers of 1 thread in
-    0.80 s, ``benchmarks/results/4gb.md``).
+    its own CPU — the part of a read that cannot overlap the compute. None (the default):
+    as the reader reads — :data:`MAPPED_BANDWIDTH` for panels that are whole chunks of an
+    uncompressed local Zarr (mapped, not copied: :func:`predict_plan` knows from the source),
+    :data:`COPY_BANDWIDTH` otherwise (a copy of bytes received or from the page cache, a
+    decode). For a compressed X in the page cache set it to ``disk``. Defaults: 0.5 GB/s and
+    1.25 GB/s (10 Gbit/s).
     """
 
     disk: float = 0.5 * GB
     network: float = 1.25 * GB
-    memory: float = 2.5 * GB
+    memory: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("disk", "network", "memory"):
             value = getattr(self, name)
+            if name == "memory" and value is None:
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise InputError(f"the {name} bandwidth must be a positive number, not "
                                  f"{value / GB:g} GB/s — give --{name}-bandwidth in GB/s "
                                  "(e.g. 0.5)")
+
+    @property
+    def memory_or_copy(self) -> float:
+        """:attr:`memory`, or :data:`COPY_BANDWIDTH` where it was left to the reader."""
+        return COPY_BANDWIDTH if self.memory is None else self.memory
 
 
 @dataclass(frozen=True)
@@ -317,7 +334,7 @@ def predict(
     read = 0.0
     if not persist_x:
         read_wait = per_worker_panels * panel_bytes / bandwidths.disk
-        read_cpu = waves * panel_bytes / max(bandwidths.memory, 1.0)
+        read_cpu = waves * panel_bytes / bandwidths.memory_or_copy
         # the device's wait overlaps the compute, the CPU's copy does not
         read = max(read_cpu, read_wait - compute)
     w_rows_bytes = -(-n_samples // max(workers, 1)) * k * itemsize
@@ -372,15 +389,26 @@ def predict_plan(plan: ChunkPlan, *, workers: int, threads: int,
                  split_every: int = 8,
                  coefficients: Coefficients = CALIBRATED,
                  h_on_workers: bool | None = None,
-                 solver: str = "hals") -> Prediction | None:
+                 solver: str = "hals", mapped: bool = False) -> Prediction | None:
     """:func:`predict` for a chunk plan (row panels, dense X); None for the 2-D block scheme
-    and sparse X, which the model does not cover."""
+    and sparse X, which the model does not cover. ``mapped``: X's panels are read by mapping
+    their chunk files (:func:`read_bandwidths` sets the memory bandwidth then)."""
     if plan.is_2d or plan.sparse:
         return None
     n_samples, n_features = plan.shape
     return predict(n_samples, n_features, plan.rank, itemsize=plan.itemsize,
                    panel_rows=max(plan.row_chunks), workers=workers, threads=threads,
-                   bandwidths=bandwidths, persist_x=plan.persist_x,
+                   bandwidths=read_bandwidths(bandwidths, mapped=mapped),
+                   persist_x=plan.persist_x,
                    w_in_store=plan.w_in_store, split_every=split_every,
                    memory_per_worker=plan.memory_per_worker, coefficients=coefficients,
                    h_on_workers=h_on_workers, solver=solver)
+
+
+def read_bandwidths(bandwidths: Bandwidths, *, mapped: bool) -> Bandwidths:
+    """``bandwidths`` with the memory bandwidth the reader gives where it was left to it:
+    :data:`MAPPED_BANDWIDTH` for panels mapped from their chunk files, else
+    :data:`COPY_BANDWIDTH`. A stated one is kept."""
+    if bandwidths.memory is not None:
+        return bandwidths
+    return replace(bandwidths, memory=MAPPED_BANDWIDTH if mapped else COPY_BANDWIDTH)

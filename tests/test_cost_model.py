@@ -199,3 +199,34 @@ def test_the_calibration_recovers_the_coefficients_it_measures() -> None:
     for name in ("gemm_s", "sweep_s", "mu_s", "pass_s", "task_s", "iteration_s", "panel_s",
                  "graph_s", "level_s", "add_s_per_byte", "driver_s", "driver_kn_s"):
         assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
+
+
+def test_the_memory_bandwidth_follows_the_reader(tmp_path) -> None:
+    """Left to the reader, the CPU's part of a read is the mapping of a chunk for panels that
+    are whole chunks of an uncompressed local Zarr (read without a copy), and a copy for a
+    compressed store, panels merged from several chunks, or X cast from its stored dtype; a
+    stated bandwidth is kept."""
+    from dnmf import api
+
+    rows = 300_000  # one 36 MB chunk: more than half a panel, so a panel of its own
+    X = np.random.default_rng(0).random((rows, 30), dtype=np.float32)
+    stores = {}
+    for name, chunk_rows, compressors, dtype in (
+            ("raw", rows, None, "float32"), ("small chunks", 1_000, None, "float32"),
+            ("zstd", rows, "auto", "float32"), ("int", rows, None, "int16")):
+        stores[name] = tmp_path / f"{name}.zarr"
+        z = zarr.create_array(str(stores[name]), shape=X.shape, chunks=(chunk_rows, 30),
+                              dtype=dtype, compressors=compressors)
+        z[...] = (100 * X).astype(dtype)
+
+    def memory(name: str, **kw) -> float:
+        run = api.dry_run(str(stores[name]), 3, scheduler="local", workers=2,
+                          memory_limit="1GB", persist_x=False, **kw)
+        assert run.prediction is not None
+        return run.bandwidths.memory
+
+    assert memory("raw") == cost_model.MAPPED_BANDWIDTH
+    assert memory("small chunks") == cost_model.COPY_BANDWIDTH  # merged into panels
+    assert memory("zstd") == cost_model.COPY_BANDWIDTH
+    assert memory("int") == cost_model.COPY_BANDWIDTH  # cast to float32: a copy
+    assert memory("raw", bandwidths=Bandwidths(memory=3e9)) == 3e9

@@ -166,7 +166,9 @@ def open_matrix(
             array = array.astype(dtype)
         if chunks is not None:
             array = array.rechunk(chunks)
-        return source if array is source.array else dataclasses.replace(source, array=array)
+        # cast or rechunked: its blocks are copies, no longer the mapped chunks
+        return source if array is source.array else dataclasses.replace(source, array=array,
+                                                                         mapped=False)
     if var is not None:
         raise InputError(
             f"var={var!r} applies to files only; X is an in-memory {type(source).__name__} — "

@@ -49,6 +49,10 @@ class MatrixSource:
     codec : str or None
         The stored compression, e.g. ``"ZstdCodec(level=3)"``, ``"gzip(4)"`` or ``"none"``;
         None where it is not known (in memory, sparse stores, remote metadata).
+    mapped : bool
+        Blocks that are one stored chunk are the chunk file's pages, mapped without a copy
+        (dnmf's raw reader of an uncompressed local Zarr, :class:`dnmf.io.zarr_.RawChunks`,
+        with X in its stored dtype); the cost model's read then costs the mapping.
     chunks_written : tuple of (int, int) or None
         ``(stored, declared)`` chunks of a chunked store, where counting them is cheap (a
         local Zarr store, an HDF5 file); None otherwise. Chunks never written read as the fill
@@ -72,6 +76,7 @@ class MatrixSource:
     in_row_panels: Callable[[tuple[int, ...]], da.Array] | None = None
     codec: str | None = None
     chunks_written: tuple[int, int] | None = None
+    mapped: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -184,6 +184,7 @@ def open_zarr(
         stored_chunks=source.stored_chunks,
         codec=source.codec,
         chunks_written=source.chunks_written,
+        mapped=source.mapped,
     )
 
 
@@ -282,6 +283,7 @@ def from_zarr_array(
         stored_chunks=stored_chunks,
         codec=codec_of(arr),
         chunks_written=chunks_written(arr, stored_chunks),
+        mapped=reader.raw is not None and array.dtype == reader.dtype,
     )
 
 
