@@ -147,8 +147,8 @@ def measure_mapping(path: Any, solver_rank: int = 20, chunks: int = 6) -> dict:
     (:func:`dnmf.kernels.panel_step`, one thread) on the freshly mapped chunk, read call
     included, less the kernel on the same values in this process's memory; the median over
     ``chunks`` chunks and both solvers, as the mapping's bytes per second (the model's
-    ``Bandwidths.memory`` for such a store). The chunk+sum read that ``time_read`` times is
-    reported beside it: it is what a copying reader pays."""
+    ``Bandwidths.memory`` for such a store). The map-and-sum read that ``time_read`` times
+    (one float64 pass over the bytes) is reported beside it."""
     import zarr
 
     from dnmf.io.zarr_ import RawChunks
@@ -163,6 +163,8 @@ def measure_mapping(path: Any, solver_rank: int = 20, chunks: int = 6) -> dict:
     H = rng.random((k, n), dtype=np.float32)
     HHt = H.astype(np.float64) @ H.T.astype(np.float64)
     chunks = min(chunks, raw.shape[0] // rows)
+    if chunks < 1:
+        raise ValueError(f"{path} holds no whole chunk of rows to map")
     for i in range(chunks):  # into the page cache
         float(raw._chunk((i, 0)).sum())
     extra, summed = [], []
@@ -451,9 +453,9 @@ def check_runs(client: Any, sizes: list[tuple[int, int]]) -> list[dict]:
 
 
 def check_cluster() -> Any:
-    """The LocalCluster of the check fits: as ``benchmarks.run`` starts its own (a worker of
-    one thread per core, the default memory limit), not the one the scheduling sweeps of
-    10^4 panels have run on."""
+    """The LocalCluster of the check fits: :data:`WORKERS` workers of one thread with the
+    default memory limit — ``benchmarks.run``'s own on a 2-core machine (it starts one per
+    core) — fresh, not the one the scheduling sweeps of 10^4 panels have run on."""
     from distributed import LocalCluster
 
     return LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
@@ -464,6 +466,9 @@ def fit_coefficients(report: dict[str, Any]) -> cost_model.Coefficients:
     """The model's coefficients from the measured rows of ``report`` (so ``--refit`` can
     recompute them from a saved report)."""
     comp = report["compute"]
+    if not any(r.get("solver") == "mu" for r in comp):
+        # a report from before mu was measured: its W update is not costed (NaN, not 0)
+        print("warning: no mu rows in this report's compute terms: mu_s is NaN")
     gemm, sweep, mu, pass_ = fit_nonneg(
         np.array([compute_features(r["rows"], r["n_features"], r["k"],
                                    r.get("solver", "hals")) for r in comp], dtype=float),
@@ -486,7 +491,8 @@ def fit_coefficients(report: dict[str, Any]) -> cost_model.Coefficients:
         np.array([[r["levels"], r["levels"] * min(r["fan_in"], r["panels"]) * r["partial_mb"]
                    * 1e6] for r in red]), np.array([r["seconds"] for r in red]))
     return cost_model.Coefficients(
-        gemm_s=float(gemm), sweep_s=float(sweep), mu_s=float(mu), pass_s=float(pass_),
+        gemm_s=float(gemm), sweep_s=float(sweep), pass_s=float(pass_),
+        mu_s=float(mu) if any(r.get("solver") == "mu" for r in comp) else float("nan"),
         task_s=float(task_s),
         iteration_s=float(iter_s), panel_s=float(panel_s), graph_s=float(graph_s),
         level_s=float(level_s), add_s_per_byte=float(add_per_byte), driver_s=float(drv_k2n),
@@ -542,6 +548,8 @@ def predict_profiles(report: dict[str, Any], coefficients: cost_model.Coefficien
         if run_report.get("date") != report["date"]:
             continue
         ooc = run_report["out_of_core"]
+        if ooc.get("cluster") != f"{WORKERS} workers x 1 thread":
+            continue  # the model's check assumes the checks' cluster
         shape = tuple(ooc["stores"]["raw"]["shape"])
         for fit in ooc["fits"]:
             if fit["store"] != "raw" or fit["solver"] not in cost_model.SOLVERS \
@@ -720,9 +728,10 @@ def main(argv: list[str] | None = None) -> None:
                                              "1 and 4 GB checks again)")
     if refit or check_only:
         report = json.loads((RESULTS / f"cost-terms-{profile}.json").read_text())
-        if check_only:  # the check again, in this session
+        if check_only:  # the check again, in this session: its date, machine, worker setting
             from distributed import Client
 
+            report.update(new_report(profile))
             with check_cluster() as cluster, Client(cluster) as client:
                 report["check"] = check_runs(client, CHECK_SIZES[profile])
     else:

@@ -279,7 +279,10 @@ class DryRun:
     init: str
     #: the cost model's prediction for this plan on this cluster (None where it does not apply)
     prediction: Any = None
+    #: the bandwidths the prediction assumed (:class:`dnmf.cost_model.Bandwidths`)
     bandwidths: Any = None
+    #: whether the memory bandwidth was left to X's reader (not stated)
+    memory_from_reader: bool = False
 
     def describe(self) -> list[str]:
         src = self.source
@@ -302,9 +305,10 @@ class DryRun:
             return ["predicted: no cost model for this scheme (2-D blocks, sparse X or "
                     "restarts)"]
         bw = self.bandwidths
-        how = {cost_model.MAPPED_BANDWIDTH: " (X's panels are mapped chunks of an "
-                                            "uncompressed local Zarr, not copied)",
-               cost_model.COPY_BANDWIDTH: " (a copy)"}.get(bw.memory, "")
+        how = ""
+        if self.memory_from_reader:
+            how = (" (X's panels are mapped chunks of an uncompressed local Zarr, not copied)"
+                   if bw.memory == cost_model.MAPPED_BANDWIDTH else " (a copy or a decode)")
         return [*self.prediction.describe(),
                 f"predicted with disk {bw.disk / 1e9:g} GB/s, network "
                 f"{bw.network / 1e9:g} GB/s per worker and memory {bw.memory / 1e9:g} GB/s "
@@ -356,15 +360,16 @@ def dry_run(
     if out is not None:
         check_output(out, overwrite=overwrite)
     source = open_matrix(X, var, dtype=dtype)
-    return _planned_run(spec, source, scheduler=scheduler, workers=workers,
+    return _planned_run(spec, source, X, scheduler=scheduler, workers=workers,
                         memory_limit=memory_limit, bandwidths=bandwidths)
 
 
-def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
+def _planned_run(spec: Any, source: Any, X: Any, *, scheduler: Any = "auto",
                  workers: int | None = None, memory_limit: str | int | None = None,
                  bandwidths: Any = None) -> DryRun:
-    """The dry run of ``spec`` on the opened ``source``: its checks against X's metadata and
-    the chunk plan on the scheduler it would get (a LocalCluster is planned, not started)."""
+    """The dry run of ``spec`` on ``source``, opened from ``X``: its checks against X's
+    metadata and the chunk plan on the scheduler it would get (a LocalCluster is planned,
+    not started)."""
     from dnmf.cluster import parse_memory, planned_context, resolve_scheduler_name
 
     check_rank(source.shape, spec.rank)
@@ -384,9 +389,11 @@ def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
         with execution_context(name, x_nbytes=source.nbytes) as ctx:
             where = ctx.describe()
             plan = pipeline.plan_of(spec, source, ctx)
-    # the memory bandwidth, where not stated, as X's reader reads its panels
-    bandwidths = cost_model.read_bandwidths(bandwidths or cost_model.Bandwidths(),
-                                            mapped=panels_are_mapped_chunks(plan, source))
+    # the memory bandwidth, where not stated, as X's reader will read the plan's panels
+    bandwidths = bandwidths or cost_model.Bandwidths()
+    memory_from_reader = bandwidths.memory is None
+    bandwidths = cost_model.read_bandwidths(
+        bandwidths, mapped=pipeline.panels_are_mapped(X, source, plan))
     prediction = None
     if (spec.solver in ("hals", "mu") and spec.beta == 2.0 and not spec.masked
             and spec.n_restarts == 1 and not gpu):
@@ -394,19 +401,8 @@ def _planned_run(spec: Any, source: Any, *, scheduler: Any = "auto",
                                              threads=ctx.threads_per_worker,
                                              bandwidths=bandwidths, solver=spec.solver)
     return DryRun(source=source, plan=plan, where=where, solver=spec.solver, init=spec.init,
-                  prediction=prediction, bandwidths=bandwidths)
-
-
-def panels_are_mapped_chunks(plan: Any, source: Any) -> bool:
-    """Whether each row panel of ``plan`` is one stored chunk of a ``source`` whose reader
-    maps its chunks (:attr:`dnmf.io.MatrixSource.mapped`): read without a copy. Panels
-    merged from several chunks, or cut from one, are assembled by a copy."""
-    stored = source.stored_chunks
-    if not source.mapped or plan.is_2d or stored is None or len(stored) != 2:
-        return False
-    rows = plan.row_chunks
-    return (stored[1] >= plan.shape[1] and all(r == stored[0] for r in rows[:-1])
-            and rows[-1] <= stored[0])
+                  prediction=prediction, bandwidths=bandwidths,
+                  memory_from_reader=memory_from_reader)
 
 
 def transform_rows(X: Any, H: np.ndarray, *, var: str | None = None, scheduler: Any = "auto",
@@ -694,7 +690,7 @@ def matrix_info(X: MatrixLike, *, var: str | None = None, scheduler: SchedulerLi
                           stored_chunks=source.stored_chunks)
     k = rank if rank is not None else max(1, min(10, *source.shape))
     try:  # planned on the source opened above: X's metadata is read once
-        plan: DryRun | None = _planned_run(resolve(k), source, scheduler=scheduler)
+        plan: DryRun | None = _planned_run(resolve(k), source, X, scheduler=scheduler)
     except InputError as err:  # e.g. an impossible -k: the report stands without a plan
         plan, source = None, dataclasses.replace(
             source, notes=(*source.notes, f"no fit plan: {err}"))

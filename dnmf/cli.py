@@ -299,7 +299,11 @@ def fit(
                          "scheduler": plan.where, "solver": plan.solver, "init": plan.init,
                          "plan": plan.plan.as_dict(),
                          "prediction": None if plan.prediction is None
-                         else plan.prediction.as_dict()})
+                         else plan.prediction.as_dict(),
+                         "bandwidths": {"disk": plan.bandwidths.disk,
+                                        "network": plan.bandwidths.network,
+                                        "memory": plan.bandwidths.memory,
+                                        "memory_from_reader": plan.memory_from_reader}})
             return
         for line in plan.describe():
             typer.echo(line)

@@ -134,11 +134,14 @@ CALIBRATED = Coefficients(
 )
 
 
-#: The CPU's part of reading a panel by a copy (bytes received, a page-cache copy, a decode):
-#: per thread, the development machine's 4 GB raw Zarr read from the page cache and summed by
-#: 2 workers of 1 thread in 0.80 s (``benchmarks/results/4gb.md``, second run).
+#: The CPU's part of reading a panel that is not mapped (bytes received, a page-cache copy, a
+#: decode), per thread, where it is not stated: the second run's 4 GB raw Zarr read from the
+#: page cache and summed in float64 by 2 workers of 1 thread in 0.80 s
+#: (``benchmarks/results/4gb.md`` then) — one pass over the bytes. A decode costs several
+#: passes: zstd level 3 decoded at ~0.45 GB/s per worker thread on the development machine
+#: (``results/1gb.md``: 1 GB in 1.10 s more than the raw read, 2 workers); state it.
 COPY_BANDWIDTH = 2.5 * GB
-#: The CPU's part of reading a panel that is one chunk of an uncompressed local Zarr, which
+#: The CPU's part of reading a panel inside one chunk of an uncompressed local Zarr, which
 #: dnmf's raw reader maps without a copy (:class:`dnmf.io.zarr_.RawChunks`): its page faults,
 #: 3.8-4.1 ms per 67 MB chunk on the development machine (``benchmarks.cost_terms``' mapping
 #: term, 16-18 GB/s per thread).
@@ -152,11 +155,10 @@ class Bandwidths:
     ``disk``: what one worker reads X at (storage and decoding); ``network``: one worker's
     link (partial sums and H); ``memory``: what one thread brings a panel into memory at with
     its own CPU — the part of a read that cannot overlap the compute. None (the default):
-    as the reader reads — :data:`MAPPED_BANDWIDTH` for panels that are whole chunks of an
-    uncompressed local Zarr (mapped, not copied: :func:`predict_plan` knows from the source),
-    :data:`COPY_BANDWIDTH` otherwise (a copy of bytes received or from the page cache, a
-    decode). For a compressed X in the page cache set it to ``disk``. Defaults: 0.5 GB/s and
-    1.25 GB/s (10 Gbit/s).
+    as the reader reads (:func:`read_bandwidths`, which the dry run calls with what it knows
+    of X) — :data:`MAPPED_BANDWIDTH` for panels inside single chunks of an uncompressed local
+    Zarr (mapped, not copied), :data:`COPY_BANDWIDTH` otherwise. For a compressed X in the
+    page cache state its decode rate. Defaults: 0.5 GB/s and 1.25 GB/s (10 Gbit/s).
     """
 
     disk: float = 0.5 * GB
@@ -171,7 +173,7 @@ class Bandwidths:
             if not (math.isfinite(value) and value > 0):
                 raise InputError(f"the {name} bandwidth must be a positive number, not "
                                  f"{value / GB:g} GB/s — give --{name}-bandwidth in GB/s "
-                                 "(e.g. 0.5)")
+                                 f"(e.g. 0.5), or Bandwidths({name}=...) in bytes per second")
 
     @property
     def memory_or_copy(self) -> float:
@@ -389,17 +391,17 @@ def predict_plan(plan: ChunkPlan, *, workers: int, threads: int,
                  split_every: int = 8,
                  coefficients: Coefficients = CALIBRATED,
                  h_on_workers: bool | None = None,
-                 solver: str = "hals", mapped: bool = False) -> Prediction | None:
+                 solver: str = "hals") -> Prediction | None:
     """:func:`predict` for a chunk plan (row panels, dense X); None for the 2-D block scheme
-    and sparse X, which the model does not cover. ``mapped``: X's panels are read by mapping
-    their chunk files (:func:`read_bandwidths` sets the memory bandwidth then)."""
+    and sparse X, which the model does not cover. A memory bandwidth left to the reader is
+    taken as a copy's; :func:`read_bandwidths` sets it from X's reader first (the dry run
+    does, with :func:`dnmf.pipeline.panels_are_mapped`)."""
     if plan.is_2d or plan.sparse:
         return None
     n_samples, n_features = plan.shape
     return predict(n_samples, n_features, plan.rank, itemsize=plan.itemsize,
                    panel_rows=max(plan.row_chunks), workers=workers, threads=threads,
-                   bandwidths=read_bandwidths(bandwidths, mapped=mapped),
-                   persist_x=plan.persist_x,
+                   bandwidths=bandwidths, persist_x=plan.persist_x,
                    w_in_store=plan.w_in_store, split_every=split_every,
                    memory_per_worker=plan.memory_per_worker, coefficients=coefficients,
                    h_on_workers=h_on_workers, solver=solver)

@@ -443,6 +443,11 @@ def planned_input(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkP
     return Xp
 
 
+def _regular(chunks: tuple[int, ...]) -> bool:
+    """Chunks a reader can be opened with: all equal but a smaller last one."""
+    return len(set(chunks[:-1])) <= 1 and chunks[-1] <= chunks[0]
+
+
 def planned_array(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkPlan) -> Any:
     """X in the plan's panels (or 2-D blocks): re-opened with them where X is a file or can be
     cut at any row (CSR), so that each task reads its own region instead of splitting a larger
@@ -450,14 +455,37 @@ def planned_array(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkP
     rows, cols = plan.row_chunks, plan.col_chunks or (source.shape[1],)
     if source.in_row_panels is not None and len(cols) == 1:
         return source.in_row_panels(tuple(rows))
-
-    def regular(c: tuple[int, ...]) -> bool:
-        return len(set(c[:-1])) <= 1 and c[-1] <= c[0]
-
-    if source.path is not None and regular(rows) and regular(cols) and source.chunks != (
+    if source.path is not None and _regular(rows) and _regular(cols) and source.chunks != (
             rows, cols):
         source = open_matrix(X, var, dtype=dtype, chunks=(rows[0], cols[0]))
     return apply_plan(source.array, plan)
+
+
+def panels_are_mapped(X: Any, source: Any, plan: ChunkPlan) -> bool:
+    """Whether :func:`planned_array`'s panels will be views of mapped chunk files, read
+    without a copy (dnmf's raw reader: :attr:`dnmf.io.MatrixSource.mapped`).
+
+    They are where X's reader maps its chunks, the panels come straight from a reader (X's
+    own blocks, or X given as a path and re-opened in the plan's panels; an opened source
+    or array is rechunked, which copies), and each panel lies inside one stored chunk (a
+    panel spanning chunks is assembled by a copy).
+    """
+    stored = source.stored_chunks
+    if not source.mapped or plan.is_2d or stored is None or len(stored) != 2:
+        return False
+    rows, cols = tuple(plan.row_chunks), tuple(plan.col_chunks or (source.shape[1],))
+    reopened = isinstance(X, str | os.PathLike) and source.path is not None and _regular(
+        rows) and _regular(cols)
+    if source.chunks != (rows, cols) and not reopened:
+        return False
+    if len(cols) != 1 or stored[1] < source.shape[1]:
+        return False
+    start = 0
+    for r in rows:
+        if start // stored[0] != (start + r - 1) // stored[0]:
+            return False
+        start += r
+    return True
 
 
 def w_scratch_dir(out: Any, stack: contextlib.ExitStack) -> str:

@@ -139,8 +139,8 @@ def test_a_bandwidth_must_be_a_positive_number(field: str, value: float) -> None
 
 
 def test_dry_run_takes_the_memory_bandwidth_and_refuses_a_bad_one(tmp_path) -> None:
-    """A raw store in the page cache is mapped, not copied: stating its rate shrinks the read
-    term; a zero bandwidth is a one-line error, not a division by zero."""
+    """A stated memory bandwidth sets the CPU's part of the read (a faster one, a smaller read
+    term) and is printed; a zero bandwidth is a one-line error, not a division by zero."""
     path = tmp_path / "x.zarr"
     z = zarr.create_array(str(path), shape=(400, 30), chunks=(100, 30), dtype="float32")
     z[...] = planted_array(400, 30, 3, seed=0, noise=0.0, dtype=np.float32,
@@ -161,7 +161,8 @@ def test_dry_run_takes_the_memory_bandwidth_and_refuses_a_bad_one(tmp_path) -> N
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "error: the memory bandwidth must be a positive number, not 0 GB/s — give "
-        "--memory-bandwidth in GB/s (e.g. 0.5)"]
+        "--memory-bandwidth in GB/s (e.g. 0.5), or Bandwidths(memory=...) in bytes per "
+        "second"]
 
 
 def test_the_calibration_recovers_the_coefficients_it_measures() -> None:
@@ -219,14 +220,22 @@ def test_the_memory_bandwidth_follows_the_reader(tmp_path) -> None:
                               dtype=dtype, compressors=compressors)
         z[...] = (100 * X).astype(dtype)
 
-    def memory(name: str, **kw) -> float:
-        run = api.dry_run(str(stores[name]), 3, scheduler="local", workers=2,
-                          memory_limit="1GB", persist_x=False, **kw)
+    def memory(name: str, opened: bool = False, **kw) -> float:
+        X = zarr.open_array(str(stores[name])) if opened else str(stores[name])
+        run = api.dry_run(X, 3, scheduler="local", workers=2, memory_limit="1GB",
+                          persist_x=False, **kw)
         assert run.prediction is not None
+        assert run.memory_from_reader == ("bandwidths" not in kw)
         return run.bandwidths.memory
 
     assert memory("raw") == cost_model.MAPPED_BANDWIDTH
-    assert memory("small chunks") == cost_model.COPY_BANDWIDTH  # merged into panels
+    assert memory("raw", opened=True) == cost_model.MAPPED_BANDWIDTH  # its blocks: the chunk
+    # panels of 75,000 rows inside the chunk: a path is re-opened in them (views of the
+    # mapped chunk); an opened array is rechunked, which copies
+    quarter = 75_000 * 30 * 4
+    assert memory("raw", max_panel_bytes=quarter) == cost_model.MAPPED_BANDWIDTH
+    assert memory("raw", opened=True, max_panel_bytes=quarter) == cost_model.COPY_BANDWIDTH
+    assert memory("small chunks") == cost_model.COPY_BANDWIDTH  # panels span 1,000-row chunks
     assert memory("zstd") == cost_model.COPY_BANDWIDTH
     assert memory("int") == cost_model.COPY_BANDWIDTH  # cast to float32: a copy
     assert memory("raw", bandwidths=Bandwidths(memory=3e9)) == 3e9

@@ -50,9 +50,10 @@ class MatrixSource:
         The stored compression, e.g. ``"ZstdCodec(level=3)"``, ``"gzip(4)"`` or ``"none"``;
         None where it is not known (in memory, sparse stores, remote metadata).
     mapped : bool
-        Blocks that are one stored chunk are the chunk file's pages, mapped without a copy
-        (dnmf's raw reader of an uncompressed local Zarr, :class:`dnmf.io.zarr_.RawChunks`,
-        with X in its stored dtype); the cost model's read then costs the mapping.
+        A block inside one stored chunk is a view of the chunk file's pages, mapped without
+        a copy (dnmf's raw reader of an uncompressed local Zarr,
+        :class:`dnmf.io.zarr_.RawChunks`, with X in its stored dtype); the cost model's read
+        then costs the mapping (:func:`dnmf.pipeline.panels_are_mapped`).
     chunks_written : tuple of (int, int) or None
         ``(stored, declared)`` chunks of a chunked store, where counting them is cheap (a
         local Zarr store, an HDF5 file); None otherwise. Chunks never written read as the fill
