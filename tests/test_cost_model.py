@@ -95,6 +95,9 @@ def test_dry_run_prints_the_prediction(tmp_path) -> None:
     terms = sum(pred[f"{t}_s"] for t in ("read", "compute", "scheduling", "network", "driver"))
     assert pred["seconds_per_iteration"] == pytest.approx(terms)
     assert pred["n_panels"] == json.loads(result.output)["plan"]["n_panels"]
+    bandwidths = json.loads(result.output)["bandwidths"]
+    assert bandwidths["disk"] == pytest.approx(0.2e9) and bandwidths["memory_from_reader"]
+    assert bandwidths["memory"] in (cost_model.MAPPED_BANDWIDTH, cost_model.COPY_BANDWIDTH)
 
 
 def test_a_wide_xs_h_update_shrinks_with_the_workers_threads() -> None:
