@@ -97,6 +97,19 @@ def compute_features(rows: int, n: int, k: int, solver: str) -> list[float]:
             rows * k * k if solver == "mu" else 0.0, rows * n]
 
 
+def random_factors(rows: int, n: int, k: int, seed: int) -> tuple[np.ndarray, ...]:
+    """W, H (float32) and H Hᵀ (float64) for one panel task of ``rows`` x ``n``."""
+    rng = np.random.default_rng(seed)
+    W = rng.random((rows, k), dtype=np.float32)
+    H = rng.random((k, n), dtype=np.float32)
+    return W, H, H.astype(np.float64) @ H.T.astype(np.float64)
+
+
+def panel_task(X: np.ndarray, factors: tuple[np.ndarray, ...], solver: str) -> None:
+    """One panel task as the fit's graph calls it."""
+    kernels.call_aligned(kernels.panel_step, X, *factors, solver=solver)
+
+
 def compute_grid(quick: bool) -> list[dict]:
     """Seconds of :func:`dnmf.kernels.panel_step` (hals and mu, one BLAS thread) at every
     point of the grid, in the calling process (a worker's task)."""
@@ -106,13 +119,10 @@ def compute_grid(quick: bool) -> list[dict]:
             rows = PANEL_VALUES // n
             X = planted_block(0, rows, n, 8, seed=0, noise=0.05)
             for k in COMPUTE_RANKS:
-                rng = np.random.default_rng(k)
-                W = rng.random((rows, k), dtype=np.float32)
-                H = rng.random((k, n), dtype=np.float32)
-                HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+                factors = random_factors(rows, n, k, seed=k)
                 for solver in cost_model.SOLVERS:
-                    def step(X=X, W=W, H=H, HHt=HHt, solver=solver) -> None:
-                        kernels.call_aligned(kernels.panel_step, X, W, H, HHt, solver=solver)
+                    def step(X=X, factors=factors, solver=solver) -> None:
+                        panel_task(X, factors, solver)
 
                     step()  # first touch of the outputs, BLAS buffers
                     out.append({"rows": rows, "n_features": n, "k": k, "solver": solver,
@@ -158,30 +168,24 @@ def measure_mapping(path: Any, solver_rank: int = 20, chunks: int = 6) -> dict:
         raise ValueError(f"{path} is not an uncompressed local Zarr")
     rows, n = raw.chunks
     k = solver_rank
-    rng = np.random.default_rng(0)
-    W = rng.random((rows, k), dtype=np.float32)
-    H = rng.random((k, n), dtype=np.float32)
-    HHt = H.astype(np.float64) @ H.T.astype(np.float64)
+    factors = random_factors(rows, n, k, seed=0)
     chunks = min(chunks, raw.shape[0] // rows)
     if chunks < 1:
         raise ValueError(f"{path} holds no whole chunk of rows to map")
-    for i in range(chunks):  # into the page cache
-        float(raw._chunk((i, 0)).sum())
+    keys = [(slice(i * rows, (i + 1) * rows), slice(0, n)) for i in range(chunks)]
+    for key in keys:  # into the page cache
+        float(raw.read(key).sum())
     extra, summed = [], []
     with threadpool_limits(1, user_api="blas"):
         for solver in cost_model.SOLVERS:
-            def step(X: np.ndarray, solver: str = solver) -> None:
-                kernels.call_aligned(kernels.panel_step, X, W, H, HHt, solver=solver)
-
-            for i in range(chunks):
-                key = (slice(i * rows, (i + 1) * rows), slice(0, n))
+            for key in keys:
                 t0 = time.perf_counter()
-                step(raw.read(key))
+                panel_task(raw.read(key), factors, solver)
                 mapped = time.perf_counter() - t0
                 in_memory = np.array(raw.read(key))
-                step(in_memory)
+                panel_task(in_memory, factors, solver)
                 t0 = time.perf_counter()
-                step(in_memory)
+                panel_task(in_memory, factors, solver)
                 extra.append(mapped - (time.perf_counter() - t0))
                 t0 = time.perf_counter()
                 float(raw.read(key).sum(dtype="float64"))

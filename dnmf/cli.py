@@ -8,6 +8,7 @@ typer's own usage errors exit 2; Ctrl-C exits 130. ``DNMF_DEBUG=1`` shows traceb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -300,9 +301,7 @@ def fit(
                          "plan": plan.plan.as_dict(),
                          "prediction": None if plan.prediction is None
                          else plan.prediction.as_dict(),
-                         "bandwidths": {"disk": plan.bandwidths.disk,
-                                        "network": plan.bandwidths.network,
-                                        "memory": plan.bandwidths.memory,
+                         "bandwidths": {**dataclasses.asdict(plan.bandwidths),
                                         "memory_from_reader": plan.memory_from_reader}})
             return
         for line in plan.describe():

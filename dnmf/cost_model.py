@@ -175,11 +175,6 @@ class Bandwidths:
                                  f"{value / GB:g} GB/s — give --{name}-bandwidth in GB/s "
                                  f"(e.g. 0.5), or Bandwidths({name}=...) in bytes per second")
 
-    @property
-    def memory_or_copy(self) -> float:
-        """:attr:`memory`, or :data:`COPY_BANDWIDTH` where it was left to the reader."""
-        return COPY_BANDWIDTH if self.memory is None else self.memory
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -336,7 +331,8 @@ def predict(
     read = 0.0
     if not persist_x:
         read_wait = per_worker_panels * panel_bytes / bandwidths.disk
-        read_cpu = waves * panel_bytes / bandwidths.memory_or_copy
+        # a memory bandwidth left to the reader, which predict cannot see: a copy's
+        read_cpu = waves * panel_bytes / read_bandwidths(bandwidths, mapped=False).memory
         # the device's wait overlaps the compute, the CPU's copy does not
         read = max(read_cpu, read_wait - compute)
     w_rows_bytes = -(-n_samples // max(workers, 1)) * k * itemsize

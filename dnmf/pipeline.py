@@ -448,15 +448,26 @@ def _regular(chunks: tuple[int, ...]) -> bool:
     return len(set(chunks[:-1])) <= 1 and chunks[-1] <= chunks[0]
 
 
+def _panel_grid(source: Any, plan: ChunkPlan) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The plan's row and column chunks of X (one column chunk for row panels)."""
+    return plan.row_chunks, plan.col_chunks or (source.shape[1],)
+
+
+def _reopened_in_panels(source: Any, rows: tuple[int, ...], cols: tuple[int, ...]) -> bool:
+    """Whether :func:`planned_array` opens X again with the panels ``rows`` x ``cols``: X
+    came from a file and its blocks are not those panels."""
+    return (source.path is not None and _regular(rows) and _regular(cols)
+            and source.chunks != (rows, cols))
+
+
 def planned_array(X: Any, var: str | None, dtype: Any, source: Any, plan: ChunkPlan) -> Any:
     """X in the plan's panels (or 2-D blocks): re-opened with them where X is a file or can be
     cut at any row (CSR), so that each task reads its own region instead of splitting a larger
     read held in memory (or, in memory, copying it)."""
-    rows, cols = plan.row_chunks, plan.col_chunks or (source.shape[1],)
+    rows, cols = _panel_grid(source, plan)
     if source.in_row_panels is not None and len(cols) == 1:
         return source.in_row_panels(tuple(rows))
-    if source.path is not None and _regular(rows) and _regular(cols) and source.chunks != (
-            rows, cols):
+    if _reopened_in_panels(source, rows, cols):
         source = open_matrix(X, var, dtype=dtype, chunks=(rows[0], cols[0]))
     return apply_plan(source.array, plan)
 
@@ -473,10 +484,9 @@ def panels_are_mapped(X: Any, source: Any, plan: ChunkPlan) -> bool:
     stored = source.stored_chunks
     if not source.mapped or plan.is_2d or stored is None or len(stored) != 2:
         return False
-    rows, cols = tuple(plan.row_chunks), tuple(plan.col_chunks or (source.shape[1],))
-    reopened = isinstance(X, str | os.PathLike) and source.path is not None and _regular(
-        rows) and _regular(cols)
-    if source.chunks != (rows, cols) and not reopened:
+    rows, cols = _panel_grid(source, plan)
+    if source.chunks != (rows, cols) and not (
+            isinstance(X, str | os.PathLike) and _reopened_in_panels(source, rows, cols)):
         return False
     if len(cols) != 1 or stored[1] < source.shape[1]:
         return False
